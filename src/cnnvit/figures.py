@@ -1,0 +1,7 @@
+"""placeholder"""
+
+def add_args(p):
+    pass
+
+def run(args, cfg):
+    raise NotImplementedError
