@@ -1,0 +1,104 @@
+"""The fast data path: the whole prepared dataset lives on the device as one uint8 tensor.
+
+Batches are cut with a seeded permutation; random crop, flip and normalisation run batched on
+the device, so the hot loop has no per-sample Python and no DataLoader workers (as in airbench).
+Every random draw comes from a generator seeded by (seed, epoch), which is what makes a resumed
+run bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnvit.errors import CnnvitError
+
+
+def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A seeded subset of ``size`` indices with the class proportions of ``labels`` (sorted)."""
+    n = len(labels)
+    if size == 0 or size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.floor(counts * size / n).astype(int)
+    # Hand the rounding remainder to the classes with the largest fractional parts.
+    remainder = size - quota.sum()
+    order = np.argsort(-(counts * size / n - quota), kind="stable")
+    quota[order[:remainder]] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked))
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W, on the device
+    labels: torch.Tensor  # int64, N, on the device
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_split(path: Path, size: int, seed: int, device: torch.device) -> tuple[Split, list[str]]:
+    if not path.exists():
+        raise CnnvitError(f"{path} not found: run `cnnvit prepare` first")
+    with np.load(path, allow_pickle=False) as z:
+        labels = z["labels"]
+        idx = stratified_indices(labels, size, seed)
+        images = torch.from_numpy(np.ascontiguousarray(z["images"][idx].transpose(0, 3, 1, 2)))
+        classes = [str(c) for c in z["classes"]]
+    return Split(images.to(device), torch.from_numpy(labels[idx]).to(device)), classes
+
+
+def load_stats(path: Path) -> tuple[list[float], list[float]]:
+    if not path.exists():
+        raise CnnvitError(f"{path} not found: run `cnnvit prepare` first")
+    stats = json.loads(path.read_text())
+    return stats["mean"], stats["std"]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class Augment:
+    """uint8 batch -> normalised float batch, with optional random crop (zero pad) and flip."""
+
+    def __init__(self, mean, std, crop_padding: int, flip: bool, device, channels_last: bool):
+        self.scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
+        self.shift = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
+        self.pad, self.flip, self.device = crop_padding, flip, device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def draws(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """One epoch's random crop offsets and flips, drawn up front from the epoch generator."""
+        out = {}
+        if self.pad:
+            out["shift"] = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen).to(self.device)
+        if self.flip:
+            out["flip"] = (torch.rand(n, generator=gen) < 0.5).to(self.device)
+        return out
+
+    def __call__(self, x: torch.Tensor, draws: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if draws:
+            x = self._crop_flip(x, draws.get("shift"), draws.get("flip"))
+        x = x.float().mul_(self.scale).sub_(self.shift)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _crop_flip(self, x: torch.Tensor, shift, flip) -> torch.Tensor:
+        """Crop and flip as one gather over flat pixel indices (6x faster than fancy indexing)."""
+        p, (b, c, h, w) = self.pad, x.shape
+        xp = F.pad(x, (p, p, p, p)).view(b, c, -1) if p else x.reshape(b, c, -1)
+        cols = torch.arange(w, device=x.device).expand(b, w)
+        rows = torch.arange(h, device=x.device).expand(b, h)
+        if flip is not None:
+            cols = torch.where(flip.view(b, 1), cols.flip(1), cols)
+        if shift is not None:
+            rows, cols = rows + shift[:, :1], cols + shift[:, 1:]
+        idx = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, h * w)
+        return torch.gather(xp, 2, idx.expand(b, c, h * w)).view(b, c, h, w)
