@@ -28,11 +28,13 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnnvit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add_args, _, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
+        if name not in argv:
+            continue  # importing every stage (torch, timm, seaborn) would cost ~10 s a call
         p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
         p.add_argument(
             "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     module, _, run, _ = COMMANDS[args.command]
     try:
         cfg = load_config(args.params, args.overrides)

@@ -1,0 +1,198 @@
+"""Fixtures: tiny CIFAR-10 archives in the real formats, a local HTTP server, tiny params.
+
+No test touches the network: archives are built here and served from 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import pickle
+import shutil
+import struct
+import tarfile
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+PER_BATCH = 20  # images in each of data_batch_1..5 and test_batch
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes what Python 2's cPickle wrote for the official batches: str as BINSTRING and
+    numpy's reconstructor under its old module name, so the real parser sees the real format."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    OLD_MODULES = {"numpy._core.multiarray": "numpy.core.multiarray"}
+
+    def save_py2_str(self, obj):
+        data = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        module = self.OLD_MODULES.get(obj.__module__, obj.__module__)
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+
+def py2_pickle(obj) -> bytes:
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable images: each class is a distinct colour plus noise (N x 32 x 32 x 3, labels)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    base = np.array([[(c * 73) % 256, (c * 151) % 256, (c * 211) % 256] for c in range(10)])
+    noise = rng.integers(-40, 40, size=(n, 32, 32, 3))
+    return np.clip(base[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8), labels
+
+
+def batch_dict(images: np.ndarray, labels: np.ndarray, name: str) -> dict:
+    return {
+        b"batch_label": f"{name} of 5".encode(),
+        b"labels": [int(v) for v in labels],
+        b"data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),
+        b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(images))],
+    }
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_cifar_python(path: Path, per_batch: int = PER_BATCH, skip: str | None = None,
+                      extra: dict[str, bytes] | None = None) -> Path:  # fmt: skip
+    """A tar.gz laid out exactly like cifar-10-python.tar.gz, with ``per_batch`` images a batch."""
+    files = {"batches.meta": py2_pickle({b"label_names": [c.encode() for c in CLASSES],
+                                         b"num_cases_per_batch": per_batch, b"num_vis": 3072})}  # fmt: skip
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        images, labels = synthetic_images(per_batch, seed=i)
+        files[name] = py2_pickle(batch_dict(images, labels, name))
+    files.update(extra or {})
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in files.items():
+            if name != skip:
+                add_bytes(tar, f"cifar-10-batches-py/{name}", blob)
+    return path
+
+
+def png_bytes(image: np.ndarray, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_imagefolder(root: Path, per_class: int = 3, skip_class: str | None = None) -> Path:
+    for s, split in enumerate(["train", "test"]):
+        images, labels = synthetic_images(per_class * 10, seed=10 + s)
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            if CLASSES[lab] == skip_class and split == "test":
+                continue
+            d = root / split / CLASSES[lab]
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{i:04d}.png").write_bytes(png_bytes(img))
+    return root
+
+
+def tar_directory(src: Path, dest: Path, prefix: str = "") -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(src, arcname=prefix or ".")
+    return dest
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """Serves tmp_path/www on 127.0.0.1; yields (www dir, base URL)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(_QuietHandler, directory=str(www))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def cifar_archive(tmp_path) -> Path:
+    return make_cifar_python(tmp_path / "cifar-10-python.tar.gz")
+
+
+TINY_MODELS = {
+    "resnet50": {"arch": "resnet50", "layers": [1, 1, 1, 1], "channels": [4, 8, 8, 8]},
+    "vit": {"arch": "vit", "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2,
+            "mlp_ratio": 1.0},
+    "cnn_vit": {"arch": "cnn_vit", "stem_channels": [4, 8, 8], "stem_strides": [2, 2, 2],
+                "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 1.0},
+    "convnext": {"arch": "convnext", "patch_size": 4, "depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]},
+}  # fmt: skip
+
+
+def tiny_params(url: str, checksum: str, *, fmt: str = "cifar10-python", epochs: int = 2,
+                models: list[str] | None = None, recipes: list[str] | None = None,
+                per_batch: int = PER_BATCH) -> dict:  # fmt: skip
+    """The project's params.yaml with a tiny `tiny` profile and the fixture archive as data."""
+    cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cfg["data"].update(url=url, md5=checksum, sha256=None, format=fmt)
+    cfg["data"].update(expect_train=5 * per_batch, expect_test=per_batch)
+    cfg["runs"].update(models=models or list(TINY_MODELS), recipes=recipes or ["paper", "modern"])
+    cfg["train"]["eval_batch_size"] = 64
+    for recipe in cfg["recipes"].values():
+        recipe["batch_size"] = 32
+    cfg["profile"] = "tiny"
+    cfg["profiles"]["tiny"] = {"train_size": 0, "test_size": 0, "epochs": epochs,
+                               "models": dict(TINY_MODELS)}  # fmt: skip
+    return cfg
+
+
+def write_yaml(path: Path, obj) -> Path:
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, cifar_archive):
+    """A temporary copy of the project with tiny params pointing at the fixture archive."""
+    dest = tmp_path / "project"
+    dest.mkdir()
+    for name in ["Snakefile", "dvc.yaml", "params.yaml", "pyproject.toml"]:
+        shutil.copy(ROOT / name, dest / name)
+    for name in ["workflow", "report", "src"]:
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "index.html"))
+    write_yaml(dest / "params.yaml", tiny_params(str(cifar_archive), md5(cifar_archive)))
+    return dest
