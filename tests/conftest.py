@@ -15,6 +15,7 @@ import tarfile
 import threading
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -30,8 +31,8 @@ class Py2Pickler(pickle._Pickler):
     """Writes what Python 2's cPickle wrote for the official batches: str as BINSTRING and
     numpy's reconstructor under its old module name, so the real parser sees the real format."""
 
-    dispatch = dict(pickle._Pickler.dispatch)
-    OLD_MODULES = {"numpy._core.multiarray": "numpy.core.multiarray"}
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+    OLD_MODULES: ClassVar[dict] = {"numpy._core.multiarray": "numpy.core.multiarray"}
 
     def save_py2_str(self, obj):
         data = obj.encode("latin-1") if isinstance(obj, str) else obj
@@ -105,7 +106,7 @@ def png_bytes(image: np.ndarray, mode: str = "RGB") -> bytes:
 def make_imagefolder(root: Path, per_class: int = 3, skip_class: str | None = None) -> Path:
     for s, split in enumerate(["train", "test"]):
         images, labels = synthetic_images(per_class * 10, seed=10 + s)
-        for i, (img, lab) in enumerate(zip(images, labels)):
+        for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
             if CLASSES[lab] == skip_class and split == "test":
                 continue
             d = root / split / CLASSES[lab]
@@ -138,9 +139,7 @@ def http_server(tmp_path):
     """Serves tmp_path/www on 127.0.0.1; yields (www dir, base URL)."""
     www = tmp_path / "www"
     www.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(_QuietHandler, directory=str(www))
-    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(www)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield www, f"http://127.0.0.1:{server.server_address[1]}"

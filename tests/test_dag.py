@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import shlex
@@ -25,7 +23,9 @@ E2E_MODELS = ["resnet50", "vit", "cnn_vit", "convnext"]
 def sh(cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -101,9 +101,18 @@ def test_params_change_reruns_only_that_model(sm_project, dvc_project):
     trained = set(re.findall(r"wildcards: model=(\w+), recipe=(\w+), seed=(\d+)", dry))
     assert trained == {("vit", "paper", "0")}, dry
     stats = re.findall(r"^(\w+)\s+(\d+)$", dry, flags=re.M)
-    assert dict(stats) == {"train": "1", "collect": "1", "figures": "1", "report": "1", "all": "1"}
+    expected = {
+        "train": "1",
+        "collect": "1",
+        "figures": "1",
+        "report": "1",
+        "all": "1",
+        "total": "5",
+    }
+    assert dict(stats) == expected, dry
     status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
-    assert set(status) == {"train@vit-paper-0"}, status
+    # report is downstream anyway, and it reads every param: it prints them as provenance.
+    assert set(status) == {"train@vit-paper-0", "report"}, status
     for project in (sm_project, dvc_project):
         edit_params(project, "profiles.tiny.models.vit.depth", 1)
 
@@ -132,17 +141,19 @@ def normalise(cmd: str) -> str:
 
 
 def snakemake_jobs(project: Path) -> dict[str, dict]:
-    """cmd -> {outputs, inputs} from `snakemake --detailed-summary` (nothing is run)."""
-    text = sh("snakemake --detailed-summary --cores 1", project).stdout
-    rows = list(csv.DictReader(io.StringIO(text[text.index("output_file") :]), delimiter="\t"))
+    """cmd -> {outs, deps} from `snakemake -n -p --forceall` (nothing is run)."""
+    text = sh("snakemake -n -p --forceall --cores 1", project).stdout
     jobs: dict[str, dict] = {}
-    for row in rows:
-        if row["rule"] == "all":
+    for block in re.split(r"\n\[[^\]]+\]\n", text)[1:]:
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, flags=re.M))
+        shell = re.search(r"^Shell command: (.*)$", block, flags=re.M)
+        if shell is None or shell.group(1) == "None":  # the `all` target has no command
             continue
-        cmd = normalise(row["shellcmd"])
-        job = jobs.setdefault(cmd, {"outs": set(), "deps": set()})
-        job["outs"].add(row["output_file"].rstrip("/"))
-        job["deps"].update(d for d in row["input-file(s)"].split(",") if d and d != "-")
+        split = lambda s: {f.strip().rstrip("/") for f in s.split(",") if f.strip()}  # noqa: E731
+        jobs[normalise(shell.group(1))] = {
+            "outs": split(fields.get("output", "")),
+            "deps": split(fields.get("input", "")),
+        }
     return jobs
 
 

@@ -199,7 +199,7 @@ def test_unknown_format(tmp_path, cifar_archive, capsys):
     code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(cifar_archive),
                                            "--out-dir", str(tmp_path / "p")], params)  # fmt: skip
     assert_one_line_error(code, err, "data.format", "cifar100")
-    with pytest.raises(CnnvitError, match="unknown data.format 'cifar100'"):
+    with pytest.raises(CnnvitError, match=r"unknown data\.format 'cifar100'"):
         data.prepare(cifar_archive, "cifar100")
 
 

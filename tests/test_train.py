@@ -87,7 +87,7 @@ def test_augment_crop_and_flip_match_reference():
              "flip": torch.tensor([False, True, False, True])}  # fmt: skip
     out = aug(x, draws)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    for i, ((dy, dx), flip) in enumerate(zip(draws["shift"].tolist(), draws["flip"].tolist())):
+    for i, ((dy, dx), flip) in enumerate(zip(draws["shift"].tolist(), draws["flip"].tolist(), strict=True)):
         ref = padded[i, :, dy : dy + 32, dx : dx + 32]
         ref = ref.flip(2) if flip else ref
         assert torch.equal(out[i], ref.float())
@@ -175,3 +175,46 @@ def test_nan_loss_stops_with_epoch_and_step(cfg, prepared, tmp_path, monkeypatch
     with pytest.raises(CnnvitError, match=r"loss is nan at epoch 1 step 3 .*lower recipes\.paper\.lr"):
         train.train_run(rc, prepared, tmp_path / "out", tmp_path / "ckpt", threads=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_reports_trainer_and_bare_loop(cfg, prepared, tmp_path):
+    cfg["runs"]["models"] = ["vit", "convnext"]
+    params = write_yaml(tmp_path / "params.yaml", cfg)
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--params", str(params), "--data-dir", str(prepared), "--out", str(out),
+            "--steps", "2", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("cpu") and set(result["models"]) == {"vit", "convnext"}
+    keys = {"params", "flops_per_image", "train_images_per_s", "bare_images_per_s",
+            "trainer_vs_bare", "infer_images_per_s", "peak_mem_mb"}  # fmt: skip
+    for m in result["models"].values():
+        assert keys <= set(m) and m["trainer_vs_bare"] > 0
+        assert m["trainer_vs_bare"] == m["train_images_per_s"] / m["bare_images_per_s"]
+
+
+def test_kill_9_then_same_command_resumes(cfg, prepared, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg["profiles"]["tiny"]["epochs"] = 40
+    params = write_yaml(tmp_path / "params.yaml", cfg)
+    ckpt = tmp_path / "ckpt" / "vit-paper-s0.pt"
+    cmd = [sys.executable, "-m", "cnnvit.cli", "train", "--params", str(params), "--model", "vit",
+           "--recipe", "paper", "--seed", "0", "--data-dir", str(prepared), "--out-dir",
+           str(tmp_path / "out"), "--ckpt-dir", str(ckpt.parent), "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out/metrics.csv").exists(), "killed too late to test resume"
+    again = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "resuming after epoch" in again.stdout
+    rc = run_config(cfg, "vit", "paper", 0)
+    train.train_run(rc, prepared, tmp_path / "full", tmp_path / "ckpt-full", threads=1)
+    full, resumed = (read_metrics(tmp_path / n).drop(columns=TIMING) for n in ("full", "out"))
+    pd.testing.assert_frame_equal(full, resumed, check_exact=True)

@@ -18,7 +18,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("cnnvit", "torch", "torchvision", "timm", "numpy", "pandas", "seaborn", "snakemake", "dvc")
+PACKAGES = (
+    "cnnvit",
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pandas",
+    "seaborn",
+    "snakemake",
+    "dvc",
+)
 
 
 @contextlib.contextmanager

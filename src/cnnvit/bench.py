@@ -29,9 +29,7 @@ def _sync(device: torch.device) -> None:
 def bare_loop(trainer: Trainer, steps: int) -> float:
     """images/s of the minimal loop on tensors made once, outside the timed region."""
     device, bs = trainer.device, trainer.batch_size
-    x = torch.randn(bs, 3, 32, 32, device=device).contiguous(
-        memory_format=trainer.augment.memory_format
-    )
+    x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=trainer.augment.memory_format)
     y = torch.randint(0, 10, (bs,), device=device)
     model, opt = trainer.forward, trainer.optimizer
     model.train()

@@ -37,7 +37,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             continue  # importing every stage (torch, timm, seaborn) would cost ~10 s a call
         p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
         p.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a dotted params key, e.g. --set data.url=/path/x.tar.gz",
         )
         getattr(importlib.import_module(f"cnnvit.{module}"), add_args)(p)

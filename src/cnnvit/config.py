@@ -132,9 +132,7 @@ def run_config(cfg: dict, model: str, recipe: str, seed: int) -> dict:
             f"(define profiles.{cfg['profile']}.models.{model} in params.yaml to add one)"
         )
     if recipe not in cfg["recipes"]:
-        raise CnnvitError(
-            f"unknown recipe {recipe!r}; known recipes: {', '.join(sorted(cfg['recipes']))}"
-        )
+        raise CnnvitError(f"unknown recipe {recipe!r}; known recipes: {', '.join(sorted(cfg['recipes']))}")
     return {
         "run": run_name(model, recipe, seed),
         "profile": cfg["profile"],

@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -85,13 +86,16 @@ def _stream(src: io.BufferedIOBase, dst: Path, algo: str, total: int | None, lab
 
 def _pack_directory(src: Path, dst: Path) -> None:
     """A byte-for-byte reproducible tar.gz of a directory (sorted, zeroed times and owners)."""
-    with open(dst, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(p for p in src.rglob("*") if p.is_file()):
-                info = tar.gettarinfo(str(path), arcname=path.relative_to(src).as_posix())
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
+    with (
+        open(dst, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(src).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
 
 
 def _http_fetch(url: str, tmp: Path, algo: str) -> str:
@@ -210,7 +214,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     """Allows only what the official batches need: numpy array reconstruction."""
 
     _reconstruct = np.zeros(1).__reduce__()[0]
-    ALLOWED = {
+    ALLOWED: ClassVar[dict] = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
@@ -328,7 +332,10 @@ def prepare(raw: str | Path, fmt: str, expect_train: int = 0, expect_test: int =
     wanted = (lambda n: f"{BATCH_DIR}/" in n) if fmt == "cifar10-python" else (lambda n: True)
     files = {name: blob for name, blob in iter_files(raw) if wanted(name)}
     result = READERS[fmt](files, raw)
-    for split, expected, key in (("train", expect_train, "expect_train"), ("test", expect_test, "expect_test")):
+    for split, expected, key in (
+        ("train", expect_train, "expect_train"),
+        ("test", expect_test, "expect_test"),
+    ):
         n = len(result[split][1])
         if expected and n != expected:
             raise CnnvitError(

@@ -31,7 +31,7 @@ def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     remainder = size - quota.sum()
     order = np.argsort(-(counts * size / n - quota), kind="stable")
     quota[order[:remainder]] += 1
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
     return np.sort(np.concatenate(picked))
 
 
@@ -71,7 +71,9 @@ class Augment:
 
     def __init__(self, mean, std, crop_padding: int, flip: bool, device, channels_last: bool):
         self.scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(mean, std)], device=device).view(1, -1, 1, 1)
+        self.shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(
+            1, -1, 1, 1
+        )
         self.pad, self.flip, self.device = crop_padding, flip, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 

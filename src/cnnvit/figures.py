@@ -15,13 +15,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on CI or on a training box
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-from cnnvit.artifacts import atomic_path  # noqa: E402
-from cnnvit.errors import CnnvitError  # noqa: E402
-from cnnvit.paper import DISPLAY, paper_table4  # noqa: E402
+from cnnvit.artifacts import atomic_path
+from cnnvit.errors import CnnvitError
+from cnnvit.paper import DISPLAY, paper_table4
 
 DPI = 110
 
@@ -35,7 +35,7 @@ def _save(fig, path: Path) -> None:
 def curves(epochs: pd.DataFrame, model: str) -> plt.Figure:
     d = epochs[(epochs.model == model) & epochs.metric.isin(["loss", "acc"])]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, metric, label in zip(axes, ["loss", "acc"], ["loss", "accuracy (%)"]):
+    for ax, metric, label in zip(axes, ["loss", "acc"], ["loss", "accuracy (%)"], strict=True):
         sns.lineplot(
             data=d[d.metric == metric], x="epoch", y="value", hue="split", style="recipe",
             errorbar="sd", marker="o", ax=ax,

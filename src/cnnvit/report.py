@@ -33,7 +33,7 @@ def fmt(value, digits: int = 2, pct: bool = False) -> str:
 
 
 def fmt_seconds(s: float) -> str:
-    h, rem = divmod(int(round(s)), 3600)
+    h, rem = divmod(round(s), 3600)
     m, sec = divmod(rem, 60)
     return f"{h} h {m} m" if h else (f"{m} m {sec} s" if m else f"{sec} s")
 
@@ -130,7 +130,11 @@ def inline_png(path: Path) -> str:
 
 def render(cfg: dict, tables_dir, figures_dir, template: Path) -> str:
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
-    for need in (tables_dir / "epochs.csv", tables_dir / "summary.csv", figures_dir / "test_acc.png"):
+    for need in (
+        tables_dir / "epochs.csv",
+        tables_dir / "summary.csv",
+        figures_dir / "test_acc.png",
+    ):
         if not need.exists():
             raise CnnvitError(f"{need} not found: run `cnnvit collect` and `cnnvit figures` first")
     if not template.exists():
@@ -145,7 +149,10 @@ def render(cfg: dict, tables_dir, figures_dir, template: Path) -> str:
     ordered = sorted(models, key=lambda m: TABLE_NUMBER.get(m, 99))
     figs = [("Figure 6 analogue: test accuracy of all models", figures_dir / "test_acc.png")]
     figs += [
-        (f"Figures 3-5 analogue: {DISPLAY.get(m, m)} loss and accuracy", figures_dir / f"curves_{m}.png")
+        (
+            f"Figures 3-5 analogue: {DISPLAY.get(m, m)} loss and accuracy",
+            figures_dir / f"curves_{m}.png",
+        )
         for m in ordered
     ]
     figs.append(("Best test accuracy per model and recipe", figures_dir / "best_acc.png"))

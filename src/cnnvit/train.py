@@ -149,6 +149,7 @@ class Trainer:
                 loss.backward()
                 if clip:
                     nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+                lr = self.optimizer.param_groups[0]["lr"]  # the LR this step used
                 self.optimizer.step()
                 self.scheduler.step()
                 losses[step] = loss.detach() * len(idx)
@@ -159,7 +160,9 @@ class Trainer:
                     checked = step + 1
                 bar.update()
         except torch.OutOfMemoryError:
-            raise self._oom("training", self.batch_size, f"recipes.{self.rc['recipe_name']}.batch_size") from None
+            raise self._oom(
+                "training", self.batch_size, f"recipes.{self.rc['recipe_name']}.batch_size"
+            ) from None
         finally:
             bar.close()
         if self.device.type == "cuda":
@@ -168,7 +171,7 @@ class Trainer:
         return {
             "train_loss": float(losses.sum()) / seen,
             "train_acc": 100.0 * float(correct) / seen,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,  # of the epoch's last step
             "epoch_seconds": seconds,
             "train_images_per_s": seen / seconds,
         }

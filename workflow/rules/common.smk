@@ -27,7 +27,7 @@ def cli_sets(stage, **item):
     for item_ in diff_overrides(PARAMS_FILE, config):
         key = item_.split("=", 1)[0]
         if any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in keys):
-            out.append("--set " + shlex.quote(item_))
+            out.append(f"--set {shlex.quote(item_)}")
     return " ".join(out)
 
 

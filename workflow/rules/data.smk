@@ -6,6 +6,8 @@ rule download:
         local_source(),
     output:
         RAW,
+    conda:
+        "../envs/cnnvit.yaml"
     log:
         "logs/download.log",
     params:
@@ -20,11 +22,13 @@ rule prepare:
         RAW,
     output:
         PREPARED,
+    conda:
+        "../envs/cnnvit.yaml"
     log:
         "logs/prepare.log",
     params:
         cfg=stage_params(config, "prepare"),
         sets=cli_sets("prepare"),
-        out_dir=DATA,
+        out_dir=lambda w, output: str(Path(output[0]).parent),
     shell:
         "cnnvit prepare --raw {input} --out-dir {params.out_dir} {params.sets} > {log} 2>&1"

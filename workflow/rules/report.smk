@@ -14,6 +14,8 @@ rule collect:
     output:
         TABLES,
         metrics="results/metrics.json",
+    conda:
+        "../envs/cnnvit.yaml"
     log:
         "logs/collect.log",
     params:
@@ -30,6 +32,8 @@ rule figures:
         "results/tables/summary.csv",
     output:
         directory("results/figures"),
+    conda:
+        "../envs/cnnvit.yaml"
     log:
         "logs/figures.log",
     params:
@@ -46,6 +50,8 @@ rule report:
         template="report/template.html.j2",
     output:
         "report/index.html",
+    conda:
+        "../envs/cnnvit.yaml"
     log:
         "logs/report.log",
     params:

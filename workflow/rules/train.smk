@@ -15,12 +15,14 @@ rule train:
     output:
         metrics="results/runs/{model}-{recipe}-s{seed}/metrics.csv",
         summary="results/runs/{model}-{recipe}-s{seed}/summary.json",
+    conda:
+        "../envs/cnnvit.yaml"
     log:
         "logs/train/{model}-{recipe}-s{seed}.log",
     params:
         cfg=lambda w: stage_params(config, "train", model=w.model, recipe=w.recipe),
         sets=lambda w: cli_sets("train", model=w.model, recipe=w.recipe),
-        data_dir=DATA,
+        data_dir=lambda w, input: str(Path(input[0]).parent),
         out_dir=lambda w, output: str(Path(output.metrics).parent),
     threads: workflow.cores
     resources:
