@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # headless: no display on CI or on a training box
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 from cnnvit.artifacts import atomic_path
 from cnnvit.errors import CnnvitError
@@ -41,7 +42,10 @@ def curves(epochs: pd.DataFrame, model: str) -> plt.Figure:
             errorbar="sd", marker="o", ax=ax,
         )  # fmt: skip
         ax.set(ylabel=label, title=f"{DISPLAY.get(model, model)}: {label}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    axes[0].get_legend().remove()
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -52,6 +56,8 @@ def test_acc_all(epochs: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     sns.lineplot(data=d, x="epoch", y="value", hue="model", style="recipe", errorbar="sd", ax=ax)
     ax.set(ylabel="test accuracy (%)", title="Test accuracy of every model (band: seed spread)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     ax.grid(alpha=0.3)
     return fig
 
@@ -70,6 +76,7 @@ def best_acc_bars(summary: pd.DataFrame) -> plt.Figure:
             ax.annotate(f"paper {paper[model]:.2f}", (i, paper[model]), ha="center",
                         va="bottom", fontsize=8)  # fmt: skip
     ax.set(xlabel="", ylabel="best test accuracy (%)", title="Best test accuracy (dashed: paper)")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title="recipe")
     ax.grid(axis="y", alpha=0.3)
     return fig
 

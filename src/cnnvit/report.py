@@ -43,9 +43,9 @@ def epoch_table(epochs: pd.DataFrame, paper: pd.DataFrame, model: str, recipe: s
     d = epochs[(epochs.model == model) & (epochs.recipe == recipe)]
     ours = d.groupby(["epoch", "split", "metric"]).value.mean()
     theirs = paper[paper.model == model].set_index(["epoch", "split", "metric"]).value
-    n_epochs = max([*d.epoch, *paper[paper.model == model].epoch, 0])
+    # Only epochs either side has: the paper's lone best-epoch value must not pad the table.
     rows = []
-    for e in range(1, int(n_epochs) + 1):
+    for e in sorted({int(v) for v in [*d.epoch, *paper[paper.model == model].epoch]}):
         row = {"epoch": e, "ours": [], "paper": []}
         for split, metric in COLUMNS:
             pct = metric == "acc"
@@ -71,7 +71,7 @@ def table4(summary: pd.DataFrame, recipe: str) -> list[dict]:
             "name": DISPLAY.get(r.model, r.model),
             "time": fmt_seconds(r.train_seconds),
             "epochs": int(r.epochs),
-            "best_epoch": fmt(r.best_epoch, 1),
+            "best_epoch": fmt(r.best_epoch, 0 if float(r.best_epoch).is_integer() else 1),
             "best": fmt(r.best_test_acc_mean, 2, True),
             "std": fmt(r.best_test_acc_std, 2),
             "seeds": int(r.seeds),
