@@ -202,3 +202,27 @@ def test_dvc_stages_list_exactly_the_params_each_stage_reads(tmp_path, archive):
             kw = {"model": model, "recipe": recipe}
         expected = stage_param_keys(base, profile="tiny", **kw)
         assert sorted(stage["params"]) == sorted(expected), name
+
+
+def test_data_stages_alone_in_each_tool(tmp_path, archive):
+    """The issue's two invocations: Snakemake targeting the prepared files, `dvc repro prepare`."""
+    sm = make_project(tmp_path / "sm", archive)
+    sh("snakemake --cores 1 data/prepared/train.npz data/prepared/test.npz data/prepared/stats.json", sm)
+    dv = make_project(tmp_path / "dvc", archive)
+    sh("dvc init -q && dvc repro prepare", dv)
+    for project in (sm, dv):
+        assert (project / "data/prepared/stats.json").exists()
+        assert not (project / "results").exists()  # nothing downstream ran
+
+
+def test_snakemake_config_overrides_reach_the_commands_that_read_them(tmp_path, archive):
+    project = make_project(tmp_path / "project", archive)
+    dry = sh("snakemake -n -p --forceall --cores 1 --config data='{format: imagefolder}'", project).stdout
+    commands = re.findall(r"^Shell command: (.*)$", dry, flags=re.M)
+    reads_format = [c for c in commands if c.startswith(("cnnvit download", "cnnvit prepare"))]
+    assert len(reads_format) == 2
+    assert all("--set 'data.format=\"imagefolder\"'" in c for c in reads_format), reads_format
+    assert not any("--set" in c for c in commands if c.startswith("cnnvit train")), commands
+    quick = sh("snakemake -n -p --forceall --cores 1 --config profile=quick", project).stdout
+    trains = [c for c in re.findall(r"^Shell command: (.*)$", quick, flags=re.M) if "train" in c]
+    assert trains and all("--set 'profile=\"quick\"'" in c for c in trains)
