@@ -9,7 +9,6 @@ import hashlib
 import http.server
 import io
 import pickle
-import shutil
 import struct
 import tarfile
 import threading
@@ -182,16 +181,3 @@ def tiny_params(url: str, checksum: str, *, fmt: str = "cifar10-python", epochs:
 def write_yaml(path: Path, obj) -> Path:
     path.write_text(yaml.safe_dump(obj, sort_keys=False))
     return path
-
-
-@pytest.fixture
-def project(tmp_path, cifar_archive):
-    """A temporary copy of the project with tiny params pointing at the fixture archive."""
-    dest = tmp_path / "project"
-    dest.mkdir()
-    for name in ["Snakefile", "dvc.yaml", "params.yaml", "pyproject.toml"]:
-        shutil.copy(ROOT / name, dest / name)
-    for name in ["workflow", "report", "src"]:
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "index.html"))
-    write_yaml(dest / "params.yaml", tiny_params(str(cifar_archive), md5(cifar_archive)))
-    return dest

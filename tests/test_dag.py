@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,6 @@ def make_project(dest: Path, archive: Path, epochs: int = 1) -> Path:
     dest.mkdir(parents=True)
     for name in ["Snakefile", "dvc.yaml", "pyproject.toml"]:
         (dest / name).write_bytes((ROOT / name).read_bytes())
-    import shutil
-
     for name in ["workflow", "report", "src"]:
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "index.html"))
     params = tiny_params(str(archive), md5(archive), epochs=epochs, models=E2E_MODELS, recipes=["paper"])
