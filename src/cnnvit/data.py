@@ -145,7 +145,8 @@ def download(data_cfg: dict, out: str | Path) -> Path:
         if file_digest(out, algo) == expected:
             print(f"{out} already present and verified ({algo} {expected}); not fetching again")
             return out
-        print(f"{out} exists but does not verify; fetching again")
+        print(f"{out} exists but does not verify; removing it and fetching again")
+        out.unlink()
     socket.setdefaulttimeout(TIMEOUT_S)
     with atomic_path(out) as tmp:
         if local is None:
