@@ -101,7 +101,7 @@ def test_download_checksum_mismatch_shows_both(tmp_path, http_server, cifar_arch
     assert_one_line_error(code, err, "checksum mismatch", "f" * 32, md5(cifar_archive))
     assert no_partial_files(tmp_path / "d")
     stale = tmp_path / "d/x.tar.gz"  # a corrupt leftover is not kept when the fetch fails again
-    stale.parent.mkdir(parents=True)
+    stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"corrupt")
     code, err = run_cli(tmp_path, capsys, ["download", "--out", str(stale)], params)
     assert code == 1 and not stale.exists()
