@@ -36,6 +36,7 @@ def make_project(dest: Path, archive: Path, epochs: int = 1) -> Path:
         (dest / name).write_bytes((ROOT / name).read_bytes())
     for name in ["workflow", "report", "src"]:
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "index.html"))
+    (dest / "profiles").symlink_to("workflow/profiles")  # where Snakemake looks, beside the Snakefile
     params = tiny_params(str(archive), md5(archive), epochs=epochs, models=E2E_MODELS, recipes=["paper"])
     write_yaml(dest / "params.yaml", params)
     sh("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm init", dest)
@@ -114,6 +115,13 @@ def test_params_change_reruns_only_that_model(sm_project, dvc_project):
     assert set(status) == {"train@vit-paper-0", "report"}, status
     for project in (sm_project, dvc_project):
         edit_params(project, "profiles.tiny.models.vit.depth", 1)
+
+
+def test_workflow_profile_is_picked_up(sm_project):
+    proc = sh("snakemake -n --cores 1", sm_project)
+    assert "Using workflow specific profile profiles/default" in proc.stdout + proc.stderr
+    profile = yaml.safe_load((sm_project / "profiles/default/config.yaml").read_text())
+    assert profile["resources"] == ["gpu=1"] and profile["rerun-incomplete"] is True
 
 
 def test_snakemake_lint_is_clean(sm_project):
