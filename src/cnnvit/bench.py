@@ -18,12 +18,7 @@ import torch
 from cnnvit.artifacts import device_name, provenance, write_json
 from cnnvit.config import run_config
 from cnnvit.models import count_params, flops_per_image
-from cnnvit.train import Trainer, peak_mem_mb, pick_device
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from cnnvit.train import Trainer, peak_mem_mb, pick_device, sync
 
 
 def bare_loop(trainer: Trainer, steps: int) -> float:
@@ -42,11 +37,11 @@ def bare_loop(trainer: Trainer, steps: int) -> float:
         opt.step()
 
     step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return steps * bs / (time.perf_counter() - start)
 
 

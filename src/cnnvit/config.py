@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import urllib.parse
+import urllib.request
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,15 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
     cfg = apply_overrides(cfg, overrides or [])
     validate(cfg, str(path))
     return cfg
+
+
+def local_path(url: str) -> Path | None:
+    """The filesystem path ``data.url`` names (file:// or a plain path), or None for a URL."""
+    if url.startswith("file://"):
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url):
+        return None
+    return Path(url).expanduser()
 
 
 def run_name(model: str, recipe: str, seed: int) -> str:

@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from cnnvit.artifacts import atomic_path, provenance, write_json
+from cnnvit.config import local_path
 from cnnvit.errors import CnnvitError
 
 CHUNK = 1 << 20
@@ -61,14 +62,6 @@ def file_digest(path: Path, algo: str) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _local_path(url: str) -> Path | None:
-    if url.startswith("file://"):
-        return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url):
-        return None
-    return Path(url).expanduser()
 
 
 def _stream(src: io.BufferedIOBase, dst: Path, algo: str, total: int | None, label: str) -> str:
@@ -134,7 +127,7 @@ def download(data_cfg: dict, out: str | Path) -> Path:
     """Fetch ``data_cfg['url']`` to ``out`` and verify its checksum; skip if ``out`` verifies."""
     out, url = Path(out), data_cfg["url"]
     algo, expected = _checksum(data_cfg)
-    local = _local_path(url)
+    local = local_path(url)
     if local is not None and local.is_dir():
         # A directory has no archive checksum of its own; pack it reproducibly instead.
         with atomic_path(out) as tmp:

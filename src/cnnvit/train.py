@@ -61,6 +61,12 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else max(0.0, 1 - t)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so a timer measures the work and not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -165,8 +171,7 @@ class Trainer:
             ) from None
         finally:
             bar.close()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(self.device)
         seconds = time.perf_counter() - start
         return {
             "train_loss": float(losses.sum()) / seen,
@@ -211,13 +216,11 @@ class Trainer:
         x = self.augment(self.test.images[:batch])
         with self.amp:
             self.forward(x)  # warm-up
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(self.device)
             start = time.perf_counter()
             for _ in range(iters):
                 self.forward(x)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
+            sync(self.device)
         return len(x) * iters / (time.perf_counter() - start)
 
     # ------------------------------------------------------------------ checkpoints

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from cnnvit.config import diff_overrides, runs, run_name, stage_param_keys, stage_params
+from cnnvit.config import diff_overrides, local_path, runs, run_name, stage_param_keys, stage_params
 from cnnvit.config import validate as cnnvit_validate
 
 # Cross-reference checks the JSON schema cannot express (unknown model in runs, ...).
@@ -33,8 +33,5 @@ def cli_sets(stage, **item):
 
 def local_source():
     """The archive itself as an input when data.url is a local path (none for a URL)."""
-    url = config["data"]["url"]
-    if "://" in url and not url.startswith("file://"):
-        return []
-    path = Path(url.removeprefix("file://")).expanduser()
-    return [str(path)] if path.exists() else []
+    path = local_path(config["data"]["url"])
+    return [str(path)] if path is not None and path.exists() else []
