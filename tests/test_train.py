@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_MODELS, md5, tiny_params, write_yaml
+from conftest import TINY_MODELS, make_cifar_python, md5, tiny_params, write_yaml
 
 from cnnvit import data, train
 from cnnvit.cli import main
@@ -159,6 +159,16 @@ def test_changed_params_do_not_reuse_checkpoint(cfg, prepared, tmp_path, capsys)
     rc["recipe"]["lr"] = 5e-4
     train.train_run(rc, prepared, tmp_path / "out", tmp_path / "ckpt", threads=1)
     assert "made with other params; starting fresh" in capsys.readouterr().out
+
+
+def test_other_prepared_data_does_not_reuse_checkpoint(cfg, prepared, tmp_path, capsys):
+    rc = run_config(cfg, "convnext", "paper", 0)
+    train.train_run(rc, prepared, tmp_path / "out", tmp_path / "ckpt", threads=1)
+    other = make_cifar_python(tmp_path / "other.tar.gz", per_batch=30)  # another archive, same params
+    data.write_prepared(data.prepare(other, "cifar10-python"), tmp_path / "other", {})
+    summary = train.train_run(rc, tmp_path / "other", tmp_path / "out", tmp_path / "ckpt", threads=1)
+    assert "made from other prepared data; starting fresh" in capsys.readouterr().out
+    assert summary["n_train"] == 150
 
 
 def test_nan_loss_stops_with_epoch_and_step(cfg, prepared, tmp_path, monkeypatch):

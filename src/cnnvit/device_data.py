@@ -55,11 +55,12 @@ def load_split(path: Path, size: int, seed: int, device: torch.device) -> tuple[
     return Split(images.to(device), torch.from_numpy(labels[idx]).to(device)), classes
 
 
-def load_stats(path: Path) -> tuple[list[float], list[float]]:
+def load_stats(path: Path) -> dict:
+    """stats.json without its provenance: what identifies the prepared data."""
     if not path.exists():
         raise CnnvitError(f"{path} not found: run `cnnvit prepare` first")
     stats = json.loads(path.read_text())
-    return stats["mean"], stats["std"]
+    return {k: v for k, v in stats.items() if k != "provenance"}
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

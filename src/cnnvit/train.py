@@ -73,8 +73,8 @@ def peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def config_hash(rc: dict) -> str:
-    return hashlib.sha256(json.dumps(rc, sort_keys=True).encode()).hexdigest()[:16]
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Trainer:
@@ -93,7 +93,10 @@ class Trainer:
             data_dir / "train.npz", rc["train_size"], rc["seed"], self.device
         )
         self.test, _ = load_split(data_dir / "test.npz", rc["test_size"], rc["seed"], self.device)
-        mean, std = load_stats(data_dir / "stats.json")
+        stats = load_stats(data_dir / "stats.json")
+        # A checkpoint is only valid for the data it was trained on, not just the same params.
+        self.data_id = digest(stats)
+        mean, std = stats["mean"], stats["std"]
         # channels_last speeds convnets up on CUDA and on oneDNN CPUs alike (1.4x for ResNet here).
         channels_last = is_convnet(rc["model"])
         self.augment = Augment(
@@ -227,7 +230,8 @@ class Trainer:
 
     def state(self, epoch: int, rows: list[dict], summary: dict | None = None) -> dict:
         return {
-            "config_hash": config_hash(self.rc),
+            "config_hash": digest(self.rc),
+            "data_id": self.data_id,
             "epoch": epoch,
             "rows": rows,
             "summary": summary,
@@ -258,7 +262,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, rc: dict) -> dict | None:
+def load_checkpoint(path: Path, rc: dict, data_id: str) -> dict | None:
     if not path.exists():
         return None
     try:
@@ -266,8 +270,11 @@ def load_checkpoint(path: Path, rc: dict) -> dict | None:
     except Exception as exc:  # a torn or foreign file: training from scratch is the safe answer
         print(f"ignoring unreadable checkpoint {path} ({type(exc).__name__}); starting fresh")
         return None
-    if ckpt.get("config_hash") != config_hash(rc):
+    if ckpt.get("config_hash") != digest(rc):
         print(f"checkpoint {path} was made with other params; starting fresh")
+        return None
+    if ckpt.get("data_id") != data_id:
+        print(f"checkpoint {path} was made from other prepared data; starting fresh")
         return None
     return ckpt
 
@@ -281,7 +288,7 @@ def train_run(rc: dict, data_dir, out_dir, ckpt_dir, threads: int | None = None)
     """Train (or resume, or skip if finished) one run; writes metrics.csv and summary.json."""
     out_dir, ckpt_path = Path(out_dir), Path(ckpt_dir) / f"{rc['run']}.pt"
     trainer = Trainer(rc, data_dir, threads)
-    ckpt = load_checkpoint(ckpt_path, rc)
+    ckpt = load_checkpoint(ckpt_path, rc, trainer.data_id)
     rows: list[dict] = []
     summary = None
     if ckpt is not None:
