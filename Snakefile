@@ -1,13 +1,12 @@
 # cnnvit: CNN vs ViT vs hybrid on CIFAR-10. Run `snakemake --cores all`; see README.md.
-from snakemake.utils import min_version, validate
+# The stages, their commands, inputs, outputs and params come from src/cnnvit/pipeline.py, the
+# one description of the pipeline (dvc.yaml is generated from it).
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "params.yaml"
-
-
-validate(config, "src/cnnvit/params.schema.json")
 
 
 include: "workflow/rules/common.smk"
@@ -17,6 +16,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
-    input:
-        "report/index.html",
     default_target: True
+    input:
+        P.REPORT,

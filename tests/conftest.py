@@ -8,8 +8,12 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import os
 import pickle
+import shutil
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 from functools import partial
@@ -80,11 +84,15 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def make_cifar_python(path: Path, per_batch: int = PER_BATCH, skip: str | None = None,
-                      extra: dict[str, bytes] | None = None) -> Path:  # fmt: skip
+def make_cifar_python(
+    path: Path, per_batch: int = PER_BATCH, skip: str | None = None, extra: dict[str, bytes] | None = None
+) -> Path:
     """A tar.gz laid out exactly like cifar-10-python.tar.gz, with ``per_batch`` images a batch."""
-    files = {"batches.meta": py2_pickle({b"label_names": [c.encode() for c in CLASSES],
-                                         b"num_cases_per_batch": per_batch, b"num_vis": 3072})}  # fmt: skip
+    files = {
+        "batches.meta": py2_pickle(
+            {b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+        )
+    }
     for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
         images, labels = synthetic_images(per_batch, seed=i)
         files[name] = py2_pickle(batch_dict(images, labels, name))
@@ -152,32 +160,103 @@ def cifar_archive(tmp_path) -> Path:
 
 
 TINY_MODELS = {
-    "resnet50": {"arch": "resnet50", "layers": [1, 1, 1, 1], "channels": [4, 8, 8, 8]},
-    "vit": {"arch": "vit", "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2,
-            "mlp_ratio": 1.0},
-    "cnn_vit": {"arch": "cnn_vit", "stem_channels": [4, 8, 8], "stem_strides": [2, 2, 2],
-                "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 1.0},
-    "convnext": {"arch": "convnext", "patch_size": 4, "depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]},
-}  # fmt: skip
+    "resnet50": {"arch": "resnet50", "layers": [1, 1, 1, 1], "channels": [4, 8, 8, 8], "stem": "imagenet"},
+    "resnet50_cifar": {"arch": "resnet50", "layers": [1, 1, 1, 1], "channels": [4, 8, 8, 8], "stem": "cifar"},
+    "vit": {"arch": "vit", "patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 1.0},
+    "cnn_vit": {
+        "arch": "cnn_vit",
+        "stem_channels": [4, 8, 8],
+        "stem_strides": [2, 2, 2],
+        "embed_dim": 16,
+        "depth": 1,
+        "num_heads": 2,
+        "mlp_ratio": 1.0,
+    },
+    "convnext": {"arch": "convnext", "patch_size": 4, "depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16], "conv_mlp": True},
+}
 
 
-def tiny_params(url: str, checksum: str, *, fmt: str = "cifar10-python", epochs: int = 2,
-                models: list[str] | None = None, recipes: list[str] | None = None,
-                per_batch: int = PER_BATCH) -> dict:  # fmt: skip
+def tiny_params(
+    url: str,
+    checksum: str,
+    *,
+    fmt: str = "cifar10-python",
+    epochs: int = 2,
+    models: list[str] | None = None,
+    recipes: list[str] | None = None,
+    per_batch: int = PER_BATCH,
+    seeds: list[int] | None = None,
+) -> dict:
     """The project's params.yaml with a tiny `tiny` profile and the fixture archive as data."""
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg["data"].update(url=url, md5=checksum, sha256=None, format=fmt)
     cfg["data"].update(expect_train=5 * per_batch, expect_test=per_batch)
-    cfg["runs"].update(models=models or list(TINY_MODELS), recipes=recipes or ["paper", "modern"])
-    cfg["train"]["eval_batch_size"] = 64
+    cfg["runs"].update(models=models or list(TINY_MODELS), recipes=recipes or ["paper", "modern"], seeds=seeds or [0])
+    cfg["runtime"]["eval_batch_size"] = 64
     for recipe in cfg["recipes"].values():
         recipe["batch_size"] = 32
     cfg["profile"] = "tiny"
-    cfg["profiles"]["tiny"] = {"train_size": 0, "test_size": 0, "epochs": epochs,
-                               "models": dict(TINY_MODELS)}  # fmt: skip
+    cfg["profiles"]["tiny"] = {
+        "train_size": 0,
+        "test_size": 0,
+        "epochs": epochs,
+        "minutes_per_epoch": 1,
+        "models": dict(TINY_MODELS),
+    }
     return cfg
 
 
 def write_yaml(path: Path, obj) -> Path:
     path.write_text(yaml.safe_dump(obj, sort_keys=False))
     return path
+
+
+def run_cli(tmp_path: Path, capsys, argv: list[str], params: dict) -> tuple[int, str]:
+    """`cnnvit ARGV --params <params written to tmp_path>`: (exit code, stderr)."""
+    from cnnvit.cli import main
+
+    params_file = write_yaml(tmp_path / "params.yaml", params)
+    code = main([*argv, "--params", str(params_file)])
+    return code, capsys.readouterr().err.strip()
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code != 0
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def no_files(directory: Path) -> bool:
+    return not directory.exists() or not any(p.is_file() for p in directory.rglob("*"))
+
+
+BIN = str(Path(sys.executable).parent)
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+
+
+def sh(cmd: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env or ENV, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def make_project(dest: Path, params: dict, git: bool = True) -> Path:
+    """A copy of the project (the Snakefile, the workflow, dvc.yaml regenerated for ``params``, the
+    source) with ``params`` as its params.yaml, committed to a fresh git repository."""
+    from cnnvit.dvcgen import dvc_yaml
+    from cnnvit.params import params_from_dict
+
+    dest.mkdir(parents=True)
+    for name in ["Snakefile", "pyproject.toml"]:
+        (dest / name).write_bytes((ROOT / name).read_bytes())
+    for name in ["workflow", "report", "src"]:
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "index.html"))
+    (dest / "profiles").symlink_to("workflow/profiles")  # where Snakemake looks, beside the Snakefile
+    write_yaml(dest / "params.yaml", params)
+    (dest / "dvc.yaml").write_text(dvc_yaml(params_from_dict(params)))
+    if git:
+        sh("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm init && dvc init -q", dest)
+    return dest

@@ -2,7 +2,7 @@
 
     cnnvit bench --out results/bench.json [--recipe modern] [--steps 10] [--threads 2]
 
-For every model in ``runs.models`` under the active profile it records params, FLOPs per image,
+For every model in ``runs.models`` under the active profile it records params, forward FLOPs per image,
 ``train_images_per_s`` (the trainer's step: data cut, augmentation, normalisation, forward,
 backward, optimizer and schedule), ``bare_images_per_s`` (``model(x)``, loss, backward and
 ``optimizer.step`` on pre-made tensors of the same shape), their ratio, inference images/s and
@@ -15,10 +15,12 @@ import time
 
 import torch
 
-from cnnvit.artifacts import device_name, provenance, write_json
-from cnnvit.config import run_config
+from cnnvit import paths
+from cnnvit.artifacts import provenance, write_json
+from cnnvit.configs import Params, RunSpec
+from cnnvit.devices import select_device
 from cnnvit.models import count_params, flops_per_image
-from cnnvit.train import Trainer, peak_mem_mb, pick_device, sync
+from cnnvit.trainer import Trainer, peak_mem_mb, sync
 
 
 def bare_loop(trainer: Trainer, steps: int) -> float:
@@ -51,8 +53,8 @@ def trainer_loop(trainer: Trainer, steps: int) -> float:
     return stats["train_images_per_s"]
 
 
-def bench_model(rc: dict, data_dir, steps: int, threads: int | None, repeats: int = 3) -> dict:
-    trainer = Trainer(rc, data_dir, threads)
+def bench_model(cfg, data_dir, device, steps: int, threads: int | None, repeats: int = 3) -> dict:
+    trainer = Trainer(cfg, data_dir, device, threads)
     # Interleave the two loops and keep each one's best, so drift in machine load hits both.
     train_ips, bare_ips = [], []
     for _ in range(repeats):
@@ -71,11 +73,12 @@ def bench_model(rc: dict, data_dir, steps: int, threads: int | None, repeats: in
     return out
 
 
-def bench(cfg: dict, data_dir, recipe: str, steps: int, threads: int | None) -> dict:
+def bench(params: Params, data_dir, recipe: str, steps: int, threads: int | None) -> dict:
+    device, device_name = select_device(params.runtime.device)
     models = {}
-    for name in cfg["runs"]["models"]:
-        rc = run_config(cfg, name, recipe, seed=0)
-        models[name] = bench_model(rc, data_dir, steps, threads)
+    for name in params.runs_.models:
+        cfg = params.run_config(RunSpec(name, recipe, 0))
+        models[name] = bench_model(cfg, data_dir, device, steps, threads or params.runtime.threads)
         m = models[name]
         print(
             f"{name:>10}: trainer {m['train_images_per_s']:8.0f} img/s  bare "
@@ -83,23 +86,22 @@ def bench(cfg: dict, data_dir, recipe: str, steps: int, threads: int | None) -> 
             f"infer {m['infer_images_per_s']:8.0f} img/s",
             flush=True,
         )
-    device = str(pick_device(cfg["train"]["device"]))
     return {
-        "device": device_name(device),
+        "device": device_name,
         "recipe": recipe,
         "steps": steps,
         "models": models,
-        "provenance": provenance(cfg, device),
+        "provenance": provenance(params.raw, device_name),
     }
 
 
 def add_args(p) -> None:
     p.add_argument("--out", required=True, help="JSON file to write")
-    p.add_argument("--data-dir", default="data/prepared")
+    p.add_argument("--data-dir", default=paths.PREPARED_DIR)
     p.add_argument("--recipe", default="modern", help="recipe whose batch size and augmentation to use")
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     p.add_argument("--threads", type=int, default=None)
 
 
-def run(args, cfg: dict) -> None:
-    write_json(args.out, bench(cfg, args.data_dir, args.recipe, args.steps, args.threads))
+def run(args, params: Params) -> None:
+    write_json(args.out, bench(params, args.data_dir, args.recipe, args.steps, args.threads))

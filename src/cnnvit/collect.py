@@ -1,85 +1,194 @@
-"""Collect stage: every run's metrics.csv and summary.json -> tidy tables for figures and report.
+"""Collect stage: every run's metrics.csv and summary.json -> tidy tables, statistics, verdicts.
 
     cnnvit collect --runs-dir results/runs --out-dir results/tables --metrics results/metrics.json
 
-Writes ``epochs.csv`` (long form: run, model, recipe, seed, epoch, split, metric, value),
-``summary.csv`` (one row per model x recipe, mean and std over seeds), ``provenance.json`` beside
-them, and ``metrics.json`` for ``dvc metrics show``. The runs collected are exactly those
-params.yaml lists, so stale run directories never leak into the report.
+The runs collected are exactly those params.yaml lists, and each must have been trained with the
+config params.yaml now gives it: a run trained under another profile or recipe is refused, naming
+the keys that differ (a summary that records no config, made by hand, is accepted with a
+warning). Writes, in ``--out-dir``:
+
+- ``epochs.csv``: long form (run, model, recipe, fraction, seed, epoch, split, metric, value);
+- ``runs.csv``: one row per run; ``summary.csv``: one row per model x recipe x fraction, with
+  the seed mean, std and 95% t-interval of best and final test accuracy (``cnnvit.stats``);
+- ``claims.csv``: the paper's claims, one row per claim x recipe, with verdicts;
+  ``variants.csv``: the same claims judged with each variant of a paper model in the runs
+  (``resnet50_cifar`` for ``resnet50``: what the stem alone changes);
+- ``datasize.csv``: best accuracy against training-set size; ``datasize_pairs.csv``: every pair
+  of models at every size, and where their curves cross;
+- ``provenance.json``: params, the devices the runs trained on, versions, commits;
+
+and ``--metrics`` for ``dvc metrics show``: mean accuracies and every verdict.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from cnnvit.artifacts import atomic_path, provenance, read_json, write_json
-from cnnvit.config import run_name, runs
+from cnnvit import paths
+from cnnvit.archs import ARCHS
+from cnnvit.artifacts import atomic_path, cpu_name, provenance, read_json, write_json
+from cnnvit.configs import Params, RunSpec
 from cnnvit.errors import CnnvitError
+from cnnvit.paper import CLAIMS, PAPER_NAME, paper_gaps
+from cnnvit.records import METRICS, VALUE_METRICS, RunSummary
+from cnnvit.stats import claims_table, crossing, summarise
 
-# metrics.csv column -> (split, metric) in the long table
-LONG = {
-    "train_loss": ("train", "loss"),
-    "train_acc": ("train", "acc"),
-    "test_loss": ("test", "loss"),
-    "test_acc": ("test", "acc"),
-    "lr": ("train", "lr"),
-    "epoch_seconds": ("train", "seconds"),
-    "train_images_per_s": ("train", "images_per_s"),
-    "peak_mem_mb": ("train", "peak_mem_mb"),
-}
-SUMMARY_MEAN = ["epochs", "best_epoch", "train_seconds", "train_images_per_s", "infer_images_per_s"]
-SUMMARY_FIRST = ["params", "flops_per_image", "n_train", "n_test", "device"]
+RETRAIN = "train it again (or collect with the params it was trained with, e.g. --set profile=quick)"
 
 
-def load_runs(run_list: list[tuple[str, str, int]], runs_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(long per-epoch table, one row per run) for the listed runs."""
-    longs, rows = [], []
-    for model, recipe, seed in run_list:
-        name = run_name(model, recipe, seed)
-        d = runs_dir / name
-        if not (d / "metrics.csv").exists() or not (d / "summary.json").exists():
-            raise CnnvitError(
-                f"run {name} has no results in {d}: train it first "
-                f"(cnnvit train --model {model} --recipe {recipe} --seed {seed})"
-            )
-        m = pd.read_csv(d / "metrics.csv")
-        long = m.melt(id_vars="epoch", value_vars=list(LONG), var_name="column")
-        long["split"] = long["column"].map(lambda c: LONG[c][0])
-        long["metric"] = long["column"].map(lambda c: LONG[c][1])
-        long = long.assign(run=name, model=model, recipe=recipe, seed=seed)
-        longs.append(long[["run", "model", "recipe", "seed", "epoch", "split", "metric", "value"]])
-        s = read_json(d / "summary.json")
-        rows.append({k: v for k, v in s.items() if k != "provenance"})
-    return pd.concat(longs, ignore_index=True), pd.DataFrame(rows)
+def _flat(d, prefix="") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
-def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std over seeds of best and final test accuracy, plus costs."""
-    g = per_run.groupby(["model", "recipe"], sort=False)
-    out = g.agg(
-        seeds=("seed", "count"),
-        best_test_acc_mean=("best_test_acc", "mean"),
-        best_test_acc_std=("best_test_acc", "std"),
-        final_test_acc_mean=("final_test_acc", "mean"),
-        final_test_acc_std=("final_test_acc", "std"),
-        peak_mem_mb=("peak_mem_mb", "max"),
-        **{f"{c}": (c, "mean") for c in SUMMARY_MEAN},
-        **{f"{c}": (c, "first") for c in SUMMARY_FIRST},
-    )
-    return out.reset_index()
+def check_config(s: RunSummary, expected: dict, where: str) -> None:
+    if s.config is None:
+        print(f"warning: {where} records no training config; cannot check it matches params.yaml")
+        return
+    want, got = _flat(json.loads(json.dumps(expected))), _flat(s.config)
+    first = ("profile", "epochs", "train_size", "test_size", "precision")  # the usual suspects lead
+    keys = sorted(set(want) | set(got), key=lambda k: (first.index(k) if k in first else len(first), k))
+    diff = [f"{k}: {got.get(k)!r} -> {want.get(k)!r}" for k in keys if want.get(k) != got.get(k)]
+    if diff:
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise CnnvitError(
+            f"run {s.run} was trained with other params than params.yaml gives it "
+            f"({'; '.join(diff[:4])}{more}): {RETRAIN}"
+        )
 
 
-def dvc_metrics(summary: pd.DataFrame) -> dict:
-    return {
-        f"{r.model}-{r.recipe}": {
-            "best_test_acc": round(float(r.best_test_acc_mean), 4),
-            "final_test_acc": round(float(r.final_test_acc_mean), 4),
-            "train_seconds": round(float(r.train_seconds), 2),
+def read_metrics(path: Path) -> pd.DataFrame:
+    try:
+        m = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CnnvitError(
+            f"{path} is corrupt ({type(exc).__name__}): delete its run directory and train it again"
+        ) from None
+    if "epoch" not in m.columns or "test_acc" not in m.columns:
+        raise CnnvitError(f"{path} has no epoch/test_acc columns: delete its run directory and train it again")
+    return m
+
+
+def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame, RunSummary]:
+    d = runs_dir / run.name
+    if not (d / "summary.json").exists() or not (d / "metrics.csv").exists():
+        hint = " (for DVC, runs.train_fractions changed: run `uv run cnnvit dvc-yaml`, then `dvc repro`)" * (
+            run.fraction < 1
+        )
+        raise CnnvitError(
+            f"run {run.name} has no results in {d}: train it first (cnnvit train --model {run.model} "
+            f"--recipe {run.recipe} --seed {run.seed}){hint}"
+        )
+    raw = read_json(d / "summary.json", "delete its run directory and train it again")
+    base = {"run": run.name, "model": run.model, "recipe": run.recipe, "seed": run.seed, "fraction": run.fraction}
+    s = RunSummary.from_json({**base, **raw} if isinstance(raw, dict) else raw, str(d / "summary.json"))
+    check_config(s, params.run_config(run).identity(), str(d / "summary.json"))
+    m = read_metrics(d / "metrics.csv")
+    cols = [c.column for c in VALUE_METRICS if c.column in m.columns]
+    long = m.melt(id_vars="epoch", value_vars=cols, var_name="column")
+    split = {c.column: (c.split, c.metric) for c in METRICS}
+    long["split"] = long.column.map(lambda c: split[c][0])
+    long["metric"] = long.column.map(lambda c: split[c][1])
+    long = long.assign(run=run.name, model=run.model, recipe=run.recipe, fraction=run.fraction, seed=run.seed)
+    return long[["run", "model", "recipe", "fraction", "seed", "epoch", "split", "metric", "value"]], s
+
+
+def per_run_row(s: RunSummary) -> dict:
+    row = {k: v for k, v in s.to_json().items() if k not in ("config", "provenance", "pretrained")}
+    row["train_images"], row["train_pflops"] = s.train_images, s.train_pflops
+    row["pretrained_source"] = (s.pretrained or {}).get("source")
+    row["pretrained_sha256"] = (s.pretrained or {}).get("sha256")
+    return row
+
+
+def labels(params: Params) -> dict[str, str]:
+    """The name a table or figure prints for each model: the paper's, else its arch's."""
+    out = {}
+    for name in params.runs_.models:
+        display = ARCHS[params.active.models[name].arch].display
+        out[name] = PAPER_NAME.get(name) or (
+            display if name == params.active.models[name].arch else f"{display} ({name})"
+        )
+    return out
+
+
+def variants(params: Params) -> dict[str, str]:
+    """Models in the runs that are variants of a paper model (same arch, another name)."""
+    specs = params.active.models
+    out = {}
+    for name in params.runs_.models:
+        for paper in PAPER_NAME:
+            if name != paper and paper in specs and specs[name].arch == specs[paper].arch:
+                out[name] = paper
+    return out
+
+
+def variant_claims(per_run: pd.DataFrame, params: Params) -> pd.DataFrame:
+    gaps = paper_gaps()
+    tables = [claims_table(per_run, [], gaps)]
+    for variant, paper_model in variants(params).items():
+        swapped = [
+            (variant if w == paper_model else w, variant if lo == paper_model else lo, text)
+            for w, lo, text in CLAIMS
+            if paper_model in (w, lo)
+        ]
+        vgaps = {
+            (variant if w == paper_model else w, variant if lo == paper_model else lo): g for (w, lo), g in gaps.items()
         }
-        for r in summary.itertuples()
+        t = claims_table(per_run, swapped, vgaps)
+        label = f"{ARCHS[params.active.models[variant].arch].display} as {variant}"
+        tables.append(t.assign(claim=t.claim + f" ({label})"))
+    return pd.concat(tables, ignore_index=True)
+
+
+def datasize(summary: pd.DataFrame, per_run: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cols = [
+        "model",
+        "recipe",
+        "fraction",
+        "n_train",
+        "best_test_acc_mean",
+        "best_test_acc_std",
+        "best_test_acc_ci_low",
+        "best_test_acc_ci_high",
+        "seeds",
+    ]
+    table = summary[cols].rename(columns={"n_train": "train_images"}).sort_values(["recipe", "model", "fraction"])
+    rows = []
+    for recipe in dict.fromkeys(per_run.recipe):
+        for a, b in itertools.combinations(dict.fromkeys(per_run.model), 2):
+            c = crossing(per_run, a, b, recipe)
+            rows += [{"a": a, "b": b, "recipe": recipe, **p, "text": c["text"]} for p in c["points"]]
+    return table, pd.DataFrame(rows)
+
+
+def dvc_metrics(summary: pd.DataFrame, claims: pd.DataFrame) -> dict:
+    models = {}
+    for r in summary.itertuples():
+        key = f"{r.model}-{r.recipe}" + (f"-f{r.fraction}" if r.fraction < 1 else "")
+        models[key] = {
+            "best_test_acc": round(r.best_test_acc_mean, 4),
+            "final_test_acc": round(r.final_test_acc_mean, 4),
+            "seeds": int(r.seeds),
+        }
+    verdicts = {
+        f"{c.winner}_vs_{c.loser}-{c.recipe}": {
+            "verdict": c.verdict,
+            "diff_pp": round(c.diff_pp, 4),
+            "ci_low_pp": round(c.ci_low_pp, 4),
+            "ci_high_pp": round(c.ci_high_pp, 4),
+        }
+        for c in claims.itertuples()
     }
+    return json.loads(json.dumps({"models": models, "claims": verdicts}).replace("NaN", "null"))
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -87,28 +196,50 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def collect(cfg: dict, runs_dir, out_dir, metrics_path) -> pd.DataFrame:
-    out_dir = Path(out_dir)
-    long, per_run = load_runs(runs(cfg), Path(runs_dir))
+def collect(params: Params, runs_dir, out_dir, metrics_path) -> pd.DataFrame:
+    out_dir, runs_dir = Path(out_dir), Path(runs_dir)
+    loaded = [load_run(params, run, runs_dir) for run in params.runs()]
+    long = pd.concat([x[0] for x in loaded], ignore_index=True)
+    per_run = pd.DataFrame([per_run_row(x[1]) for x in loaded])
+    per_run.insert(2, "label", per_run.model.map(labels(params)))
     summary = summarise(per_run)
-    write_csv(long, out_dir / "epochs.csv")
-    write_csv(summary, out_dir / "summary.csv")
-    write_csv(per_run, out_dir / "runs.csv")
-    write_json(
-        out_dir / "provenance.json",
-        provenance({"profile": cfg["profile"], "runs": cfg["runs"]}, per_run["device"].iloc[0]),
-    )
-    write_json(metrics_path, dvc_metrics(summary))
-    return summary
+    summary.insert(1, "label", summary.model.map(labels(params)))
+    claims = claims_table(per_run, CLAIMS, paper_gaps())
+    size_table, pairs = datasize(summary, per_run)
+    devices = sorted({s.device for _, s in loaded if s.device}) or ["not recorded"]
+    prov = provenance(params.raw, ", ".join(devices))
+    prov["collected_on"] = cpu_name()
+    prov["runs"] = {
+        s.run: {k: s.provenance.get(k) for k in ("device", "git_commit", "created", "host")}
+        | {"threads": s.threads, "precision": s.precision}
+        for _, s in loaded
+    }
+    tables = {
+        "epochs.csv": long,
+        "runs.csv": per_run,
+        "summary.csv": summary,
+        "claims.csv": claims,
+        "variants.csv": variant_claims(per_run, params),
+        "datasize.csv": size_table,
+        "datasize_pairs.csv": pairs,
+    }
+    for name, df in tables.items():
+        write_csv(df, out_dir / name)
+    write_json(out_dir / "provenance.json", prov)
+    write_json(metrics_path, dvc_metrics(summary, claims))
+    return claims
 
 
 def add_args(p) -> None:
-    p.add_argument("--runs-dir", default="results/runs")
-    p.add_argument("--out-dir", default="results/tables")
-    p.add_argument("--metrics", default="results/metrics.json")
+    p.add_argument("--runs-dir", default=paths.RUNS_DIR)
+    p.add_argument("--out-dir", default=paths.TABLES_DIR)
+    p.add_argument("--metrics", default=paths.METRICS)
 
 
-def run(args, cfg: dict) -> None:
-    summary = collect(cfg, args.runs_dir, args.out_dir, args.metrics)
-    cols = ["model", "recipe", "seeds", "best_test_acc_mean", "final_test_acc_mean"]
-    print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+def run(args, params: Params) -> None:
+    claims = collect(params, args.runs_dir, args.out_dir, args.metrics)
+    for c in claims.itertuples():
+        print(
+            f"{c.verdict:>12}  {c.claim} [{c.recipe}]: {c.diff_pp:+.2f} pp, 95% CI [{c.ci_low_pp:+.2f}, "
+            f"{c.ci_high_pp:+.2f}] ({c.seeds_winner} vs {c.seeds_loser} seeds; paper {c.paper_diff_pp:+.2f})"
+        )

@@ -1,4 +1,4 @@
-"""The fast data path: the whole prepared dataset lives on the device as one uint8 tensor.
+"""The fast data path: the whole prepared split lives on the device as one uint8 tensor.
 
 Batches are cut with a seeded permutation; random crop, flip and normalisation run batched on
 the device, so the hot loop has no per-sample Python and no DataLoader workers (as in airbench).
@@ -9,6 +9,7 @@ run bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,13 @@ import torch.nn.functional as F
 
 from cnnvit.errors import CnnvitError
 
+PREPARE_AGAIN = "delete data/prepared and run `cnnvit prepare` (or the pipeline) again"
+
 
 def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded subset of ``size`` indices with the class proportions of ``labels`` (sorted)."""
+    """A seeded subset of ``size`` indices with the class proportions of ``labels`` (sorted).
+
+    For one seed, a smaller subset is a prefix of each class's draw, so it nests inside a larger one."""
     n = len(labels)
     if size == 0 or size >= n:
         return np.arange(n)
@@ -35,6 +40,12 @@ def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+def subset_size(total: int, size: int, fraction: float) -> int:
+    """Images a run trains on: ``fraction`` of the profile's ``size`` (0 = all ``total``)."""
+    base = min(size, total) if size else total
+    return base if fraction >= 1 else max(1, round(base * fraction))
+
+
 @dataclass
 class Split:
     images: torch.Tensor  # uint8, N x C x H x W, on the device
@@ -44,14 +55,19 @@ class Split:
         return len(self.labels)
 
 
-def load_split(path: Path, size: int, seed: int, device: torch.device) -> tuple[Split, list[str]]:
+def load_split(
+    path: Path, size: int, seed: int, device: torch.device, fraction: float = 1.0
+) -> tuple[Split, list[str]]:
     if not path.exists():
         raise CnnvitError(f"{path} not found: run `cnnvit prepare` first")
-    with np.load(path, allow_pickle=False) as z:
-        labels = z["labels"]
-        idx = stratified_indices(labels, size, seed)
-        images = torch.from_numpy(np.ascontiguousarray(z["images"][idx].transpose(0, 3, 1, 2)))
-        classes = [str(c) for c in z["classes"]]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            labels = z["labels"]
+            idx = stratified_indices(labels, subset_size(len(labels), size, fraction), seed)
+            images = torch.from_numpy(np.ascontiguousarray(z["images"][idx].transpose(0, 3, 1, 2)))
+            classes = [str(c) for c in z["classes"]]
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError) as exc:
+        raise CnnvitError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {PREPARE_AGAIN}") from None
     return Split(images.to(device), torch.from_numpy(labels[idx]).to(device)), classes
 
 
@@ -59,8 +75,18 @@ def load_stats(path: Path) -> dict:
     """stats.json without its provenance: what identifies the prepared data."""
     if not path.exists():
         raise CnnvitError(f"{path} not found: run `cnnvit prepare` first")
-    stats = json.loads(path.read_text())
-    return {k: v for k, v in stats.items() if k != "provenance"}
+    try:
+        stats = json.loads(path.read_text())
+        stats = {k: v for k, v in stats.items() if k != "provenance"}
+        mean, std = [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CnnvitError(f"{path} is corrupt ({type(exc).__name__}: {exc}): {PREPARE_AGAIN}") from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise CnnvitError(
+            f"{path}: per-channel std {std} has a zero: every training image is constant "
+            "in a channel, which no model can learn from; fix data.url"
+        )
+    return stats
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -68,13 +94,16 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class Augment:
-    """uint8 batch -> normalised float batch, with optional random crop (zero pad) and flip."""
+    """uint8 batch -> float batch, with optional random crop (zero pad) and flip.
 
-    def __init__(self, mean, std, crop_padding: int, flip: bool, device, channels_last: bool):
+    ``normalize="meanstd"`` gives (x/255 - mean) / std per channel; ``"unit"`` gives x/255."""
+
+    def __init__(self, mean, std, normalize: str, crop_padding: int, flip: bool, device, channels_last: bool):
+        if normalize == "unit":
+            mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
         self.scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
-        self.shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(
-            1, -1, 1, 1
-        )
+        shift = [m / s for m, s in zip(mean, std, strict=True)]
+        self.shift = torch.tensor(shift, device=device).view(1, -1, 1, 1)
         self.pad, self.flip, self.device = crop_padding, flip, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 

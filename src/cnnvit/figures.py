@@ -1,10 +1,16 @@
-"""Figures stage: the collected tables -> seaborn PNGs, the analogues of the paper's Figures 3-6.
+"""Figures stage: the collected tables -> PNGs, the analogues of the paper's Figures 3-6 and more.
 
     cnnvit figures --tables-dir results/tables --out-dir results/figures
 
-- ``curves_{model}.png``: train and test loss and accuracy against epoch (Figures 3-5);
-- ``test_acc.png``: every model's test accuracy against epoch, seed spread as a band (Figure 6);
-- ``best_acc.png``: best test accuracy per model and recipe, the paper's value marked.
+- ``curves_{model}.png`` (Figures 3-5): loss and accuracy against epoch, train and test, one
+  line per recipe with a band of +-1 s.d. over seeds; the paper's own curves dashed;
+- ``test_acc.png`` (Figure 6): every model's test accuracy against epoch, the paper's dashed;
+- ``best_acc.png``: best test accuracy per model and recipe, error bars +-1 s.d. over seeds,
+  Table 4's values marked;
+- ``datasize.png``: best test accuracy against training images (log x), one panel per recipe;
+- ``cost.png``: best test accuracy against training compute (PFLOPs, log x).
+
+All of them are drawn into a temporary directory that replaces ``--out-dir`` only when complete.
 """
 
 from __future__ import annotations
@@ -20,91 +26,193 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from cnnvit.artifacts import atomic_path
+from cnnvit import paths
+from cnnvit.artifacts import atomic_dir
 from cnnvit.errors import CnnvitError
-from cnnvit.paper import DISPLAY, paper_table4
+from cnnvit.paper import PAPER_NAME, TABLE_NUMBER, paper_epochs, paper_table4
 
 DPI = 110
+PAPER_STYLE = {"color": "black", "ls": "--", "lw": 1.4, "marker": "x", "ms": 4}
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+LABELS: dict[str, str] = {}  # model -> printed name, from summary.csv's label column
+
+
+def label(model: str) -> str:
+    return LABELS.get(model) or PAPER_NAME.get(model, model)
+
+
+def read_labels(summary: pd.DataFrame) -> None:
+    if "label" in summary:
+        LABELS.update(zip(summary.model, summary.label, strict=True))
+
+
+def _paper_series(model: str, column: str) -> pd.DataFrame:
+    p = paper_epochs()
+    p = p[(p.model == model) & p[column].notna()]
+    if model == "vit" and column == "test_loss":
+        return p.iloc[0:0]  # on another scale (see cnnvit.paper.NOTES): not drawn beside per-image losses
+    return p
 
 
 def curves(epochs: pd.DataFrame, model: str) -> plt.Figure:
-    d = epochs[(epochs.model == model) & epochs.metric.isin(["loss", "acc"])]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, metric, label in zip(axes, ["loss", "acc"], ["loss", "accuracy (%)"], strict=True):
+    d = epochs[(epochs.model == model) & (epochs.fraction == 1.0) & epochs.metric.isin(["loss", "acc"])]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, metric, ylabel in zip(axes, ["loss", "acc"], ["loss", "accuracy (%)"], strict=True):
         sns.lineplot(
-            data=d[d.metric == metric], x="epoch", y="value", hue="split", style="recipe",
-            errorbar="sd", marker="o", ax=ax,
-        )  # fmt: skip
-        ax.set(ylabel=label, title=f"{DISPLAY.get(model, model)}: {label}")
+            data=d[d.metric == metric],
+            x="epoch",
+            y="value",
+            hue="split",
+            style="recipe",
+            errorbar="sd",
+            marker="o",
+            ax=ax,
+        )
+        if model in TABLE_NUMBER:
+            for split in ("train", "test"):
+                p = _paper_series(model, f"{split}_{metric}")
+                if len(p):
+                    ax.plot(
+                        p.epoch,
+                        p[f"{split}_{metric}"],
+                        label=f"paper, {split}",
+                        alpha=0.45 if split == "train" else 1,
+                        **PAPER_STYLE,
+                    )
+            if metric == "loss" and model == "cnn_vit":
+                p = paper_epochs().query("model == 'cnn_vit'")
+                ax.plot(p.epoch, p.loss, label="paper (split not stated)", **{**PAPER_STYLE, "color": "grey"})
+        ax.set(ylabel=ylabel, title=f"{label(model)}: {ylabel}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].get_legend().remove()
-    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def test_acc_all(epochs: pd.DataFrame) -> plt.Figure:
-    d = epochs[(epochs.split == "test") & (epochs.metric == "acc")].copy()
-    d["model"] = d.model.map(lambda m: DISPLAY.get(m, m))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    d = epochs[(epochs.split == "test") & (epochs.metric == "acc") & (epochs.fraction == 1.0)].copy()
+    d["model"] = d.model.map(label)
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     sns.lineplot(data=d, x="epoch", y="value", hue="model", style="recipe", errorbar="sd", ax=ax)
-    ax.set(ylabel="test accuracy (%)", title="Test accuracy of every model (band: seed spread)")
+    paper = paper_epochs().dropna(subset=["test_acc"])
+    for model, g in paper.groupby("model", sort=False):
+        ax.plot(g.epoch, g.test_acc, ls="--", lw=1.2, color="grey")
+        ax.annotate(
+            f"paper {label(model)}",
+            (g.epoch.iloc[-1], g.test_acc.iloc[-1]),
+            fontsize=7,
+            color="dimgrey",
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+        )
+    ax.set(ylabel="test accuracy (%)", title="Test accuracy of every model (band: +-1 s.d. over seeds; dashed: paper)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
 
 def best_acc_bars(summary: pd.DataFrame) -> plt.Figure:
-    d = summary.copy()
-    d["label"] = d.model.map(lambda m: DISPLAY.get(m, m))
-    order = list(dict.fromkeys(d.label))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    sns.barplot(data=d, x="label", y="best_test_acc_mean", hue="recipe", order=order, ax=ax)
+    d = summary[summary.fraction == 1.0].copy()
+    d["label"] = d.model.map(label)
+    models, recipes = list(dict.fromkeys(d.label)), list(dict.fromkeys(d.recipe))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    width = 0.8 / len(recipes)
+    colors = sns.color_palette(n_colors=len(recipes))
+    for j, recipe in enumerate(recipes):
+        r = d[d.recipe == recipe].set_index("label").reindex(models)
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(models))]
+        ax.bar(
+            xs,
+            r.best_test_acc_mean,
+            width,
+            yerr=r.best_test_acc_std.fillna(0),
+            capsize=3,
+            label=recipe,
+            color=colors[j],
+        )
     paper = paper_table4().set_index("model")["best_test_acc"]
-    for i, label in enumerate(order):
-        model = d.loc[d.label == label, "model"].iloc[0]
+    for i, model in enumerate(dict.fromkeys(d.model)):
         if model in paper.index:
             ax.plot([i - 0.4, i + 0.4], [paper[model]] * 2, color="black", ls="--", lw=1.5)
-            ax.annotate(f"paper {paper[model]:.2f}", (i, paper[model]), ha="center",
-                        va="bottom", fontsize=8)  # fmt: skip
-    ax.set(xlabel="", ylabel="best test accuracy (%)", title="Best test accuracy (dashed: paper)")
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title="recipe")
+            ax.annotate(f"paper {paper[model]:.2f}", (i, paper[model]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(models)), models)
+    ax.set(ylabel="best test accuracy (%)", title="Best test accuracy (error bars: +-1 s.d. over seeds; dashed: paper)")
+    ax.legend(title="recipe", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
 
-def figures(tables_dir, out_dir) -> list[Path]:
-    tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    for name in ("epochs.csv", "summary.csv"):
-        if not (tables_dir / name).exists():
-            raise CnnvitError(f"{tables_dir / name} not found: run `cnnvit collect` first")
+def datasize_plot(per_run: pd.DataFrame) -> plt.Figure:
+    recipes = list(dict.fromkeys(per_run.recipe))
+    fig, axes = plt.subplots(1, len(recipes), figsize=(5.5 * len(recipes), 4.2), squeeze=False, sharey=True)
+    d = per_run.assign(label=per_run.model.map(label))
+    for ax, recipe in zip(axes[0], recipes, strict=True):
+        sns.lineplot(
+            data=d[d.recipe == recipe], x="n_train", y="best_test_acc", hue="label", errorbar="sd", marker="o", ax=ax
+        )
+        ax.set(xscale="log", xlabel="training images (log)", ylabel="best test accuracy (%)", title=f"recipe {recipe}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, title=None)
+    fig.suptitle("How much data does each model need? (band: +-1 s.d. over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def cost_plot(summary: pd.DataFrame) -> plt.Figure:
+    d = summary[summary.train_pflops.notna() & (summary.train_pflops > 0)].assign(label=summary.model.map(label))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sns.scatterplot(data=d, x="train_pflops", y="best_test_acc_mean", hue="label", style="recipe", s=70, ax=ax)
+    ax.set(
+        xscale="log",
+        xlabel="training compute (PFLOPs, 3x forward, log)",
+        ylabel="best test accuracy (%)",
+        title="Cost against accuracy (mean over seeds)",
+    )
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def read_table(tables_dir: Path, name: str) -> pd.DataFrame:
+    path = tables_dir / name
+    if not path.exists():
+        raise CnnvitError(f"{path} not found: run `cnnvit collect` first")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CnnvitError(f"{path} is corrupt ({type(exc).__name__}): run `cnnvit collect` again") from None
+
+
+def figures(tables_dir, out_dir) -> list[str]:
+    tables_dir = Path(tables_dir)
+    epochs, summary, per_run = (read_table(tables_dir, n) for n in ("epochs.csv", "summary.csv", "runs.csv"))
+    read_labels(summary)
     sns.set_theme(style="whitegrid", context="notebook")
-    epochs = pd.read_csv(tables_dir / "epochs.csv")
-    summary = pd.read_csv(tables_dir / "summary.csv")
-    written = []
-    for model in dict.fromkeys(epochs.model):
-        _save(curves(epochs, model), p := out_dir / f"curves_{model}.png")
-        written.append(p)
-    _save(test_acc_all(epochs), p := out_dir / "test_acc.png")
-    written.append(p)
-    _save(best_acc_bars(summary), p := out_dir / "best_acc.png")
-    written.append(p)
-    return written
+    drawn = {f"curves_{m}.png": (curves, epochs, m) for m in dict.fromkeys(epochs.model)}
+    drawn |= {
+        "test_acc.png": (test_acc_all, epochs),
+        "best_acc.png": (best_acc_bars, summary),
+        "datasize.png": (datasize_plot, per_run),
+        "cost.png": (cost_plot, summary),
+    }
+    with atomic_dir(out_dir) as tmp:
+        for name, (fn, *args) in drawn.items():
+            fig = fn(*args)
+            fig.savefig(tmp / name, format="png", dpi=DPI, bbox_inches="tight")
+            plt.close(fig)
+    return list(drawn)
 
 
 def add_args(p) -> None:
-    p.add_argument("--tables-dir", default="results/tables")
-    p.add_argument("--out-dir", default="results/figures")
+    p.add_argument("--tables-dir", default=paths.TABLES_DIR)
+    p.add_argument("--out-dir", default=paths.FIGURES_DIR)
 
 
-def run(args, cfg: dict) -> None:
-    for path in figures(args.tables_dir, args.out_dir):
-        print(f"wrote {path}")
+def run(args, params) -> None:
+    names = figures(args.tables_dir, args.out_dir)
+    print(f"wrote {len(names)} figures to {args.out_dir}: {', '.join(names)}")

@@ -1,17 +1,19 @@
-"""The model registry: build a CIFAR-sized (32x32, 10-class) model by name from its params entry.
-
-Each architecture is a thin layer over timm; every size comes from params.yaml.
+"""The model registry: an arch spec (:mod:`cnnvit.archs`) -> a timm network for 32x32, 10 classes.
 
     from cnnvit.models import build_model
-    model = build_model({"arch": "vit", "patch_size": 4, "embed_dim": 384, "depth": 12,
-                         "num_heads": 6, "mlp_ratio": 4.0})
+    model = build_model(params.run_config(run).model)
 
-| arch       | what                                                                   |
-|------------|------------------------------------------------------------------------|
-| resnet50   | timm ResNet (Bottleneck) with a 3x3 stride-1 stem and no max-pool       |
-| vit        | timm VisionTransformer on 4x4 patches (64 tokens + class token)         |
-| cnn_vit    | the same VisionTransformer, tokenised by a 3-conv stem via HybridEmbed |
-| convnext   | timm ConvNeXt with a small-stride patch stem                            |
+Each builder calls ``timm.create_model`` on its family's canonical variant and passes every
+argument that variant would otherwise set, so nothing comes from a hidden default; the variant
+only names timm's pretrained machinery (checkpoint filter, head re-initialisation), which
+``pretrained:`` uses (see :mod:`cnnvit.pretrained`).
+
+| arch     | timm                                          | params.yaml keys                        |
+|----------|-----------------------------------------------|-----------------------------------------|
+| resnet50 | ResNet, Bottleneck blocks                     | layers, channels, stem (imagenet/cifar) |
+| vit      | VisionTransformer, class token                | patch_size, embed_dim, depth, heads, mlp |
+| cnn_vit  | the same ViT, tokenised by a 3-conv HybridEmbed | stem_channels/strides + the ViT keys  |
+| convnext | ConvNeXt                                      | patch_size, depths, dims, conv_mlp      |
 """
 
 from __future__ import annotations
@@ -24,97 +26,79 @@ import torch
 from timm.layers import ConvNormAct, HybridEmbed
 from torch import nn
 
+from cnnvit.archs import ARCHS, IMG_SIZE, NUM_CLASSES, ArchSpec, CnnViT, ConvNeXt, ResNet50, ViT
 from cnnvit.errors import CnnvitError
+from cnnvit.pretrained import create
 
-IMG_SIZE = 32
-NUM_CLASSES = 10
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+BUILDERS: dict[str, Callable[[ArchSpec], nn.Module]] = {}
 
 
-def register(name: str):
+def builds(spec_cls: type[ArchSpec]):
     def deco(fn):
-        _REGISTRY[name] = fn
+        if spec_cls.arch in BUILDERS:
+            raise TypeError(f"a builder for arch {spec_cls.arch!r} is registered twice")
+        BUILDERS[spec_cls.arch] = fn
         return fn
 
     return deco
 
 
-def list_archs() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-@register("resnet50")
-def _resnet50(layers=(3, 4, 6, 3), channels=(64, 128, 256, 512), **kw) -> nn.Module:
-    model = timm.create_model(
-        "resnet50", layers=tuple(layers), channels=tuple(channels), num_classes=NUM_CLASSES, **kw
-    )
-    # CIFAR stem: a 7x7/2 conv plus max-pool would shrink 32x32 to 8x8 before the first stage.
-    width = model.conv1.out_channels
-    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
+@builds(ResNet50)
+def _resnet50(s: ResNet50) -> nn.Module:
+    if s.stem == "cifar" and s.pretrained:
+        raise CnnvitError(
+            "resnet50 with stem: cifar cannot load pretrained weights (their stem is 7x7/2): "
+            "use stem: imagenet or drop pretrained"
+        )
+    model = create("resnet50", s, layers=s.layers, channels=s.channels)
+    if s.stem == "cifar":
+        # timm has no stride-1 stem: a 7x7/2 conv plus max-pool would leave 8x8 of a 32x32 image.
+        width = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
     return model
 
 
-def _vit(embed_layer=None, patch_size=4, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, **kw):
-    extra = {"embed_layer": embed_layer} if embed_layer is not None else {}
-    return timm.create_model(
-        "vit_small_patch16_224",
-        img_size=IMG_SIZE,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-        num_classes=NUM_CLASSES,
-        **extra,
-        **kw,
-    )
+def _vit_args(s: ViT | CnnViT) -> dict:
+    return {
+        "img_size": IMG_SIZE,
+        "embed_dim": s.embed_dim,
+        "depth": s.depth,
+        "num_heads": s.num_heads,
+        "mlp_ratio": s.mlp_ratio,
+    }
 
 
-register("vit")(_vit)
+@builds(ViT)
+def _vit(s: ViT) -> nn.Module:
+    return create("vit_small_patch16_224", s, patch_size=s.patch_size, **_vit_args(s))
 
 
-@register("cnn_vit")
-def _cnn_vit(stem_channels=(64, 128, 256), stem_strides=(1, 2, 2), **kw) -> nn.Module:
-    if len(stem_channels) != len(stem_strides):
-        raise CnnvitError("cnn_vit: stem_channels and stem_strides must have the same length")
-    chans = [3, *stem_channels]
+@builds(CnnViT)
+def _cnn_vit(s: CnnViT) -> nn.Module:
+    chans = [3, *s.stem_channels]
     stem = nn.Sequential(
-        *(
-            ConvNormAct(chans[i], chans[i + 1], 3, stride=s, act_layer=nn.GELU)
-            for i, s in enumerate(stem_strides)
-        )
+        *(ConvNormAct(chans[i], chans[i + 1], 3, stride=st, act_layer=nn.GELU) for i, st in enumerate(s.stem_strides))
     )
-    # patch_size=1: every cell of the stem's feature map becomes one token, projected by a 1x1.
-    kw.pop("patch_size", None)
-    return _vit(embed_layer=partial(HybridEmbed, backbone=stem), patch_size=1, **kw)
+    # patch_size=1: every cell of the stem's feature map becomes one token, projected by a 1x1 conv.
+    embed = partial(HybridEmbed, backbone=stem)
+    return create("vit_small_patch16_224", s, embed_layer=embed, patch_size=1, **_vit_args(s))
 
 
-@register("convnext")
-def _convnext(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), patch_size=2, **kw) -> nn.Module:
-    if len(depths) != len(dims):
-        raise CnnvitError("convnext: depths and dims must have the same length")
-    return timm.create_model(
-        "convnext_nano",
-        depths=tuple(depths),
-        dims=tuple(dims),
-        patch_size=patch_size,
-        num_classes=NUM_CLASSES,
-        **kw,
-    )
+@builds(ConvNeXt)
+def _convnext(s: ConvNeXt) -> nn.Module:
+    return create("convnext_nano", s, depths=s.depths, dims=s.dims, patch_size=s.patch_size, conv_mlp=s.conv_mlp)
 
 
-def build_model(spec: dict) -> nn.Module:
-    """Build from a params entry: ``{"arch": NAME, **sizes}``."""
-    spec = dict(spec)
-    arch = spec.pop("arch", None)
-    if arch not in _REGISTRY:
-        raise CnnvitError(f"unknown model arch {arch!r}; known: {', '.join(list_archs())}")
-    return _REGISTRY[arch](**spec)
+def build_model(spec: ArchSpec) -> nn.Module:
+    if spec.arch not in BUILDERS:
+        raise CnnvitError(f"unknown model arch {spec.arch!r}; known: {', '.join(sorted(BUILDERS))}")
+    return BUILDERS[spec.arch](spec)
 
 
-def is_convnet(spec: dict) -> bool:
-    return spec["arch"] in ("resnet50", "convnext")
+def list_archs() -> list[str]:
+    assert set(BUILDERS) == set(ARCHS), "every arch spec needs a builder"
+    return sorted(BUILDERS)
 
 
 def count_params(model: nn.Module) -> int:
@@ -122,7 +106,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def flops_per_image(model: nn.Module, device: torch.device | str = "cpu") -> int:
-    """Forward FLOPs of one 3x32x32 image, counted by ``torch.utils.flop_counter``."""
+    """Forward FLOPs (2 per multiply-add) of one 3x32x32 image, from ``torch.utils.flop_counter``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
@@ -132,3 +116,6 @@ def flops_per_image(model: nn.Module, device: torch.device | str = "cpu") -> int
         model(x)
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+__all__ = ["BUILDERS", "NUM_CLASSES", "build_model", "count_params", "flops_per_image", "list_archs", "timm"]

@@ -3,9 +3,10 @@
     cnnvit report --tables-dir results/tables --figures-dir results/figures \
         --template report/template.html.j2 --out report/index.html
 
-The page holds the paper's Tables 1-3 (per-epoch curves, this run beside the paper's), Table 4,
-the figures, an efficiency table, a statement of which claims this run reproduces (computed from
-the numbers) and the provenance of the run.
+The page shows the verdicts ``cnnvit collect`` reached (it decides nothing itself), what differs
+from the paper (:mod:`cnnvit.deviations`), the paper's Tables 1-4 beside this run's numbers with
+the paper's own oddities noted where they bear on a comparison, the figures, the data-size study,
+efficiency, and the provenance of the runs.
 """
 
 from __future__ import annotations
@@ -19,172 +20,204 @@ import jinja2
 import pandas as pd
 import yaml
 
+from cnnvit import paths
 from cnnvit.artifacts import read_json, write_text
+from cnnvit.configs import Params
+from cnnvit.deviations import deviations
 from cnnvit.errors import CnnvitError
-from cnnvit.paper import CLAIMS, DISPLAY, TABLE_NUMBER, paper_epochs, paper_table4
+from cnnvit.figures import label, read_labels, read_table
+from cnnvit.paper import NOTES, PAPER_NAME, TABLE_NUMBER, paper_best_final, paper_epochs
 
 COLUMNS = [("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc")]
 
 
-def fmt(value, digits: int = 2, pct: bool = False) -> str:
+def fmt(value, digits: int = 2, pct: bool = False, sign: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{value:.{digits}f}{'%' if pct else ''}"
+    return f"{value:{'+' if sign else ''}.{digits}f}{'%' if pct else ''}"
 
 
 def fmt_seconds(s: float) -> str:
+    if s is None or math.isnan(s):
+        return "—"
     h, rem = divmod(round(s), 3600)
     m, sec = divmod(rem, 60)
     return f"{h} h {m} m" if h else (f"{m} m {sec} s" if m else f"{sec} s")
 
 
-def epoch_table(epochs: pd.DataFrame, paper: pd.DataFrame, model: str, recipe: str) -> dict:
-    """Mean over seeds of each (split, metric) per epoch, beside the paper's published value."""
-    d = epochs[(epochs.model == model) & (epochs.recipe == recipe)]
+def epoch_table(epochs: pd.DataFrame, model: str, recipe: str) -> dict:
+    """Mean over seeds of each (split, metric) per epoch, beside the paper's printed values."""
+    d = epochs[(epochs.model == model) & (epochs.recipe == recipe) & (epochs.fraction == 1.0)]
     ours = d.groupby(["epoch", "split", "metric"]).value.mean()
-    theirs = paper[paper.model == model].set_index(["epoch", "split", "metric"]).value
-    # Only epochs either side has: the paper's lone best-epoch value must not pad the table.
+    paper = paper_epochs().query("model == @model").set_index("epoch")
+    has_paper = model in TABLE_NUMBER
     rows = []
-    for e in sorted({int(v) for v in [*d.epoch, *paper[paper.model == model].epoch]}):
-        row = {"epoch": e, "ours": [], "paper": []}
-        for split, metric in COLUMNS:
-            pct = metric == "acc"
-            row["ours"].append(fmt(ours.get((e, split, metric)), 4 - 2 * pct, pct))
-            row["paper"].append(fmt(theirs.get((e, split, metric)), 4 - 2 * pct, pct))
+    for e in sorted({int(v) for v in d.epoch} | (set(paper.index) if has_paper else set())):
+        row = {"epoch": e, "ours": [fmt(ours.get((e, s, m)), 4 - 2 * (m == "acc"), m == "acc") for s, m in COLUMNS]}
+        if has_paper:
+            p = paper.loc[e] if e in paper.index else None
+            get = lambda c, p=p: None if p is None or pd.isna(p[c]) else float(p[c])  # noqa: E731
+            row["paper"] = [fmt(get(f"{s}_{m}"), 4 - 2 * (m == "acc"), m == "acc") for s, m in COLUMNS]
+            row["paper_loss"] = fmt(get("loss"), 4)
         rows.append(row)
     return {
         "model": model,
-        "name": DISPLAY.get(model, model),
+        "name": label(model),
         "number": TABLE_NUMBER.get(model),
         "recipe": recipe,
         "rows": rows,
-        "paper_cells": int(theirs.notna().sum()),
+        "notes": NOTES.get(model, []),
+        "split_loss": model == "cnn_vit",
     }
 
 
 def table4(summary: pd.DataFrame, recipe: str) -> list[dict]:
-    paper = paper_table4().set_index("model")
+    paper = paper_best_final().set_index("model")
     rows = []
-    for r in summary[summary.recipe == recipe].itertuples():
+    for r in summary[(summary.recipe == recipe) & (summary.fraction == 1.0)].itertuples():
         p = paper.loc[r.model] if r.model in paper.index else None
-        rows.append({
-            "name": DISPLAY.get(r.model, r.model),
-            "time": fmt_seconds(r.train_seconds),
-            "epochs": int(r.epochs),
-            "best_epoch": fmt(r.best_epoch, 0 if float(r.best_epoch).is_integer() else 1),
-            "best": fmt(r.best_test_acc_mean, 2, True),
-            "std": fmt(r.best_test_acc_std, 2),
-            "seeds": int(r.seeds),
-            "paper_time": p["time"] if p is not None else "—",
-            "paper_epochs": int(p["epochs"]) if p is not None else "—",
-            "paper_best": fmt(p["best_test_acc"], 2, True) if p is not None else "—",
-            "diff": fmt(r.best_test_acc_mean - p["best_test_acc"], 2) if p is not None else "—",
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": label(r.model),
+                "train_time": fmt_seconds(r.train_seconds),
+                "wall_time": fmt_seconds(r.wall_seconds),
+                "epochs": fmt(r.epochs, 0),
+                "best_epoch": fmt(r.best_epoch, 1 if r.best_epoch % 1 else 0),
+                "best": fmt(r.best_test_acc_mean, 2, True),
+                "std": fmt(r.best_test_acc_std, 2),
+                "final": fmt(r.final_test_acc_mean, 2, True),
+                "seeds": int(r.seeds),
+                "se": fmt(r.binomial_se_pp, 2),
+                "paper_time": fmt_seconds(p.hours * 3600) if p is not None else "—",
+                "paper_epochs": int(p.epochs) if p is not None else "—",
+                "paper_t4": fmt(p.table4_best, 2, True) if p is not None else "—",
+                "paper_best": f"{p.best:.2f}% (epoch {int(p.best_epoch)})" if p is not None else "—",
+                "paper_final": f"{p.final:.2f}% (epoch {int(p.final_epoch)})" if p is not None else "—",
+                "diff": fmt(r.best_test_acc_mean - p.table4_best, 2, sign=True) if p is not None else "—",
+            }
+        )
     return rows
 
 
-def claims(summary: pd.DataFrame) -> list[dict]:
-    """Each paper claim, judged per recipe from best test accuracy (mean over seeds)."""
-    acc = summary.set_index(["model", "recipe"])
-    out = []
-    for winner, loser, text in CLAIMS:
-        for recipe in dict.fromkeys(summary.recipe):
-            if (winner, recipe) not in acc.index or (loser, recipe) not in acc.index:
-                continue
-            a, b = acc.loc[(winner, recipe)], acc.loc[(loser, recipe)]
-            diff = a.best_test_acc_mean - b.best_test_acc_mean
-            noise = max(a.best_test_acc_std, b.best_test_acc_std)
-            if not math.isnan(noise) and abs(diff) <= 2 * noise:
-                verdict = "inconclusive"
-            else:
-                verdict = "reproduced" if diff > 0 else "not reproduced"
-            out.append({
-                "claim": text,
-                "recipe": recipe,
-                "verdict": verdict,
-                "detail": f"{DISPLAY.get(winner, winner)} {a.best_test_acc_mean:.2f}% vs "
-                f"{DISPLAY.get(loser, loser)} {b.best_test_acc_mean:.2f}% "
-                f"({diff:+.2f} pp, {int(min(a.seeds, b.seeds))} seed(s))",
-            })  # fmt: skip
-    return out
+def claim_rows(claims: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "claim": c.claim,
+            "recipe": c.recipe,
+            "verdict": c.verdict,
+            "seeds": f"{c.seeds_winner} / {c.seeds_loser}",
+            "diff": fmt(c.diff_pp, 2, sign=True),
+            "ci": f"[{fmt(c.ci_low_pp, 2, sign=True)}, {fmt(c.ci_high_pp, 2, sign=True)}]",
+            "paper": fmt(c.paper_diff_pp, 2, sign=True),
+            "share": fmt(100 * c.diff_pp / c.paper_diff_pp, 0) + "%" if c.paper_diff_pp else "—",
+        }
+        for c in claims.itertuples()
+    ]
 
 
 def efficiency(summary: pd.DataFrame) -> list[dict]:
-    return [
+    rows = []
+    for r in summary[summary.fraction == 1.0].itertuples():
+        pf = r.train_pflops
+        rows.append(
+            {
+                "name": label(r.model),
+                "recipe": r.recipe,
+                "params": fmt(r.params / 1e6, 2) + " M",
+                "gflops": fmt(r.flops_per_image / 1e9, 3),
+                "gmacs": fmt(r.flops_per_image / 2e9, 3),
+                "train_ips": f"{r.train_images_per_s:,.0f}",
+                "infer_ips": f"{r.infer_images_per_s:,.0f}",
+                "peak_mem": f"{r.peak_mem_mb:,.0f}",
+                "pflops": fmt(pf, 4),
+                "acc_per_pflop": fmt(r.best_test_acc_mean / pf, 1) if pf and pf > 0 else "—",
+            }
+        )
+    return rows
+
+
+def datasize_section(size: pd.DataFrame, pairs: pd.DataFrame) -> dict:
+    rows = [
         {
-            "name": DISPLAY.get(r.model, r.model),
+            "name": label(r.model),
             "recipe": r.recipe,
-            "params": f"{r.params / 1e6:.2f} M",
-            "gflops": f"{r.flops_per_image / 1e9:.3f}",
-            "train_ips": f"{r.train_images_per_s:,.0f}",
-            "infer_ips": f"{r.infer_images_per_s:,.0f}",
-            "peak_mem": f"{r.peak_mem_mb:,.0f}",
+            "fraction": f"{r.fraction:g}",
+            "images": fmt(r.train_images, 0),
+            "mean": fmt(r.best_test_acc_mean, 2, True),
+            "std": fmt(r.best_test_acc_std, 2),
+            "ci": f"[{fmt(r.best_test_acc_ci_low, 2)}, {fmt(r.best_test_acc_ci_high, 2)}]",
+            "seeds": int(r.seeds),
         }
-        for r in summary.itertuples()
+        for r in size.itertuples()
     ]
+    crossings = []
+    if len(pairs):
+        for (a, b, recipe), g in pairs.groupby(["a", "b", "recipe"], sort=False):
+            crossings.append({"pair": f"{label(a)} vs {label(b)}", "recipe": recipe, "text": g.text.iloc[0]})
+    return {"rows": rows, "crossings": crossings, "fractions": sorted(set(size.fraction))}
 
 
 def inline_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def render(cfg: dict, tables_dir, figures_dir, template: Path) -> str:
+def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
-    for need in (
-        tables_dir / "epochs.csv",
-        tables_dir / "summary.csv",
-        figures_dir / "test_acc.png",
-    ):
-        if not need.exists():
-            raise CnnvitError(f"{need} not found: run `cnnvit collect` and `cnnvit figures` first")
+    names = ("epochs", "runs", "summary", "claims", "variants", "datasize", "datasize_pairs")
+    t = {n: read_table(tables_dir, f"{n}.csv") for n in names}
+    read_labels(t["summary"])
+    prov = read_json(tables_dir / "provenance.json", "run `cnnvit collect` again")
+    if not (figures_dir / "test_acc.png").exists():
+        raise CnnvitError(f"{figures_dir / 'test_acc.png'} not found: run `cnnvit figures` first")
     if not template.exists():
         raise CnnvitError(f"report template {template} not found: pass --template")
-    epochs = pd.read_csv(tables_dir / "epochs.csv")
-    summary = pd.read_csv(tables_dir / "summary.csv")
-    prov = read_json(tables_dir / "provenance.json")
-    recipes = list(dict.fromkeys(summary.recipe))
-    main_recipe = "paper" if "paper" in recipes else recipes[0]
-    models = list(dict.fromkeys(summary.model))
-    paper = paper_epochs()
-    ordered = sorted(models, key=lambda m: TABLE_NUMBER.get(m, 99))
-    figs = [("Figure 6 analogue: test accuracy of all models", figures_dir / "test_acc.png")]
-    figs += [
-        (
-            f"Figures 3-5 analogue: {DISPLAY.get(m, m)} loss and accuracy",
-            figures_dir / f"curves_{m}.png",
-        )
-        for m in ordered
-    ]
-    figs.append(("Best test accuracy per model and recipe", figures_dir / "best_acc.png"))
+    recipes = list(dict.fromkeys(t["summary"].recipe))
+    models = sorted(dict.fromkeys(t["summary"].model), key=lambda m: (TABLE_NUMBER.get(m, 9), m))
+    figs = [("Figure 6 analogue: test accuracy of every model", "test_acc.png")]
+    for m in models:  # the paper's Figures 3-5 follow its Tables 1-3
+        title = f"Figure {TABLE_NUMBER[m] + 2} analogue" if m in TABLE_NUMBER else "Extra figure"
+        figs.append((f"{title}: {label(m)} loss and accuracy", f"curves_{m}.png"))
+    figs.append(("Best test accuracy per model and recipe", "best_acc.png"))
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(template.parent),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
+        loader=jinja2.FileSystemLoader(template.parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
+    prof = params.active
+    full = t["runs"][t["runs"].fraction == 1.0]
+    n_train, n_test = int(full.n_train.max()), int(full.n_test.max())
     return env.get_template(template.name).render(
-        profile=cfg["profile"],
-        quick=cfg["profile"] != "paper",
-        prof=cfg["profiles"][cfg["profile"]],
-        main_recipe=main_recipe,
+        profile=params.profile,
+        paper_scale=n_train >= 50_000 and n_test >= 10_000,
+        prof=prof,
+        n_train=n_train,
+        n_test=n_test,
         recipes=recipes,
-        epoch_tables=[epoch_table(epochs, paper, m, r) for m in ordered for r in recipes],
-        table4={r: table4(summary, r) for r in recipes},
-        claims=claims(summary),
-        efficiency=efficiency(summary),
-        figures=[(title, inline_png(p)) for title, p in figs if p.exists()],
+        claims=claim_rows(t["claims"]),
+        variants=claim_rows(t["variants"]),
+        single_seed=bool((t["claims"][["seeds_winner", "seeds_loser"]] < 2).any().any()) if len(t["claims"]) else True,
+        deviations=deviations(params, t["runs"]),
+        table4={r: table4(t["summary"], r) for r in recipes},
+        epoch_tables=[epoch_table(t["epochs"], m, r) for m in models for r in recipes],
+        general_notes=NOTES["all"],
+        efficiency=efficiency(t["summary"]),
+        datasize=datasize_section(t["datasize"], t["datasize_pairs"]),
+        budget=params.runs_.fraction_budget,
+        figures=[(title, inline_png(figures_dir / f)) for title, f in figs if (figures_dir / f).exists()],
+        datasize_fig=inline_png(figures_dir / "datasize.png") if (figures_dir / "datasize.png").exists() else None,
+        cost_fig=inline_png(figures_dir / "cost.png") if (figures_dir / "cost.png").exists() else None,
         provenance=prov,
-        params_yaml=yaml.safe_dump(cfg, sort_keys=False),
+        paper_models=PAPER_NAME,
+        params_yaml=yaml.safe_dump(params.raw, sort_keys=False),
         rendered=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
 
 
 def add_args(p) -> None:
-    p.add_argument("--tables-dir", default="results/tables")
-    p.add_argument("--figures-dir", default="results/figures")
-    p.add_argument("--template", default="report/template.html.j2")
-    p.add_argument("--out", default="report/index.html")
+    p.add_argument("--tables-dir", default=paths.TABLES_DIR)
+    p.add_argument("--figures-dir", default=paths.FIGURES_DIR)
+    p.add_argument("--template", default=paths.TEMPLATE)
+    p.add_argument("--out", default=paths.REPORT)
 
 
-def run(args, cfg: dict) -> None:
-    write_text(args.out, render(cfg, args.tables_dir, args.figures_dir, Path(args.template)))
+def run(args, params: Params) -> None:
+    write_text(args.out, render(params, args.tables_dir, args.figures_dir, Path(args.template)))
     print(f"wrote {args.out}")

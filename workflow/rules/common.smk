@@ -1,37 +1,22 @@
-# Helpers shared by the rules. The stage commands and their param keys come from cnnvit.config,
-# the same source dvc.yaml is tested against.
-import shlex
-from pathlib import Path
+# What every rule needs: the typed params (validated by cnnvit.params, as every cnnvit command
+# does), params.yaml as written (overrides of it go to the commands as --set), and the runs.
+import shutil
+import sys
 
-import yaml
+from cnnvit import pipeline as P
+from cnnvit.errors import CnnvitError
+from cnnvit.params import coerce_numbers, migrate, params_from_dict, read_params_file
 
-from cnnvit.config import diff_overrides, local_path, runs, run_name, stage_param_keys, stage_params
-from cnnvit.config import validate as cnnvit_validate
+try:
+    PARAMS = params_from_dict(config, "config")
+    BASE = coerce_numbers(migrate(read_params_file("params.yaml"), "params.yaml"))
+except CnnvitError as exc:
+    sys.exit(f"error: {exc}")
+RUNS = {run.name: run for run in PARAMS.runs()}
+GPUS = P.gpu_request(PARAMS.runtime.device, workflow.local_exec)
 
-# Cross-reference checks the JSON schema cannot express (unknown model in runs, ...).
-cnnvit_validate(config, "config")
-
-with open("params.yaml") as _f:
-    PARAMS_FILE = yaml.safe_load(_f)
-
-RUNS = [run_name(m, r, s) for m, r, s in runs(config)]
-DATA = "data/prepared"
-PREPARED = [f"{DATA}/train.npz", f"{DATA}/test.npz", f"{DATA}/stats.json"]
-RAW = "data/raw/cifar10.tar.gz"
-
-
-def cli_sets(stage, **item):
-    """--set flags for the --config/--configfile overrides that this stage reads."""
-    keys = stage_param_keys(stage, profile=config["profile"], **item)
-    out = []
-    for item_ in diff_overrides(PARAMS_FILE, config):
-        key = item_.split("=", 1)[0]
-        if any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in keys):
-            out.append(f"--set {shlex.quote(item_)}")
-    return " ".join(out)
-
-
-def local_source():
-    """The archive itself as an input when data.url is a local path (none for a URL)."""
-    path = local_path(config["data"]["url"])
-    return [str(path)] if path is not None and path.exists() else []
+if not workflow.local_exec and not shutil.which("sbatch"):
+    sys.exit(
+        "error: this profile submits jobs to SLURM, but sbatch is not on PATH: "
+        "run it on a SLURM login node (or drop --workflow-profile workflow/profiles/slurm)"
+    )

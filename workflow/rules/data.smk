@@ -1,34 +1,35 @@
-# Data stages: download -> prepare (mirrors the download/prepare stages of dvc.yaml).
+# download -> prepare
 
 
 rule download:
     input:
-        local_source(),
+        P.local_source(PARAMS.data.url),
+        P.code_deps("download"),
     output:
-        RAW,
-    conda:
-        "../envs/cnnvit.yaml"
+        P.RAW,
     log:
         "logs/download.log",
+    conda:
+        "../envs/cnnvit.yaml"
     params:
-        cfg=stage_params(config, "download"),
-        sets=cli_sets("download"),
+        values=P.param_values(PARAMS.raw, "download"),
+        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("download", PARAMS.profile)),
     shell:
-        "cnnvit download --out {output} {params.sets} > {log} 2>&1"
+        P.command("download") + " {params.sets} > {log} 2>&1"
 
 
 rule prepare:
     input:
-        RAW,
+        P.RAW,
+        P.code_deps("prepare"),
     output:
-        PREPARED,
-    conda:
-        "../envs/cnnvit.yaml"
+        P.PREPARED,
     log:
         "logs/prepare.log",
+    conda:
+        "../envs/cnnvit.yaml"
     params:
-        cfg=stage_params(config, "prepare"),
-        sets=cli_sets("prepare"),
-        out_dir=lambda w, output: str(Path(output[0]).parent),
+        values=P.param_values(PARAMS.raw, "prepare"),
+        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("prepare", PARAMS.profile)),
     shell:
-        "cnnvit prepare --raw {input} --out-dir {params.out_dir} {params.sets} > {log} 2>&1"
+        P.command("prepare") + " {params.sets} > {log} 2>&1"

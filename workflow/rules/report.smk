@@ -1,62 +1,54 @@
-# collect -> figures -> report (mirrors the stages of the same names in dvc.yaml).
-
-TABLES = [
-    "results/tables/epochs.csv",
-    "results/tables/summary.csv",
-    "results/tables/runs.csv",
-    "results/tables/provenance.json",
-]
+# collect -> figures -> report
 
 
 rule collect:
     input:
-        expand("results/runs/{run}/{f}", run=RUNS, f=["metrics.csv", "summary.json"]),
+        P.run_outputs(RUNS),
+        P.code_deps("collect"),
     output:
-        TABLES,
-        metrics="results/metrics.json",
-    conda:
-        "../envs/cnnvit.yaml"
+        P.TABLES,
+        metrics=P.METRICS,
     log:
         "logs/collect.log",
+    conda:
+        "../envs/cnnvit.yaml"
     params:
-        cfg=stage_params(config, "collect"),
-        sets=cli_sets("collect"),
+        values=P.param_values(PARAMS.raw, "collect"),
+        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("collect", PARAMS.profile)),
     shell:
-        "cnnvit collect --runs-dir results/runs --out-dir results/tables "
-        "--metrics {output.metrics} {params.sets} > {log} 2>&1"
+        P.command("collect") + " {params.sets} > {log} 2>&1"
 
 
 rule figures:
     input:
-        "results/tables/epochs.csv",
-        "results/tables/summary.csv",
+        P.TABLES,
+        P.code_deps("figures"),
     output:
-        directory("results/figures"),
-    conda:
-        "../envs/cnnvit.yaml"
+        directory(P.FIGURES_DIR),
     log:
         "logs/figures.log",
+    conda:
+        "../envs/cnnvit.yaml"
     params:
-        cfg=stage_params(config, "figures"),
-        sets=cli_sets("figures"),
+        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("figures", PARAMS.profile)),
     shell:
-        "cnnvit figures --tables-dir results/tables --out-dir {output} {params.sets} > {log} 2>&1"
+        P.command("figures") + " {params.sets} > {log} 2>&1"
 
 
 rule report:
     input:
-        TABLES,
-        "results/figures",
-        template="report/template.html.j2",
+        P.TABLES,
+        P.FIGURES_DIR,
+        P.TEMPLATE,
+        P.code_deps("report"),
     output:
-        "report/index.html",
-    conda:
-        "../envs/cnnvit.yaml"
+        P.REPORT,
     log:
         "logs/report.log",
+    conda:
+        "../envs/cnnvit.yaml"
     params:
-        cfg=stage_params(config, "report"),
-        sets=cli_sets("report"),
+        values=P.param_values(PARAMS.raw, "report"),
+        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("report", PARAMS.profile)),
     shell:
-        "cnnvit report --tables-dir results/tables --figures-dir results/figures "
-        "--template {input.template} --out {output} {params.sets} > {log} 2>&1"
+        P.command("report") + " {params.sets} > {log} 2>&1"

@@ -1,33 +1,31 @@
-# One training job per model x recipe x seed (mirrors the train matrix stage of dvc.yaml).
-# params.cfg holds exactly that run's config, so a params change re-runs only that run.
-# resources gpu=1 plus the profile's `resources: [gpu=1]` keep one training per GPU.
+# One training job per run (models x recipes x train_fractions x seeds). params.values holds
+# exactly the params the run reads, so a change re-runs only that run. Threads come from
+# runtime.threads; a GPU is requested only where a job can use one (pipeline.gpu_request).
 
 
 wildcard_constraints:
-    model="[a-z][a-z0-9_]*",
-    recipe="[a-z][a-z0-9_]*",
-    seed=r"\d+",
+    run=P.run_pattern(RUNS),
 
 
 rule train:
     input:
-        PREPARED,
+        P.PREPARED,
+        P.code_deps("train"),
     output:
-        metrics="results/runs/{model}-{recipe}-s{seed}/metrics.csv",
-        summary="results/runs/{model}-{recipe}-s{seed}/summary.json",
+        **P.RUN_OUTPUT,
+    log:
+        "logs/train/{run}.log",
     conda:
         "../envs/cnnvit.yaml"
-    log:
-        "logs/train/{model}-{recipe}-s{seed}.log",
-    params:
-        cfg=lambda w: stage_params(config, "train", model=w.model, recipe=w.recipe),
-        sets=lambda w: cli_sets("train", model=w.model, recipe=w.recipe),
-        data_dir=lambda w, input: str(Path(input[0]).parent),
-        out_dir=lambda w, output: str(Path(output.metrics).parent),
-    threads: workflow.cores
+    threads: PARAMS.runtime.threads
     resources:
-        gpu=1,
+        gpu=GPUS,
+        runtime=lambda w: P.slurm_minutes(PARAMS, RUNS[w.run]),
+    params:
+        cmd=lambda w: P.command("train", RUNS[w.run]),
+        values=lambda w: P.run_param_values(PARAMS.raw, RUNS[w.run]),
+        sets=lambda w: P.set_flags(
+            BASE, PARAMS.raw, P.run_param_keys(PARAMS.profile, RUNS[w.run])
+        ),
     shell:
-        "cnnvit train --model {wildcards.model} --recipe {wildcards.recipe} "
-        "--seed {wildcards.seed} --data-dir {params.data_dir} --out-dir {params.out_dir} "
-        "--ckpt-dir results/checkpoints --threads {threads} {params.sets} > {log} 2>&1"
+        "{params.cmd} --threads {threads} {params.sets} > {log} 2>&1"

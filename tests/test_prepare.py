@@ -1,12 +1,12 @@
-"""The data stages on fixture archives in the official formats, served from 127.0.0.1."""
+"""The prepare stage on fixture archives in the official formats, and on hostile or careless ones."""
 
 from __future__ import annotations
 
 import io
 import os
 import pickle
-import socket
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,119 +14,32 @@ from conftest import (
     CLASSES,
     PER_BATCH,
     add_bytes,
+    assert_one_line_error,
     make_cifar_python,
     make_imagefolder,
     md5,
+    no_files,
     png_bytes,
-    sha256,
+    run_cli,
     synthetic_images,
     tar_directory,
     tiny_params,
-    write_yaml,
 )
 
-from cnnvit import data
-from cnnvit.cli import main
 from cnnvit.errors import CnnvitError
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch):
-    monkeypatch.setattr(data, "BACKOFF_S", 0.01)
-
-
-def run_cli(tmp_path, capsys, argv, params: dict) -> tuple[int, str]:
-    params_file = write_yaml(tmp_path / "params.yaml", params)
-    code = main([*argv, "--params", str(params_file)])
-    return code, capsys.readouterr().err.strip()
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code != 0
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def no_partial_files(directory) -> bool:
-    return not directory.exists() or not any(p.is_file() for p in directory.rglob("*"))
-
-
-# ----------------------------------------------------------------------------- download
-
-
-def test_download_over_http_verifies_and_skips_refetch(tmp_path, http_server, cifar_archive, capsys):
-    www, base = http_server
-    (www / "c.tar.gz").write_bytes(cifar_archive.read_bytes())
-    out = tmp_path / "data/raw/cifar10.tar.gz"
-    cfg = {"url": f"{base}/c.tar.gz", "md5": md5(cifar_archive), "format": "cifar10-python"}
-    data.download(cfg, out)
-    assert out.read_bytes() == cifar_archive.read_bytes()
-    (www / "c.tar.gz").unlink()  # a second fetch would now 404: it must not happen
-    data.download(cfg, out)
-    assert "not fetching again" in capsys.readouterr().out
-
-
-def test_download_by_sha256_from_file_url(tmp_path, cifar_archive):
-    out = tmp_path / "raw.tar.gz"
-    cfg = {"url": cifar_archive.as_uri(), "md5": None, "sha256": sha256(cifar_archive)}
-    data.download(cfg, out)
-    assert out.read_bytes() == cifar_archive.read_bytes()
-
-
-def test_download_404(tmp_path, http_server, capsys):
-    _, base = http_server
-    params = tiny_params(f"{base}/missing.tar.gz", "0" * 32)
-    code, err = run_cli(tmp_path, capsys, ["download", "--out", str(tmp_path / "d/x.tar.gz")], params)
-    assert_one_line_error(code, err, "HTTP 404", "data.url")
-    assert no_partial_files(tmp_path / "d")
-
-
-def test_download_unreachable_host_retries_then_points_at_mirror(tmp_path, capsys):
-    with socket.socket() as s:  # a port nobody listens on: connection refused, like no network
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    params = tiny_params(f"http://127.0.0.1:{port}/cifar.tar.gz", "0" * 32)
-    code, err = run_cli(tmp_path, capsys, ["download", "--out", str(tmp_path / "d/x.tar.gz")], params)
-    assert_one_line_error(code, err, "cannot reach 127.0.0.1", "mirror or a local copy")
-    assert no_partial_files(tmp_path / "d")
-
-
-def test_download_checksum_mismatch_shows_both(tmp_path, http_server, cifar_archive, capsys):
-    www, base = http_server
-    (www / "c.tar.gz").write_bytes(cifar_archive.read_bytes())
-    params = tiny_params(f"{base}/c.tar.gz", "f" * 32)
-    code, err = run_cli(tmp_path, capsys, ["download", "--out", str(tmp_path / "d/x.tar.gz")], params)
-    assert_one_line_error(code, err, "checksum mismatch", "f" * 32, md5(cifar_archive))
-    assert no_partial_files(tmp_path / "d")
-    stale = tmp_path / "d/x.tar.gz"  # a corrupt leftover is not kept when the fetch fails again
-    stale.parent.mkdir(parents=True, exist_ok=True)
-    stale.write_bytes(b"corrupt")
-    code, err = run_cli(tmp_path, capsys, ["download", "--out", str(stale)], params)
-    assert code == 1 and not stale.exists()
-
-
-def test_download_directory_source_is_packed_reproducibly(tmp_path):
-    src = make_imagefolder(tmp_path / "folder")
-    a, b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
-    data.download({"url": str(src), "md5": "0" * 32}, a)
-    data.download({"url": str(src), "md5": "0" * 32}, b)
-    assert a.read_bytes() == b.read_bytes()
-    assert len(data.prepare(a, "imagefolder")["train"][1]) == 30
-
+from cnnvit.prepare import prepare, write_prepared
 
 # ----------------------------------------------------------------------------- prepare
 
 
 def test_prepare_official_format(tmp_path, cifar_archive):
-    result = data.prepare(cifar_archive, "cifar10-python", 5 * PER_BATCH, PER_BATCH)
+    result = prepare(cifar_archive, "cifar10-python", 5 * PER_BATCH, PER_BATCH)
     x, y = result["train"]
     assert x.shape == (5 * PER_BATCH, 32, 32, 3) and x.dtype == np.uint8
     assert y.dtype == np.int64 and result["classes"] == CLASSES
     expected, labels = synthetic_images(PER_BATCH, seed=0)  # data_batch_1, HWC as written
     assert np.array_equal(x[:PER_BATCH], expected) and np.array_equal(y[:PER_BATCH], labels)
-    stats = data.write_prepared(result, tmp_path / "prep", {"data": {}})
+    stats = write_prepared(result, tmp_path / "prep", {"data": {}})
     with np.load(tmp_path / "prep/train.npz") as z:
         assert np.array_equal(z["images"], x) and list(z["classes"]) == CLASSES
     assert np.allclose(stats["mean"], x.reshape(-1, 3).mean(0) / 255, atol=1e-5)
@@ -137,8 +50,9 @@ def test_prepare_cli_end_to_end_is_deterministic(tmp_path, cifar_archive, capsys
     params = tiny_params(str(cifar_archive), md5(cifar_archive))
     outs = []
     for name in ("a", "b"):
-        code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(cifar_archive),
-                                               "--out-dir", str(tmp_path / name)], params)  # fmt: skip
+        code, err = run_cli(
+            tmp_path, capsys, ["prepare", "--raw", str(cifar_archive), "--out-dir", str(tmp_path / name)], params
+        )
         assert code == 0, err
         outs.append((tmp_path / name / "train.npz").read_bytes())
     # provenance (with its timestamp) is stored inside; the arrays must match exactly
@@ -150,8 +64,8 @@ def test_prepare_cli_end_to_end_is_deterministic(tmp_path, cifar_archive, capsys
 def test_prepare_imagefolder_archive_and_directory(tmp_path, prefix):
     folder = make_imagefolder(tmp_path / "folder")
     archive = tar_directory(folder, tmp_path / "if.tar.gz", prefix=prefix.rstrip("/"))
-    from_dir = data.prepare(folder, "imagefolder", 30, 30)
-    from_tar = data.prepare(archive, "imagefolder", 30, 30)
+    from_dir = prepare(folder, "imagefolder", 30, 30)
+    from_tar = prepare(archive, "imagefolder", 30, 30)
     assert from_dir["classes"] == CLASSES
     for split in ("train", "test"):
         assert np.array_equal(from_dir[split][0], from_tar[split][0])
@@ -165,7 +79,7 @@ def test_truncated_archive(tmp_path, cifar_archive, capsys):
     out = tmp_path / "prep"
     code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(bad), "--out-dir", str(out)], params)
     assert_one_line_error(code, err, "corrupt or truncated", "download")
-    assert no_partial_files(out)
+    assert no_files(out)
 
 
 def test_missing_batch(tmp_path, capsys):
@@ -174,13 +88,13 @@ def test_missing_batch(tmp_path, capsys):
     out = tmp_path / "prep"
     code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(bad), "--out-dir", str(out)], params)
     assert_one_line_error(code, err, "data_batch_3")
-    assert no_partial_files(out)
+    assert no_files(out)
 
 
 def test_missing_class_folder(tmp_path):
     folder = make_imagefolder(tmp_path / "folder", skip_class="frog")
     with pytest.raises(CnnvitError, match="missing class folder test/frog"):
-        data.prepare(folder, "imagefolder")
+        prepare(folder, "imagefolder")
 
 
 def test_image_not_32x32_rgb_is_named(tmp_path):
@@ -188,24 +102,30 @@ def test_image_not_32x32_rgb_is_named(tmp_path):
     big = np.zeros((40, 40, 3), np.uint8)
     (folder / "train/cat/big.png").write_bytes(png_bytes(big))
     with pytest.raises(CnnvitError, match=r"train/cat/big\.png: image is 40x40 RGB"):
-        data.prepare(folder, "imagefolder")
+        prepare(folder, "imagefolder")
     (folder / "train/cat/big.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8), "L"))
     with pytest.raises(CnnvitError, match=r"big\.png: image is 32x32 L, not 32x32 RGB"):
-        data.prepare(folder, "imagefolder")
+        prepare(folder, "imagefolder")
+    (folder / "train/cat/big.png").unlink()
+    (folder / "train/cat/fake.jpg").write_bytes(b"this is text, not a JPEG")
+    with pytest.raises(CnnvitError) as exc:
+        prepare(folder, "imagefolder")
+    assert "train/cat/fake.jpg: not a readable image" in str(exc.value) and "BytesIO" not in str(exc.value)
 
 
 def test_count_check(tmp_path, cifar_archive):
     with pytest.raises(CnnvitError, match="found 100 train images, expected 50000"):
-        data.prepare(cifar_archive, "cifar10-python", 50000, 10000)
+        prepare(cifar_archive, "cifar10-python", 50000, 10000)
 
 
 def test_unknown_format(tmp_path, cifar_archive, capsys):
     params = tiny_params(str(cifar_archive), md5(cifar_archive), fmt="cifar100")
-    code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(cifar_archive),
-                                           "--out-dir", str(tmp_path / "p")], params)  # fmt: skip
+    code, err = run_cli(
+        tmp_path, capsys, ["prepare", "--raw", str(cifar_archive), "--out-dir", str(tmp_path / "p")], params
+    )
     assert_one_line_error(code, err, "data.format", "cifar100")
     with pytest.raises(CnnvitError, match=r"unknown data\.format 'cifar100'"):
-        data.prepare(cifar_archive, "cifar100")
+        prepare(cifar_archive, "cifar100")
 
 
 # ----------------------------------------------------------------------------- security
@@ -237,7 +157,7 @@ def test_unsafe_members_are_refused(tmp_path, name, kind, why):
     member.size = len(blob)
     archive = _tar_with(tmp_path, member, blob)
     with pytest.raises(CnnvitError, match=f"unsafe member .*{why}"):
-        data.prepare(archive, "cifar10-python")
+        prepare(archive, "cifar10-python")
     assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
 
 
@@ -256,7 +176,56 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path):
     evil = pickle.dumps({b"data": _RunsCode(marker), b"labels": []}, protocol=2)
     archive = make_cifar_python(tmp_path / "evil.tar.gz", extra={"data_batch_1": evil})
     with pytest.raises(CnnvitError, match=r"data_batch_1: refusing to unpickle .*forbidden global"):
-        data.prepare(archive, "cifar10-python")
+        prepare(archive, "cifar10-python")
     assert not marker.exists()
     pickle.loads(evil)  # the same bytes do run code when unpickled naively
     assert marker.exists()
+
+
+def test_more_classes_than_the_models_take_fail_in_prepare(tmp_path, capsys):
+    """Issue 9.6: an 11th class used to pass prepare and crash train with an IndexError."""
+    folder = make_imagefolder(tmp_path / "folder")
+    for split in ("train", "test"):
+        (folder / split / "zebra").mkdir()
+        (folder / split / "zebra/0.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8)))
+    params = tiny_params(str(folder), "0" * 32, fmt="imagefolder")
+    code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(folder), "--out-dir", str(tmp_path / "p")], params)
+    assert_one_line_error(code, err, "11 classes", "built for CIFAR-10's 10")
+    assert no_files(tmp_path / "p")
+
+
+def test_an_empty_class_folder_is_named(tmp_path):
+    folder = make_imagefolder(tmp_path / "folder")
+    for p in (folder / "test/frog").iterdir():
+        p.unlink()
+    with pytest.raises(CnnvitError, match="class folder test/frog has no images"):
+        prepare(folder, "imagefolder")
+    archive = tar_directory(folder, tmp_path / "a.tar.gz")
+    with pytest.raises(CnnvitError, match="class folder test/frog has no images"):
+        prepare(archive, "imagefolder")
+
+
+def test_a_zip_is_named_as_not_a_tar(tmp_path, capsys):
+    z = tmp_path / "cifar.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("cifar-10-batches-py/batches.meta", b"x")
+    code, err = run_cli(
+        tmp_path, capsys, ["prepare", "--raw", str(z), "--out-dir", str(tmp_path / "p")], tiny_params(str(z), md5(z))
+    )
+    assert_one_line_error(code, err, "is a zip file, not a tar archive")
+    text = tmp_path / "plain.tar.gz"
+    text.write_bytes(b"hello, I am not an archive at all" * 10)
+    with pytest.raises(CnnvitError, match="not a tar archive"):
+        prepare(text, "cifar10-python")
+
+
+def test_constant_images_are_refused(tmp_path, capsys):
+    """Issue 9.7: all-constant images gave a ZeroDivisionError in training."""
+    folder = make_imagefolder(tmp_path / "folder")
+    for p in folder.rglob("*.png"):
+        p.write_bytes(png_bytes(np.full((32, 32, 3), 7, np.uint8)))
+    params = tiny_params(str(folder), "0" * 32, fmt="imagefolder")
+    params["data"].update(expect_train=0, expect_test=0)
+    code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(folder), "--out-dir", str(tmp_path / "p")], params)
+    assert_one_line_error(code, err, "std 0", "fix data.url")
+    assert no_files(tmp_path / "p")

@@ -1,0 +1,148 @@
+"""Checkpoints of one run: what makes one reusable, reading one safely, and the run's lock.
+
+A checkpoint is reused (to resume, or to re-emit a finished run) only when its identity matches:
+the run config without runtime-only settings, the prepared data, the training code
+(:data:`TRAINING_CODE`) and the torch and timm versions. Otherwise the run starts fresh and says
+why. It is read with ``torch.load(weights_only=True)``: a file that does not load that way (a
+pickle that would run code, a torn write, anything that is not our dict) is moved aside as
+``<name>.rejected-<time>`` for inspection, named, and never executed. The device, thread count
+and compile flag are recorded; a resume under other ones warns, since on a CPU the numbers of
+the remaining epochs depend on them.
+
+    with run_lock(ckpt_dir, name):          # a second process for the same run stops at once
+        ckpt = load(path, identity)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnvit.artifacts import atomic_path
+from cnnvit.errors import CnnvitError
+
+# The modules whose code decides the trained weights. A change to any of them retrains.
+TRAINING_CODE = ("train", "trainer", "models", "device_data", "pretrained", "archs")
+RUNTIME_KEYS = ("device", "threads", "compile")  # recorded; a change warns but keeps the checkpoint
+
+
+def code_hashes() -> dict[str, str]:
+    pkg = resources.files("cnnvit")
+    return {f"{m}.py": hashlib.sha256(pkg.joinpath(f"{m}.py").read_bytes()).hexdigest()[:16] for m in TRAINING_CODE}
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def identity(config: dict, data_id: dict) -> dict:
+    import timm
+
+    return {
+        "config": digest(config),
+        "data": digest(data_id),
+        "code": code_hashes(),
+        "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},  # not TorchVersion objects
+    }
+
+
+def mismatch(saved: dict, current: dict) -> str | None:
+    """Why a checkpoint with identity ``saved`` cannot serve a run with ``current``; None if it can."""
+    if saved.get("config") != current["config"]:
+        return "was made with other params"
+    if saved.get("data") != current["data"]:
+        return "was made from other prepared data"
+    old_code = saved.get("code") or {}
+    changed = sorted(f for f, h in current["code"].items() if old_code.get(f) != h)
+    if changed:
+        return f"was trained by other training code ({', '.join(changed)} changed)"
+    if saved.get("versions") != current["versions"]:
+        return f"was trained with other libraries ({saved.get('versions')} -> {current['versions']})"
+    return None
+
+
+def save(path: Path, ckpt: dict) -> None:
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(ckpt, tmp)
+        except RuntimeError as exc:  # torch reports a short write (a full disk, a quota) as a RuntimeError
+            free = shutil.disk_usage(path.parent).free / 2**20
+            raise CnnvitError(
+                f"cannot write checkpoint {path}: the write stopped short ({str(exc).splitlines()[0][:80]}); is the "
+                f"disk full? {free:,.0f} MB free there: free some space (or pass another --ckpt-dir) and run again"
+            ) from None
+
+
+def set_aside(path: Path, why: str) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.rejected-{stamp}")
+    os.replace(path, aside)
+    print(f"checkpoint {path} {why}; moved it to {aside} (nothing in it was run) and starting fresh", flush=True)
+    return aside
+
+
+def load(path: Path, current: dict, runtime: dict) -> dict | None:
+    """The checkpoint at ``path`` if it matches ``current`` identity; else None (and says why)."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"a pickled {m.group(1)}" if m else str(exc).strip().splitlines()[-1][:120]
+        set_aside(path, f"holds more than tensors and plain data ({what}, refused by a weights-only load)")
+        return None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        set_aside(path, f"is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        return None
+    if not isinstance(ckpt, dict) or not {"identity", "epoch", "rows", "state"} <= set(ckpt):
+        set_aside(path, f"is not a cnnvit checkpoint (a {type(ckpt).__name__})")
+        return None
+    why = mismatch(ckpt["identity"], current)
+    if why:
+        print(f"checkpoint {path} {why}; starting fresh", flush=True)
+        return None
+    old = ckpt.get("runtime") or {}
+    changed = [f"{k} {old.get(k)} -> {runtime[k]}" for k in RUNTIME_KEYS if old.get(k) != runtime[k]]
+    if changed and ckpt.get("summary") is None:
+        print(
+            f"warning: resuming {path} under another runtime ({'; '.join(changed)}): the remaining "
+            "epochs' numbers will differ from an uninterrupted run",
+            flush=True,
+        )
+    return ckpt
+
+
+@contextlib.contextmanager
+def run_lock(ckpt_dir: Path, name: str) -> Iterator[None]:
+    """Hold ``<ckpt_dir>/<name>.lock`` while the run trains; a second holder is refused at once."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise CnnvitError(
+                f"run {name} is already training (pid {holder}, lock {path}): wait for it to finish, or stop it "
+                "and run this command again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # drops the lock; the kernel does the same for a killed process

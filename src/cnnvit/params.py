@@ -1,0 +1,264 @@
+"""params.yaml -> typed, validated configs: the one loader every ``cnnvit`` command and the
+Snakefile go through.
+
+    params = load_params("params.yaml", ["profile=quick"])       # --set overrides
+    params = params_from_dict(snakemake_config, "config")       # what Snakemake loaded
+    for run in params.runs():
+        cfg = params.run_config(run)                            # what one training reads
+
+Loading reads YAML 1.2 numbers (``1e-3`` is a float), renames deprecated keys with a warning,
+turns numeric strings into numbers where the schema wants a number, checks the schema
+(``schemas/params.schema.json``, one definition per model arch) and the cross-references it cannot
+express, and only then builds the dataclasses. Every error names the dotted key and the fix.
+Defaults of optional keys live in the dataclasses below and nowhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+import sys
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cnnvit.archs import spec_from_dict, spec_keys
+from cnnvit.configs import Data, Params, Profile, Recipe, Runs, RunSpec, Runtime
+from cnnvit.errors import CnnvitError
+
+__all__ = ["Params", "RunSpec", "load_params", "params_from_dict"]
+
+SCHEMA_FILE = "schemas/params.schema.json"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML implements YAML 1.1, where ``1e-3`` (no dot) is a string; YAML 1.2 reads a float."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CnnvitError(f"{source}: not valid YAML{where} ({problem}): fix the syntax") from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], the value read as YAML: ``[0, 1]``, ``null``, ``1e-4``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise CnnvitError(f"bad override {item!r}: write it as --set dotted.key=value")
+    return key.split("."), (yaml_load(raw, f"override {item!r}") if raw != "" else "")
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = cfg
+        for i, part in enumerate(path[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise CnnvitError(f"bad override {item!r}: {'.'.join(path[: i + 1])} is not a mapping")
+            node = nxt
+        node[path[-1]] = value
+    return cfg
+
+
+# ----------------------------------------------------------------------------- deprecations
+
+RENAMED_SECTIONS = {"train": "runtime"}  # old top-level key -> new (cnnvit 0.2; removed in 0.3)
+RENAMED_SCHEDULES = {"onecycle": "linear"}  # it always was linear warm-up, then linear decay
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def migrate(cfg: dict, source: str) -> dict:
+    """Rename what an older params file calls by a deprecated name, saying so once."""
+    cfg = copy.deepcopy(cfg)
+    for old, new in RENAMED_SECTIONS.items():
+        if old not in cfg:
+            continue
+        if new in cfg and cfg[new] != cfg[old] and isinstance(cfg[old], dict):
+            merged = {**cfg[new], **cfg[old]}
+            warn(f"{source}: `{old}:` is deprecated, renamed `{new}:`; its keys override `{new}:`")
+            cfg[new] = merged
+        else:
+            warn(f"{source}: `{old}:` is deprecated and was renamed `{new}:`; rename it (or --set {new}.KEY)")
+            cfg[new] = cfg[old]
+        del cfg[old]
+    for name, recipe in (cfg.get("recipes") or {}).items():
+        old = recipe.get("schedule") if isinstance(recipe, dict) else None
+        if isinstance(old, str) and old in RENAMED_SCHEDULES:
+            warn(f"{source}: recipes.{name}.schedule: {old!r} is deprecated, now {RENAMED_SCHEDULES[old]!r}")
+            recipe["schedule"] = RENAMED_SCHEDULES[old]
+    return cfg
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@cache
+def schema() -> dict:
+    return json.loads(resources.files("cnnvit").joinpath(SCHEMA_FILE).read_text())
+
+
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema())
+
+
+def _dotted(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def coerce_numbers(cfg: dict) -> dict:
+    """Numbers written as strings (``"1e-4"`` from a YAML 1.1 reader) become numbers where the
+    schema wants one, whichever tool read the file."""
+    cfg = copy.deepcopy(cfg)
+    for _ in range(1000):
+        fixed = False
+        for err in _validator().iter_errors(cfg):
+            wanted = err.validator_value if err.validator == "type" else None
+            wanted = [wanted] if isinstance(wanted, str) else wanted or []
+            if not isinstance(err.instance, str) or not {"number", "integer"} & set(wanted):
+                continue
+            try:
+                value: float | int = float(err.instance)
+            except ValueError:
+                continue
+            if "integer" in wanted and value.is_integer():
+                value = int(value)
+            *parents, last = err.absolute_path
+            node = cfg
+            for part in parents:
+                node = node[part]
+            node[last] = value
+            fixed = True
+            break
+        if not fixed:
+            return cfg
+    return cfg
+
+
+def _message(err: jsonschema.ValidationError, source: str) -> str:
+    where = _dotted(err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        keys = ", ".join(f"{where}.{k}" if err.absolute_path else k for k in extra)
+        arch = err.instance.get("arch") if isinstance(err.instance, dict) else None
+        kind = f" for arch {arch}" if arch and "arch" in allowed else ""
+        return f"{source}: unknown key {keys}{kind}: remove or rename it; allowed keys: {', '.join(allowed)}"
+    if err.validator == "required":
+        return f"{source}: {where}: {err.message}: add it"
+    return f"{source}: {where}: {err.message}: fix this value"
+
+
+def check(cfg: dict, source: str = "params.yaml") -> None:
+    """The schema, then the cross-references it cannot express. Raises on the first problem."""
+    errors = list(_validator().iter_errors(cfg))
+    if errors:
+        # the deepest error is the most specific one (a model's unknown key, not "allOf failed")
+        err = max(errors, key=lambda e: (len(e.absolute_path), e.validator == "additionalProperties"))
+        raise CnnvitError(_message(err, source))
+    data = cfg["data"]
+    if not (data.get("md5") or data.get("sha256")):
+        raise CnnvitError(f"{source}: data: no checksum: set data.sha256 (or data.md5)")
+    profile = cfg["profile"]
+    if profile not in cfg["profiles"]:
+        known = ", ".join(sorted(cfg["profiles"]))
+        raise CnnvitError(f"{source}: profile: unknown profile {profile!r}; use one of {known}")
+    for recipe in cfg["runs"]["recipes"]:
+        if recipe not in cfg["recipes"]:
+            known = ", ".join(sorted(cfg["recipes"]))
+            raise CnnvitError(
+                f"{source}: runs.recipes: unknown recipe {recipe!r}; define recipes.{recipe} or use one of {known}"
+            )
+    models = cfg["profiles"][profile]["models"]
+    for model in cfg["runs"]["models"]:
+        if model not in models:
+            raise CnnvitError(
+                f"{source}: runs.models: model {model!r} is not defined in profile {profile!r}; define "
+                f"profiles.{profile}.models.{model} or use one of {', '.join(sorted(models))}"
+            )
+    for pname, prof in cfg["profiles"].items():
+        for mname, entry in prof["models"].items():
+            try:
+                spec_from_dict(entry)
+            except ValueError as exc:
+                raise CnnvitError(f"{source}: profiles.{pname}.models.{mname}: {exc}: fix the entry") from None
+
+
+def _build(cls, d: dict):
+    """The dataclass from a schema-checked dict: lists become tuples, and an int where the field
+    is a float becomes a float (so that 0 and 0.0 make the same run identity)."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+    def value(k, v):
+        if isinstance(v, list):
+            return tuple(float(x) if kinds[k].startswith("tuple[float") else x for x in v)
+        return float(v) if kinds[k].startswith("float") and type(v) is int else v
+
+    return cls(**{k: value(k, v) for k, v in d.items()})
+
+
+def params_from_dict(cfg: dict, source: str = "params.yaml") -> Params:
+    """Validate a params dict (from a file or from Snakemake's config) and build the typed tree."""
+    if not isinstance(cfg, dict):
+        raise CnnvitError(f"{source}: expected a mapping at the top level")
+    cfg = coerce_numbers(migrate(cfg, source))
+    check(cfg, source)
+    profiles = {
+        name: Profile(**{**p, "models": {m: spec_from_dict(e) for m, e in p["models"].items()}})
+        for name, p in cfg["profiles"].items()
+    }
+    return Params(
+        raw=cfg,
+        profile=cfg["profile"],
+        data=_build(Data, cfg["data"]),
+        runs_=_build(Runs, cfg["runs"]),
+        runtime=_build(Runtime, cfg["runtime"]),
+        recipes={name: _build(Recipe, r) for name, r in cfg["recipes"].items()},
+        profiles=profiles,
+    )
+
+
+def read_params_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CnnvitError(f"params file {path} not found: run from the project root or pass --params")
+    return yaml_load(path.read_text(), str(path))
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    raw = read_params_file(path)
+    if not isinstance(raw, dict):
+        raise CnnvitError(f"{path}: expected a mapping at the top level")
+    return params_from_dict(apply_overrides(raw, overrides or []), str(path))
+
+
+def model_keys(arch: str) -> set[str]:
+    """The keys a model entry of ``arch`` may have (the schema holds the same list)."""
+    return spec_keys(arch)

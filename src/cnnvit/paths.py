@@ -1,0 +1,31 @@
+"""Where every stage reads and writes, relative to the project root: the one list of paths.
+
+:mod:`cnnvit.pipeline` builds the DAG from these, and each stage command takes them as the
+defaults of its path arguments. It is its own module so that a stage depends on these names,
+not on the whole DAG description.
+"""
+
+RAW = "data/raw/cifar10.tar.gz"
+PREPARED_DIR = "data/prepared"
+PREPARED = (f"{PREPARED_DIR}/train.npz", f"{PREPARED_DIR}/test.npz", f"{PREPARED_DIR}/stats.json")
+RUNS_DIR = "results/runs"
+RUN_FILES = ("metrics.csv", "summary.json")
+CHECKPOINT_DIR = "results/checkpoints"
+TABLES_DIR = "results/tables"
+TABLES = tuple(
+    f"{TABLES_DIR}/{name}"
+    for name in (
+        "epochs.csv",
+        "runs.csv",
+        "summary.csv",
+        "claims.csv",
+        "variants.csv",
+        "datasize.csv",
+        "datasize_pairs.csv",
+        "provenance.json",
+    )
+)
+METRICS = "results/metrics.json"
+FIGURES_DIR = "results/figures"
+TEMPLATE = "report/template.html.j2"
+REPORT = "report/index.html"

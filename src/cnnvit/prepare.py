@@ -1,0 +1,294 @@
+"""Prepare stage: the downloaded archive -> ``train.npz``/``test.npz`` (uint8 NxHxWxC images,
+int64 labels, class names) and ``stats.json`` (the train split's per-channel mean and std).
+
+    cnnvit prepare --raw data/raw/cifar10.tar.gz --out-dir data/prepared
+
+Two layouts (``data.format``): ``cifar10-python`` (the official pickled batches, read with an
+unpickler that allows only numpy arrays) and ``imagefolder`` (``train/<class>/*.png|jpg`` and
+``test/<class>/*``). Archives are read in memory, never extracted; absolute, ``..`` and link
+members are refused. The result is checked (10 classes of 32x32 RGB images, the expected counts,
+no constant channel) before anything is written, and the three files are replaced together.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import re
+import tarfile
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import ClassVar
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cnnvit import paths
+from cnnvit.archs import IMG_SIZE, NUM_CLASSES
+from cnnvit.artifacts import atomic_path, cpu_name, provenance, write_json
+from cnnvit.configs import Params
+from cnnvit.errors import CnnvitError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
+
+
+def _safe_member(name: str, member: tarfile.TarInfo | None, archive: Path) -> None:
+    parts = PurePosixPath(name).parts
+    why = None
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        why = "an absolute path"
+    elif ".." in parts:
+        why = "a '..' path"
+    elif member is not None and not (member.isfile() or member.isdir()):
+        why = "a link or special file"
+    if why:
+        raise CnnvitError(
+            f"unsafe member {name!r} in {archive} ({why}): refusing to read it; this is not a genuine "
+            "CIFAR-10 archive, fix data.url"
+        )
+
+
+def iter_members(raw: Path) -> Iterator[tuple[str, bytes | None]]:
+    """(relative posix path, bytes) for each file of an archive or directory; (path, None) for
+    each directory."""
+    if raw.is_dir():
+        for path in sorted(raw.rglob("*")):
+            rel = path.relative_to(raw).as_posix()
+            if path.is_symlink():
+                raise CnnvitError(f"unsafe member {rel!r} in {raw} (a link): remove it")
+            yield rel, (path.read_bytes() if path.is_file() else None)
+        return
+    if not raw.exists():
+        raise CnnvitError(f"no archive at {raw}: run `cnnvit download` first")
+    with open(raw, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK"):
+        raise CnnvitError(f"{raw} is a zip file, not a tar archive: repack it as .tar.gz (or point data.url at one)")
+    if not (head.startswith(COMPRESSED_MAGIC) or head[257:262] == b"ustar"):
+        raise CnnvitError(f"{raw} is not a tar archive (nor a gzip, bzip2 or xz one): data.url must point at a .tar.gz")
+    try:
+        with tarfile.open(raw, mode="r|*") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                _safe_member(name, member, raw)
+                if member.isfile():
+                    f = tar.extractfile(member)
+                    yield name, f.read() if f else b""
+                elif name:
+                    yield name, None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise CnnvitError(
+            f"corrupt or truncated archive {raw} ({type(exc).__name__}: {exc}): delete it and run "
+            "`cnnvit download` again, or fix data.url"
+        ) from None
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Allows only what the official batches need: numpy array reconstruction."""
+
+    _reconstruct = np.zeros(1).__reduce__()[0]
+    ALLOWED: ClassVar[dict] = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
+
+
+def load_batch(blob: bytes, name: str) -> dict:
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(blob), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise CnnvitError(
+            f"{name}: refusing to unpickle ({exc}): not a genuine CIFAR-10 batch; fix data.url to point at a "
+            "trusted copy"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CnnvitError(f"{name}: expected a dict, got {type(obj).__name__}: fix data.url")
+    return obj
+
+
+def _read_cifar_python(members: dict[str, bytes | None], raw: Path) -> dict:
+    by_base = {PurePosixPath(k).name: v for k, v in members.items() if f"{BATCH_DIR}/" in k and v is not None}
+    for needed in [*TRAIN_BATCHES, "test_batch", "batches.meta"]:
+        if needed not in by_base:
+            raise CnnvitError(
+                f"{raw}: missing {BATCH_DIR}/{needed}: the archive is incomplete or not cifar10-python; "
+                "re-download it, fix data.url, or set data.format"
+            )
+    meta = load_batch(by_base["batches.meta"], "batches.meta")
+    if b"label_names" not in meta:
+        raise CnnvitError(f"{raw}: batches.meta has no label_names: fix data.url")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
+
+    def split(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = [], []
+        for name in names:
+            batch = load_batch(by_base[name], name)
+            data, lab = batch.get(b"data"), batch.get(b"labels")
+            if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * IMG_SIZE**2:
+                raise CnnvitError(f"{name}: b'data' is not an N x 3072 array: fix data.url")
+            if lab is None or len(lab) != len(data):
+                raise CnnvitError(f"{name}: b'labels' does not match b'data' in length: fix data.url")
+            images.append(data.astype(np.uint8).reshape(-1, 3, IMG_SIZE, IMG_SIZE).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(lab, dtype=np.int64))
+        return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+    (xtr, ytr), (xte, yte) = split(TRAIN_BATCHES), split(["test_batch"])
+    return {"train": (xtr, ytr), "test": (xte, yte), "classes": classes}
+
+
+def _decode(name_blob: tuple[str, bytes]) -> np.ndarray:
+    name, blob = name_blob
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            if im.size != (IMG_SIZE, IMG_SIZE) or im.mode != "RGB":
+                raise CnnvitError(
+                    f"{name}: image is {im.size[0]}x{im.size[1]} {im.mode}, not 32x32 RGB: replace or remove the file"
+                )
+            return np.asarray(im, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise CnnvitError(f"{name}: not a readable image (PIL cannot identify it): replace or remove it") from None
+    except OSError as exc:
+        raise CnnvitError(f"{name}: not a readable image ({exc}): replace or remove it") from None
+
+
+def _read_imagefolder(members: dict[str, bytes | None], raw: Path) -> dict:
+    folders: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for name, blob in members.items():
+        parts = PurePosixPath(name).parts
+        for i, part in enumerate(parts[:-1]):  # <...>/<split>/<class>[/<file>]
+            if part in folders and len(parts) - i in (2, 3):
+                cls = folders[part].setdefault(parts[i + 1], [])
+                if len(parts) - i == 3 and blob is not None and PurePosixPath(name).suffix.lower() in IMAGE_EXTS:
+                    cls.append(name)
+                break
+    classes = sorted(folders["train"])
+    if not classes:
+        raise CnnvitError(
+            f"{raw}: no train/<class>/*.png|jpg images: not an imagefolder archive; fix data.url "
+            "or set data.format=cifar10-python"
+        )
+    for split in ("train", "test"):
+        for cls in sorted(set(classes) | set(folders[split])):
+            if cls not in folders[split] or cls not in classes:
+                missing = "train" if cls not in classes else split
+                raise CnnvitError(
+                    f"{raw}: missing class folder {missing}/{cls}: every class needs a folder in "
+                    "both train/ and test/; fix the archive"
+                )
+            if not folders[split][cls]:
+                raise CnnvitError(
+                    f"{raw}: class folder {split}/{cls} has no images: add them or remove the folder from both splits"
+                )
+    out: dict = {"classes": classes}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for split in ("train", "test"):
+            items = [(full, label) for label, cls in enumerate(classes) for full in sorted(folders[split][cls])]
+            images = list(pool.map(_decode, ((n, members[n]) for n, _ in items), chunksize=256))
+            out[split] = (np.stack(images), np.array([label for _, label in items], dtype=np.int64))
+    return out
+
+
+READERS = {"cifar10-python": _read_cifar_python, "imagefolder": _read_imagefolder}
+
+
+def prepare(raw: str | Path, fmt: str, expect_train: int = 0, expect_test: int = 0) -> dict:
+    """Parse and check an archive or directory: ``{"train": (x, y), "test": (x, y), "classes": [...]}``."""
+    raw = Path(raw)
+    if fmt not in READERS:
+        raise CnnvitError(f"unknown data.format {fmt!r}: use one of {', '.join(READERS)}")
+    wanted = (lambda n: f"{BATCH_DIR}/" in n) if fmt == "cifar10-python" else (lambda n: True)
+    members = {name: blob for name, blob in iter_members(raw) if wanted(name)}
+    result = READERS[fmt](members, raw)
+    if len(result["classes"]) != NUM_CLASSES:
+        raise CnnvitError(
+            f"{raw}: {len(result['classes'])} classes ({', '.join(result['classes'][:12])}), but the models are "
+            f"built for CIFAR-10's {NUM_CLASSES}: fix data.url (or the class folders)"
+        )
+    for split, expected, key in (("train", expect_train, "expect_train"), ("test", expect_test, "expect_test")):
+        labels = result[split][1]
+        if expected and len(labels) != expected:
+            raise CnnvitError(
+                f"{raw}: found {len(labels)} {split} images, expected {expected}: the archive is incomplete or "
+                f"a different dataset; fix data.url, or set data.{key}=0 to skip this check"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            raise CnnvitError(f"{raw}: {split} labels fall outside 0..{NUM_CLASSES - 1}: fix data.url")
+        if not len(labels):
+            raise CnnvitError(f"{raw}: the {split} split is empty: fix data.url")
+    return result
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Exact per-channel mean/std in [0, 1], from 256-bin histograms (no float copy of the data)."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[-1]):
+        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
+        mean = float((hist * values).sum() / hist.sum())
+        var = float((hist * (values - mean) ** 2).sum() / hist.sum())
+        means.append(round(mean, 6))
+        stds.append(round(var**0.5, 6))
+    return means, stds
+
+
+def write_prepared(result: dict, out_dir: str | Path, params: dict) -> dict:
+    out_dir = Path(out_dir)
+    mean, std = channel_stats(result["train"][0])
+    if min(std) == 0:
+        channel = "RGB"[std.index(0)]
+        raise CnnvitError(
+            f"every training image has the same {channel} value (std 0): a constant channel cannot be "
+            "normalised or learned from; fix data.url"
+        )
+    prov = provenance(params, cpu_name())
+    stats = {
+        "mean": mean,
+        "std": std,
+        "classes": result["classes"],
+        "counts": {s: len(result[s][1]) for s in ("train", "test")},
+        "provenance": prov,
+    }
+    classes = np.array(result["classes"])
+    with (
+        atomic_path(out_dir / "train.npz") as tr,
+        atomic_path(out_dir / "test.npz") as te,
+        atomic_path(out_dir / "stats.json") as st,
+    ):
+        for tmp, split in ((tr, "train"), (te, "test")):
+            x, y = result[split]
+            with open(tmp, "wb") as f:
+                np.savez(f, images=x, labels=y, classes=classes, provenance=np.array(json.dumps(prov)))
+        write_json(st, stats)
+    return stats
+
+
+def add_args(p) -> None:
+    p.add_argument("--raw", default=paths.RAW, help="archive or directory")
+    p.add_argument("--out-dir", default=paths.PREPARED_DIR)
+
+
+def run(args, params: Params) -> None:
+    d = params.data
+    t0 = time.perf_counter()
+    result = prepare(args.raw, d.format, d.expect_train, d.expect_test)
+    stats = write_prepared(result, args.out_dir, {"data": params.raw["data"]})
+    print(
+        f"prepared {stats['counts']['train']} train + {stats['counts']['test']} test images in "
+        f"{time.perf_counter() - t0:.1f}s; mean {stats['mean']} std {stats['std']}"
+    )

@@ -1,0 +1,169 @@
+"""One description of the pipeline: dvc.yaml is generated from cnnvit.pipeline, and both tools'
+DAGs (Snakemake's from its API, DVC's from its index) are the jobs cnnvit.pipeline describes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ENV, ROOT, make_cifar_python, make_project, md5, sh, tiny_params
+
+from cnnvit import dvcgen, pipeline
+from cnnvit.params import load_params, params_from_dict
+
+# Snakemake's own DAG, the way `snakemake --d3dag` builds it, as JSON (run inside the project).
+SNAKEMAKE_JOBS = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(cores=2), snakefile=Path("Snakefile"),
+                      config_settings=ConfigSettings(config=json.loads(sys.argv[1])))
+    dag = wf.dag(dag_settings=DAGSettings(forceall=True))
+    w = dag.workflow_api._workflow
+    w._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+    w._build_dag()
+    print(json.dumps([{"rule": j.rule.name, "cmd": j.shellcmd, "inputs": list(j.input), "outputs": list(j.output),
+                       "params": sorted(j.params.get("values", {})), "resources": dict(j.resources)}
+                      for j in w.dag.jobs if j.rule.name != "all"]))
+"""
+
+
+def snakemake_jobs(project: Path, config: dict | None = None) -> list[dict]:
+    out = subprocess.run(
+        [sys.executable, "-c", SNAKEMAKE_JOBS, json.dumps(config or {})],
+        cwd=project,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def dvc_stages(project: Path) -> list[dict]:
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        rel = lambda p: os.path.relpath(p, project)  # noqa: E731
+        return [
+            {
+                "name": s.name,
+                "cmd": s.cmd,
+                "deps": {rel(d.fs_path) for d in s.deps if not d.def_path.endswith(".yaml")},
+                "outs": {rel(o.fs_path) for o in s.outs},
+                "params": sorted(k for d in s.deps if d.def_path.endswith("params.yaml") for k in d.params),
+            }
+            for s in repo.index.stages
+        ]
+
+
+def test_dvc_yaml_is_what_the_pipeline_generates():
+    assert (ROOT / "dvc.yaml").read_text() == dvcgen.dvc_yaml(load_params(ROOT / "params.yaml"))
+    proc = sh("cnnvit dvc-yaml --check", ROOT)
+    assert "up to date" in proc.stdout
+
+
+def test_code_dependencies_are_what_each_stage_imports():
+    train = pipeline.code_deps("train")
+    assert {
+        "src/cnnvit/train.py",
+        "src/cnnvit/trainer.py",
+        "src/cnnvit/models.py",
+        "src/cnnvit/device_data.py",
+        "src/cnnvit/params.py",
+        "src/cnnvit/schemas/params.schema.json",
+    } <= set(train)
+    assert "src/cnnvit/report.py" not in train and "src/cnnvit/pipeline.py" not in train
+    figures = pipeline.code_deps("figures")
+    assert "src/cnnvit/paper/epochs.csv" in figures and "src/cnnvit/models.py" not in figures
+    assert "src/cnnvit/models.py" not in pipeline.code_deps("download")
+    for stage in pipeline.STAGES:
+        assert all((ROOT / f).is_file() for f in pipeline.code_deps(stage)), stage
+
+
+def test_set_overrides_are_canonical():
+    base = {"a": {"x": 1, "y": 2}, "b": 1}
+    one = pipeline.set_overrides(base, {"b": 2, "a": {"y": 3, "x": 1}}, ["a", "b"])
+    two = pipeline.set_overrides(base, {"a": {"x": 1, "y": 3}, "b": 2}, ["b", "a"])
+    assert one == two == ["a.y=3", "b=2"]
+    assert pipeline.set_overrides(base, {"a": {"x": 1, "y": 3}, "b": 2}, ["b"]) == ["b=2"]
+
+
+def covered(dep: str, inputs: set[str]) -> bool:
+    return dep in inputs or any(i.startswith(dep.rstrip("/") + "/") for i in inputs)
+
+
+@pytest.fixture(scope="module")
+def fraction_project(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dag")
+    archive = make_cifar_python(d / "c.tar.gz")
+    params = tiny_params(
+        str(archive), md5(archive), models=["vit", "resnet50"], recipes=["paper", "modern"], seeds=[0, 1]
+    )
+    params["runs"]["train_fractions"] = [0.2, 1.0]
+    return make_project(d / "project", params), params_from_dict(params)
+
+
+def test_snakemake_and_dvc_run_exactly_the_jobs_the_pipeline_describes(fraction_project):
+    project, params = fraction_project
+    expected = {j.cmd: j for j in pipeline.jobs(params)}
+    assert (
+        len([j for j in expected.values() if j.stage == "train"]) == 2 * 2 * 2 * 2
+    )  # models x recipes x fractions x seeds
+    assert any("--fraction 0.2" in c and "vit-paper-f0.2-s1" in c for c in expected)
+
+    dvc = {s["cmd"]: s for s in dvc_stages(project)}
+    assert set(dvc) == set(expected), set(dvc) ^ set(expected)
+    for cmd, stage in dvc.items():
+        job = expected[cmd]
+        assert stage["outs"] == set(job.outs), stage["name"]  # metrics and plots are outputs too
+        assert stage["deps"] == set(job.deps), (stage["name"], stage["deps"] ^ set(job.deps))
+        assert stage["params"] == sorted(job.params), stage["name"]
+
+    sm = snakemake_jobs(project)
+    assert len(sm) == len(expected)
+    for job in sm:
+        words = shlex.split(job["cmd"])
+        matches = [c for c in expected if words[: len(shlex.split(c))] == shlex.split(c)]
+        assert len(matches) == 1, job["cmd"]
+        want = expected[matches[0]]
+        extra = words[len(shlex.split(matches[0])) :]
+        while extra and extra[0] in ("--threads", "--set"):
+            extra = extra[2:]
+        assert extra[0] == ">" and extra[2:] == ["2>&1"], job["cmd"]  # only the log redirect is left
+        assert set(job["outputs"]) == set(want.outs), job["rule"]
+        assert all(covered(d, set(job["inputs"])) for d in want.deps), (job["rule"], want.deps, job["inputs"])
+        assert job["params"] == sorted(want.params), job["rule"]
+
+
+def test_gpus_are_requested_only_where_a_job_can_use_one(fraction_project):
+    project, _ = fraction_project
+    for device, gpu in (("cpu", 0), ("auto", 0), ("cuda", 1)):  # auto, here: no NVIDIA GPU on this machine
+        jobs = snakemake_jobs(project, {"runtime": {"device": device}})
+        trains = [j for j in jobs if j["rule"] == "train"]
+        assert trains and all(j["resources"].get("gpu", 0) == gpu for j in trains), device
+        assert all(j["resources"].get("runtime", 0) > 0 for j in trains)
+        assert all("gpu" not in j["resources"] or j["resources"]["gpu"] == 0 for j in jobs if j["rule"] != "train")
+
+
+def test_a_new_fraction_without_regenerating_dvc_yaml_says_what_to_do(fraction_project, tmp_path):
+    _, params = fraction_project
+    raw = json.loads(json.dumps(params.raw))
+    raw["runs"]["train_fractions"] = [0.2, 0.5, 1.0]
+    stale = dvcgen.dvc_yaml(params)
+    assert stale != dvcgen.dvc_yaml(params_from_dict(raw))
+    (tmp_path / "params.yaml").write_text(json.dumps(raw))
+    (tmp_path / "dvc.yaml").write_text(stale)
+    proc = sh(
+        f"cnnvit dvc-yaml --check --params {tmp_path / 'params.yaml'} --out {tmp_path / 'dvc.yaml'}",
+        tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 1 and "run `uv run cnnvit dvc-yaml`" in proc.stderr
