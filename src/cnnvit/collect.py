@@ -37,6 +37,7 @@ from cnnvit.paper import CLAIMS, PAPER_NAME, paper_gaps
 from cnnvit.records import METRICS, VALUE_METRICS, RunSummary
 from cnnvit.stats import claims_table, crossing, summarise
 
+PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "verdict", "text"]
 RETRAIN = "train it again (or collect with the params it was trained with, e.g. --set profile=quick)"
 
 
@@ -167,7 +168,7 @@ def datasize(summary: pd.DataFrame, per_run: pd.DataFrame) -> tuple[pd.DataFrame
         for a, b in itertools.combinations(dict.fromkeys(per_run.model), 2):
             c = crossing(per_run, a, b, recipe)
             rows += [{"a": a, "b": b, "recipe": recipe, **p, "text": c["text"]} for p in c["points"]]
-    return table, pd.DataFrame(rows)
+    return table, pd.DataFrame(rows, columns=PAIR_COLUMNS)  # the header even when one model has no pair
 
 
 def dvc_metrics(summary: pd.DataFrame, claims: pd.DataFrame) -> dict:

@@ -14,6 +14,7 @@ data or training code changed (see :mod:`cnnvit.checkpoint`). One process at a t
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,9 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
     with checkpoint.run_lock(ckpt_dir, cfg.name):
         device, device_name = select_device(cfg.runtime.device)
         runtime = {"device": device_name, "threads": threads, "compile": cfg.runtime.compile}
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
+        print(f"{cfg.name}: on {device_name}, {threads} CPU thread(s){gpus}", flush=True)
         trainer = Trainer(cfg, data_dir, device, threads)
         ident = checkpoint.identity(cfg.identity(), trainer.stats)
         ckpt = checkpoint.load(ckpt_path, ident, runtime)

@@ -13,10 +13,14 @@ try:
 except CnnvitError as exc:
     sys.exit(f"error: {exc}")
 RUNS = {run.name: run for run in PARAMS.runs()}
-GPUS = P.gpu_request(PARAMS.runtime.device, workflow.local_exec)
+# The executor (local or SLURM) is known when the DAG is built, after this file is read: the GPU
+# request is a callable, and the SLURM check runs when the workflow starts.
+GPUS = lambda wildcards: P.gpu_request(PARAMS.runtime.device, workflow.local_exec)
 
-if not workflow.local_exec and not shutil.which("sbatch"):
-    sys.exit(
-        "error: this profile submits jobs to SLURM, but sbatch is not on PATH: "
-        "run it on a SLURM login node (or drop --workflow-profile workflow/profiles/slurm)"
-    )
+
+onstart:
+    if not workflow.local_exec and not shutil.which("sbatch"):
+        sys.exit(
+            "error: this profile submits jobs to SLURM, but sbatch is not on PATH: run it on a "
+            "SLURM login node (or drop --workflow-profile workflow/profiles/slurm)"
+        )
