@@ -21,8 +21,9 @@ time.sleep(float(sys.argv[3]))
 
 
 def claimer(lock_dir, ids: list[str], hold_s: float = 600) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CLAIMER, str(lock_dir), ",".join(ids), str(hold_s)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", CLAIMER, str(lock_dir), ",".join(ids), str(hold_s)], stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_concurrent_claimers_get_different_gpus(tmp_path):

@@ -20,7 +20,10 @@ def archive(tmp_path_factory) -> Path:
 
 
 def params_for(archive: Path) -> dict:
-    return tiny_params(str(archive), md5(archive), epochs=1, models=MODELS, recipes=["paper"], seeds=[0, 1])
+    """Every model on the whole training set and on a fifth of it (the data-size axis)."""
+    params = tiny_params(str(archive), md5(archive), epochs=1, models=MODELS, recipes=["paper"], seeds=[0])
+    params["runs"]["train_fractions"] = [0.2, 1.0]
+    return params
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,11 @@ def assert_report(project: Path) -> None:
         "wall-clock",
     ]:
         assert needle in html, needle
-    assert html.count('src="data:image/png;base64,') == len(MODELS) + 3  # + Figure 6, best accuracy, cost
+    assert html.count('src="data:image/png;base64,') == len(MODELS) + 4  # + Figure 6, best acc, data size, cost
+    assert "Best test accuracy against training images" in html
     assert re.search(r"(Reproduced|Contradicted|Inconclusive)</span>", html)
+    sizes = (project / "results/tables/datasize.csv").read_text()
+    assert all(f"{m},paper,0.2,20," in sizes and f"{m},paper,1.0,100," in sizes for m in MODELS), sizes
     claims = (project / "results/tables/claims.csv").read_text().splitlines()
     assert (
         claims[0]
@@ -104,7 +110,7 @@ def test_a_params_change_reruns_only_that_model(sm_project, dvc_project):
     assert snakemake_plan(sm_project) == {"train": 2, "collect": 1, "figures": 1, "report": 1, "all": 1, "total": 6}
     status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
     # collect and report read the profile too: collect checks each run's config, report prints it
-    assert set(status) == {"train@vit-paper-0", "train@vit-paper-1", "collect", "report"}, status
+    assert set(status) == {"train@vit-paper-0", "train_fraction@vit-paper-0.2-0", "collect", "report"}, status
     for project in (sm_project, dvc_project):
         edit_params(project, "profiles.tiny.models.vit.depth", 1)
 
@@ -112,7 +118,7 @@ def test_a_params_change_reruns_only_that_model(sm_project, dvc_project):
 def test_a_code_change_makes_exactly_its_stages_stale(sm_project, dvc_project):
     for project in (sm_project, dvc_project):
         (project / "src/cnnvit/models.py").write_text((project / "src/cnnvit/models.py").read_text() + "\n# edited\n")
-    runs = len(MODELS) * 2
+    runs = len(MODELS) * 2  # two training-set sizes
     assert snakemake_plan(sm_project) == {
         "train": runs,
         "collect": 1,
@@ -122,7 +128,7 @@ def test_a_code_change_makes_exactly_its_stages_stale(sm_project, dvc_project):
         "total": runs + 4,
     }
     status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
-    assert {s.split("@")[0] for s in status} == {"train"} and len(status) == runs, status
+    assert {s.split("@")[0] for s in status} == {"train", "train_fraction"} and len(status) == runs, status
     for project in (sm_project, dvc_project):
         sh("git checkout -q src/cnnvit/models.py", project)
     assert "Nothing to be done" in sh("snakemake -n --cores 2", sm_project).stdout  # same content again

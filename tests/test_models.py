@@ -146,3 +146,15 @@ def test_cifar_stem_refuses_imagenet_weights(vit_s16):
     spec = ResNet50(layers=(1, 1, 1, 1), channels=(4, 8, 8, 8), stem="cifar", pretrained=str(d / "vit_s16.pth"))
     with pytest.raises(CnnvitError, match="stem: cifar cannot load pretrained weights"):
         build_model(spec)
+
+
+def test_the_transfer_profiles_models_take_their_checkpoints(tmp_path):
+    """Each hub name in the transfer profile, made locally (no network): the timm model it names,
+    saved, then loaded into the model entry as a local file."""
+    profile = load_params(ROOT / "params.yaml").profiles["transfer"]
+    for name, spec in profile.models.items():
+        variant = spec.pretrained.removeprefix("hf-hub:timm/").split(".")[0]
+        path = tmp_path / f"{variant}.pth"
+        torch.save(timm.create_model(variant, pretrained=False).state_dict(), path)
+        model = build_model(type(spec)(**{**spec.__dict__, "pretrained": str(path)}))
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10), name

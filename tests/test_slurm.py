@@ -72,8 +72,9 @@ FAST = "--slurm-init-seconds-before-status-checks 1 --seconds-between-status-che
 @pytest.fixture
 def project(tmp_path):
     archive = make_cifar_python(tmp_path / "c.tar.gz", per_batch=200)  # 1,000 images: fewer, longer epochs
-    params = tiny_params(str(archive), md5(archive), epochs=2, models=["vit"], recipes=["paper"], seeds=[0, 1],
-                         per_batch=200)  # fmt: skip
+    params = tiny_params(
+        str(archive), md5(archive), epochs=2, models=["vit"], recipes=["paper"], seeds=[0, 1], per_batch=200
+    )
     return make_project(tmp_path / "project", params)
 
 
@@ -83,10 +84,16 @@ def seconds_per_epoch(project: Path, tmp_path: Path) -> float:
     calib = tmp_path / "calib.yaml"
     calib.write_text(json.dumps(raw))
     raw_file = tmp_path / "raw.tar.gz"  # outside the project: the workflow's own download must still run
-    sh(f"cnnvit download --params {calib} --out {raw_file} && cnnvit prepare --params {calib} --raw {raw_file} "
-       f"--out-dir {tmp_path}/prep", project)  # fmt: skip
-    sh(f"cnnvit train --params {calib} --model vit --recipe paper --data-dir {tmp_path}/prep "
-       f"--out-dir {tmp_path}/calib --ckpt-dir {tmp_path}/ck", project)  # fmt: skip
+    sh(
+        f"cnnvit download --params {calib} --out {raw_file} && cnnvit prepare --params {calib} --raw {raw_file} "
+        f"--out-dir {tmp_path}/prep",
+        project,
+    )
+    sh(
+        f"cnnvit train --params {calib} --model vit --recipe paper --data-dir {tmp_path}/prep "
+        f"--out-dir {tmp_path}/calib --ckpt-dir {tmp_path}/ck",
+        project,
+    )
     return json.loads((tmp_path / "calib/summary.json").read_text())["wall_seconds"] / 40
 
 
@@ -151,6 +158,8 @@ def test_without_slurm_on_path_the_profile_says_so(project):
     proc = subprocess.run(COMMAND, shell=True, cwd=project, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error:")]
-    want = ("error: this profile submits jobs to SLURM, but sbatch is not on PATH: run it on a SLURM login node "
-            "(or drop --workflow-profile workflow/profiles/slurm)")  # fmt: skip
+    want = (
+        "error: this profile submits jobs to SLURM, but sbatch is not on PATH: run it on a SLURM login node "
+        "(or drop --workflow-profile workflow/profiles/slurm)"
+    )
     assert errors == [want], proc.stdout[-2000:]

@@ -278,3 +278,35 @@ def test_bench_reports_trainer_and_bare_loop(params, prepared, tmp_path):
     assert result["device"].startswith("cpu") and set(result["models"]) == {"vit", "convnext"}
     for m in result["models"].values():
         assert m["trainer_vs_bare"] == m["train_images_per_s"] / m["bare_images_per_s"] > 0
+
+
+def test_a_pretrained_vit_fine_tunes_and_records_its_weights(prepared, tmp_path):
+    """A quick-profile ViT entry pointing at a locally saved vit_small_patch16_224 state dict
+    fine-tunes for one epoch at 32x32 with patch 4; the summary names the file and its sha256."""
+    import hashlib
+
+    import timm
+
+    weights = tmp_path / "vit_small_patch16_224.pth"
+    torch.save(timm.create_model("vit_small_patch16_224", pretrained=False).state_dict(), weights)
+    archive, data_dir = prepared
+    raw = tiny_params(str(archive), md5(archive), epochs=1)
+    raw["profile"] = "quick"
+    raw["profiles"]["quick"].update(train_size=64, test_size=20, epochs=1)
+    raw["profiles"]["quick"]["models"]["vit"] = {
+        "arch": "vit",
+        "patch_size": 4,
+        "embed_dim": 384,
+        "depth": 12,
+        "num_heads": 6,
+        "mlp_ratio": 4.0,
+        "pretrained": str(weights),
+    }
+    cfg = params_from_dict(raw).run_config(RunSpec("vit", "transfer", 0))
+    s = train.train_run(cfg, data_dir, tmp_path / "out", tmp_path / "ckpt")
+    on_disk = json.loads((tmp_path / "out/summary.json").read_text())
+    assert on_disk["pretrained"] == {
+        "source": str(weights.resolve()),
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+    assert s.epochs == 1 and s.params > 21e6 and on_disk["config"]["model"]["pretrained"] == str(weights)

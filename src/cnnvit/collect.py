@@ -163,6 +163,7 @@ def datasize(summary: pd.DataFrame, per_run: pd.DataFrame) -> tuple[pd.DataFrame
         "seeds",
     ]
     table = summary[cols].rename(columns={"n_train": "train_images"}).sort_values(["recipe", "model", "fraction"])
+    table["train_images"] = table.train_images.round().astype("Int64")  # a count, the same for every seed
     rows = []
     for recipe in dict.fromkeys(per_run.recipe):
         for a, b in itertools.combinations(dict.fromkeys(per_run.model), 2):
