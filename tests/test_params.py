@@ -61,6 +61,13 @@ def test_bad_params_fail_before_anything_runs_naming_the_key(override, needle, c
     assert err.count("\n") == 1 and needle in err
 
 
+def test_an_override_edits_only_the_profile_it_names_even_through_a_yaml_alias():
+    # profiles.datasize.models is written as `*paper_models`; editing the paper profile must not edit it
+    params = load_params(PARAMS, ["profiles.paper.models.vit.depth=3", "profile=datasize"])
+    assert params.profiles["datasize"].models["vit"].depth != 3
+    assert params.profiles["paper"].models["vit"].depth == 3
+
+
 def test_yaml_errors_give_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("profile: paper\ndata:\n  url: [unclosed\n")

@@ -5,7 +5,8 @@
 For every model in ``runs.models`` under the active profile it records params, forward FLOPs per image,
 ``train_images_per_s`` (the trainer's step: data cut, augmentation, normalisation, forward,
 backward, optimizer and schedule), ``bare_images_per_s`` (``model(x)``, loss, backward and
-``optimizer.step`` on pre-made tensors of the same shape), their ratio, inference images/s and
+``optimizer.step`` on pre-made tensors of the same shape), their ratio, inference images/s (one
+evaluation pass over the test split) and
 peak memory. Output: ``{"device": ..., "models": {NAME: {...}}}``.
 """
 
@@ -68,7 +69,8 @@ def bench_model(cfg, data_dir, device, steps: int, threads: int | None, repeats:
         "bare_images_per_s": max(bare_ips),
     }
     out["trainer_vs_bare"] = out["train_images_per_s"] / out["bare_images_per_s"]
-    out["infer_images_per_s"] = trainer.inference_speed()
+    trainer.evaluate()
+    out["infer_images_per_s"] = trainer.infer_images_per_s
     out["peak_mem_mb"] = peak_mem_mb(trainer.device)
     return out
 

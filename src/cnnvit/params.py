@@ -53,9 +53,19 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def _unshare(node: Any) -> Any:
+    """A YAML alias (``*paper_models``) loads as the very same object as its anchor; copying without a
+    memo gives each use its own, so an override of one profile never edits another behind its back."""
+    if isinstance(node, dict):
+        return {key: _unshare(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshare(value) for value in node]
+    return node
+
+
 def yaml_load(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)
+        return _unshare(yaml.load(text, Loader=_Yaml12Loader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

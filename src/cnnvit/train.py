@@ -14,6 +14,7 @@ data or training code changed (see :mod:`cnnvit.checkpoint`). One process at a t
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 import time
@@ -46,6 +47,8 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: dict, wall: float) -> RunSummary:
+    if math.isnan(trainer.infer_images_per_s):  # resumed after its last evaluation: time one now
+        trainer.evaluate()
     best = max(rows, key=lambda r: r["test_acc"])
     return RunSummary(
         run=cfg.name,
@@ -65,7 +68,7 @@ def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: di
         params=count_params(trainer.model),
         flops_per_image=flops_per_image(trainer.model, trainer.device),
         train_images_per_s=float(np.mean([r["train_images_per_s"] for r in rows])),
-        infer_images_per_s=trainer.inference_speed(),
+        infer_images_per_s=trainer.infer_images_per_s,
         peak_mem_mb=max(r["peak_mem_mb"] for r in rows),
         device=runtime["device"],
         threads=runtime["threads"],
