@@ -12,7 +12,7 @@ from conftest import ROOT
 from cnnvit import archs
 from cnnvit.cli import main
 from cnnvit.errors import CnnvitError
-from cnnvit.params import RunSpec, coerce_numbers, load_params, model_keys, params_from_dict, schema
+from cnnvit.params import RunSpec, coerce_scalars, load_params, model_keys, params_from_dict, schema
 
 PARAMS = ROOT / "params.yaml"
 
@@ -89,7 +89,27 @@ def test_scientific_notation_is_a_number_everywhere(tmp_path):
     raw = yaml.safe_load(text)
     assert raw["recipes"]["paper"]["lr"] == "1e-3"
     assert params_from_dict(raw).recipes["paper"].lr == 1e-3
-    assert coerce_numbers({**raw, "data": {**raw["data"], "md5": "1e5" + "0" * 29}})["data"]["md5"] == "1e5" + "0" * 29
+    assert coerce_scalars({**raw, "data": {**raw["data"], "md5": "1e5" + "0" * 29}})["data"]["md5"] == "1e5" + "0" * 29
+
+
+def test_snakemake_config_strings_become_the_values_they_spell():
+    # Snakemake's --config reads nested values with YAML's BaseLoader: every scalar is a string
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    raw = yaml.safe_load(PARAMS.read_text())
+    sha = "ab" * 32
+    given = parse_config([f"data={{url: x.tar.gz, md5: null, sha256: {sha}}}", "runs={seeds: [0, 1]}"])
+    given |= parse_config(["runtime={compile: true, threads: 2, device: cpu}"])
+    assert given["data"]["md5"] == "null" and given["runs"]["seeds"] == ["0", "1"]
+    update_config(raw, given)
+    p = params_from_dict(raw)
+    assert p.data.md5 is None and p.data.sha256 == sha
+    assert [r.seed for r in p.runs()][:2] == [0, 1]
+    assert p.runtime.compile is True and p.runtime.threads == 2
+    # a string that is valid as a string stays one
+    raw["data"]["url"] = "null"
+    assert params_from_dict(raw).data.url == "null"
 
 
 def test_deprecated_names_still_work_and_say_so(capsys):

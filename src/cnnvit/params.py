@@ -143,23 +143,28 @@ def _dotted(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
-def coerce_numbers(cfg: dict) -> dict:
-    """Numbers written as strings (``"1e-4"`` from a YAML 1.1 reader) become numbers where the
-    schema wants one, whichever tool read the file."""
+def _scalar(text: str) -> Any:
+    """What a YAML 1.2 reader makes of a plain scalar (``null``, ``true``, ``1e-4``), else the text."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def coerce_scalars(cfg: dict) -> dict:
+    """Scalars that arrive as strings become what YAML 1.2 reads them as (``"1e-4"`` from a YAML 1.1
+    reader, ``"null"``/``"true"``/``"3"`` from Snakemake's ``--config``, which reads nested values
+    as strings), but only where the string is invalid and the value it stands for is valid."""
     cfg = copy.deepcopy(cfg)
+    validator = _validator()
     for _ in range(1000):
         fixed = False
-        for err in _validator().iter_errors(cfg):
-            wanted = err.validator_value if err.validator == "type" else None
-            wanted = [wanted] if isinstance(wanted, str) else wanted or []
-            if not isinstance(err.instance, str) or not {"number", "integer"} & set(wanted):
+        for err in validator.iter_errors(cfg):
+            if not isinstance(err.instance, str):
                 continue
-            try:
-                value: float | int = float(err.instance)
-            except ValueError:
+            value = _scalar(err.instance)
+            if isinstance(value, str | list | dict) or not validator.evolve(schema=err.schema).is_valid(value):
                 continue
-            if "integer" in wanted and value.is_integer():
-                value = int(value)
             *parents, last = err.absolute_path
             node = cfg
             for part in parents:
@@ -238,7 +243,7 @@ def params_from_dict(cfg: dict, source: str = "params.yaml") -> Params:
     """Validate a params dict (from a file or from Snakemake's config) and build the typed tree."""
     if not isinstance(cfg, dict):
         raise CnnvitError(f"{source}: expected a mapping at the top level")
-    cfg = coerce_numbers(migrate(cfg, source))
+    cfg = coerce_scalars(migrate(cfg, source))
     check(cfg, source)
     profiles = {
         name: Profile(**{**p, "models": {m: spec_from_dict(e) for m, e in p["models"].items()}})

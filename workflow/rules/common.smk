@@ -5,11 +5,11 @@ import sys
 
 from cnnvit import pipeline as P
 from cnnvit.errors import CnnvitError
-from cnnvit.params import coerce_numbers, migrate, params_from_dict, read_params_file
+from cnnvit.params import coerce_scalars, migrate, params_from_dict, read_params_file
 
 try:
     PARAMS = params_from_dict(config, "config")
-    BASE = coerce_numbers(migrate(read_params_file("params.yaml"), "params.yaml"))
+    BASE = coerce_scalars(migrate(read_params_file("params.yaml"), "params.yaml"))
 except CnnvitError as exc:
     sys.exit(f"error: {exc}")
 RUNS = {run.name: run for run in PARAMS.runs()}
