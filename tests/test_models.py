@@ -115,12 +115,18 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_hostile_pth_is_refused_and_runs_nothing(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_hostile_pth_is_refused_and_runs_nothing(tmp_path, protocol):
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"patch_embed.proj.weight": _RunsCode(marker)}))
-    with pytest.raises(CnnvitError, match=r"refusing to load pretrained weights .*evil\.pth.*nothing in it was run"):
+    evil.write_bytes(pickle.dumps({"patch_embed.proj.weight": _RunsCode(marker)}, protocol=protocol))
+    refused = r"refusing to load pretrained weights .*evil\.pth.*nothing in it was run"
+    with pytest.raises(CnnvitError, match=refused) as e:
         build_model(spec_from_dict({**VIT_S, "pretrained": str(evil)}))
     assert not marker.exists()
+    # what was refused, in a few words; not torch's advice to load it with weights_only=False
+    assert "weights_only` set to `False`" not in str(e.value) and "\n" not in str(e.value)
+    if protocol == 2:
+        assert "a pickled posix.system" in str(e.value)
 
 
 def test_weights_that_do_not_fit_name_the_file_and_the_key(vit_s16):

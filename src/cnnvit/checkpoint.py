@@ -22,8 +22,8 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from cnnvit.artifacts import atomic_path
-from cnnvit.errors import CnnvitError
+from cnnvit.errors import CnnvitError, refused_pickle
 
 # The modules whose code decides the trained weights. A change to any of them retrains.
 TRAINING_CODE = ("train", "trainer", "models", "device_data", "pretrained", "archs")
@@ -99,11 +99,11 @@ def load(path: Path, current: dict, runtime: dict) -> dict | None:
     if not path.exists():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of the pickle protocol; the error line says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        what = f"a pickled {m.group(1)}" if m else str(exc).strip().splitlines()[-1][:120]
-        set_aside(path, f"holds more than tensors and plain data ({what}, refused by a weights-only load)")
+        set_aside(path, f"holds more than tensors and plain data ({refused_pickle(exc)}, refused by weights_only)")
         return None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         set_aside(path, f"is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")

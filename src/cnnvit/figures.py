@@ -105,9 +105,10 @@ def test_acc_all(epochs: pd.DataFrame) -> plt.Figure:
             (g.epoch.iloc[-1], g.test_acc.iloc[-1]),
             fontsize=7,
             color="dimgrey",
-            xytext=(3, 0),
+            xytext=(0, 4),  # above the curve's last point, inside the axes, clear of the legend
             textcoords="offset points",
-            va="center",
+            ha="right",
+            va="bottom",
         )
     ax.set(ylabel="test accuracy (%)", title="Test accuracy of every model (band: +-1 s.d. over seeds; dashed: paper)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -140,7 +141,7 @@ def best_acc_bars(summary: pd.DataFrame) -> plt.Figure:
         if model in paper.index:
             ax.plot([i - 0.4, i + 0.4], [paper[model]] * 2, color="black", ls="--", lw=1.5)
             ax.annotate(f"paper {paper[model]:.2f}", (i, paper[model]), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(models)), models)
+    ax.set_xticks(range(len(models)), [m.replace(" (", "\n(") for m in models])  # a variant's name on its own line
     ax.set(ylabel="best test accuracy (%)", title="Best test accuracy (error bars: +-1 s.d. over seeds; dashed: paper)")
     ax.legend(title="recipe", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
@@ -164,9 +165,10 @@ def datasize_plot(per_run: pd.DataFrame) -> plt.Figure:
 
 
 def cost_plot(summary: pd.DataFrame) -> plt.Figure:
-    d = summary[summary.train_pflops.notna() & (summary.train_pflops > 0)].assign(label=summary.model.map(label))
+    d = summary[summary.train_pflops.notna() & (summary.train_pflops > 0)]
+    d = d.assign(model=d.model.map(label))  # the legend's header reads "model"
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    sns.scatterplot(data=d, x="train_pflops", y="best_test_acc_mean", hue="label", style="recipe", s=70, ax=ax)
+    sns.scatterplot(data=d, x="train_pflops", y="best_test_acc_mean", hue="model", style="recipe", s=70, ax=ax)
     ax.set(
         xscale="log",
         xlabel="training compute (PFLOPs, 3x forward, log)",

@@ -15,13 +15,14 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import timm
 import torch
 
 from cnnvit.archs import NUM_CLASSES, ArchSpec
-from cnnvit.errors import CnnvitError
+from cnnvit.errors import CnnvitError, refused_pickle
 
 HUB_PREFIX = "hf-hub:"
 PICKLED = {".pth", ".pt", ".bin"}
@@ -58,11 +59,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise CnnvitError(f"pretrained weights {path}: not a readable safetensors file ({exc})") from None
     elif suffix in PICKLED:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns of the pickle protocol; the error line says it all
+                warnings.simplefilter("ignore")
+                sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0][:160]
             raise CnnvitError(
-                f"refusing to load pretrained weights {path}: it holds more than tensors ({first}); "
+                f"refusing to load pretrained weights {path}: it holds more than tensors ({refused_pickle(exc)}); "
                 "nothing in it was run: use a .safetensors file or torch.save(model.state_dict())"
             ) from None
         except (RuntimeError, OSError, EOFError) as exc:
