@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, make_cifar_python, md5, tiny_params, write_yaml
+from conftest import ROOT, make_cifar_python, md5, run_cli, tiny_params, write_yaml
 
 from cnnvit import checkpoint, train
 from cnnvit.cli import main
@@ -60,6 +60,20 @@ def test_a_run_writes_its_metrics_and_summary(params, prepared, tmp_path):
     assert on_disk["train_seconds"] <= on_disk["wall_seconds"]
     prov = on_disk["provenance"]
     assert prov["params"]["name"] == "vit-modern-s0" and prov["versions"]["torch"] and prov["git_commit"]
+
+
+def test_a_fraction_run_needs_only_its_own_params(prepared, tmp_path, capsys):
+    # Snakemake passes a train job only the params it reads: runs.train_fractions is not one of
+    # them (adding a fraction must not re-run the others), so the command works without it.
+    archive, data = prepared
+    raw = tiny_params(str(archive), md5(archive), epochs=1)
+    assert raw["runs"]["train_fractions"] == [1.0]
+    argv = ["train", "--model", "vit", "--recipe", "paper", "--data-dir", str(data), "--ckpt-dir", str(tmp_path / "c")]
+    code, err = run_cli(tmp_path, capsys, [*argv, "--fraction", "0.5", "--out-dir", str(tmp_path / "r")], raw)
+    assert code == 0, err
+    assert json.loads((tmp_path / "r/summary.json").read_text())["fraction"] == 0.5
+    code, err = run_cli(tmp_path, capsys, [*argv, "--fraction", "1.5", "--out-dir", str(tmp_path / "x")], raw)
+    assert code == 1 and "--fraction 1.5 is not in (0, 1]" in err and not (tmp_path / "x").exists()
 
 
 def test_same_seed_gives_identical_metrics(params, prepared, tmp_path):

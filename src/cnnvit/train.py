@@ -155,11 +155,10 @@ def add_args(p) -> None:
 
 
 def run(args, params: Params) -> None:
-    if args.fraction not in params.runs_.train_fractions:
-        raise CnnvitError(
-            f"--fraction {args.fraction:g} is not in runs.train_fractions {list(params.runs_.train_fractions)}: "
-            "add it there (for DVC, then run `uv run cnnvit dvc-yaml`) or fix --fraction"
-        )
+    # Any fraction in (0, 1] is a valid run, listed in runs.train_fractions or not: the list only
+    # says which runs the DAG holds, so adding one to it must not change (and re-run) the others.
+    if not 0 < args.fraction <= 1:
+        raise CnnvitError(f"--fraction {args.fraction:g} is not in (0, 1]: give a fraction of the training set")
     cfg = params.run_config(RunSpec(args.model, args.recipe, args.seed, args.fraction))
     out_dir = args.out_dir or f"{paths.RUNS_DIR}/{cfg.name}"
     torch.set_num_threads(args.threads or cfg.runtime.threads)
