@@ -76,6 +76,20 @@ def test_a_fraction_run_needs_only_its_own_params(prepared, tmp_path, capsys):
     assert code == 1 and "--fraction 1.5 is not in (0, 1]" in err and not (tmp_path / "x").exists()
 
 
+def test_a_fraction_run_counts_the_seconds_of_epochs_it_does_not_record(params, prepared, tmp_path, monkeypatch):
+    real = train.Trainer.train_epoch
+
+    def one_second_epochs(self, epoch, progress=False):
+        return {**real(self, epoch, progress=progress), "epoch_seconds": 1.0}
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", one_second_epochs)
+    cfg = params.run_config(RunSpec("vit", "paper", 0, 0.5))  # 2 epochs at 1/2 of the data: 4, rows every 2
+    assert (cfg.epochs, cfg.eval_every) == (4, 2)
+    s = train.train_run(cfg, prepared[1], tmp_path / "out", tmp_path / "ckpt")
+    m = pd.read_csv(tmp_path / "out/metrics.csv")
+    assert list(m.epoch) == [2, 4] and list(m.epoch_seconds) == [2.0, 2.0] and s.train_seconds == 4.0
+
+
 def test_same_seed_gives_identical_metrics(params, prepared, tmp_path):
     cfg = cfg_for(params, "resnet50", seed=1)
     for name in ("a", "b"):

@@ -34,7 +34,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("test_loss", "test", "loss", "mean cross-entropy on the test images, without smoothing"),
     Metric("test_acc", "test", "acc", "test accuracy (%), eval mode, no augmentation"),
     Metric("lr", "train", "lr", "learning rate of the epoch's last step"),
-    Metric("epoch_seconds", "train", "seconds", "seconds of optimizer steps in the epoch"),
+    # A fraction run records one row per eval_every epochs; the row carries all their seconds.
+    Metric("epoch_seconds", "train", "seconds", "seconds of optimizer steps since the previous row"),
     Metric("train_images_per_s", "train", "images_per_s", "training images per second of optimizer steps"),
     Metric("peak_mem_mb", "train", "peak_mem_mb", "peak CUDA memory, or peak process RSS on a CPU"),
 )

@@ -103,10 +103,13 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
             state = "finished; not retraining" if summary else f"resuming after epoch {done}"
             print(f"{cfg.name}: checkpoint found, {state}", flush=True)
         progress = sys.stderr.isatty()
+        unrecorded = 0.0  # seconds of the epochs since the last recorded row
         for epoch in range(done + 1, cfg.epochs + 1):
             row = {"epoch": epoch, **trainer.train_epoch(epoch, progress=progress)}
+            unrecorded += row["epoch_seconds"]
             if epoch % cfg.eval_every and epoch != cfg.epochs:
                 continue  # a small fraction's many short epochs are evaluated every eval_every
+            row["epoch_seconds"], unrecorded = unrecorded, 0.0
             row["test_loss"], row["test_acc"] = trainer.evaluate()
             row["peak_mem_mb"] = peak_mem_mb(device)
             rows.append({k: row[k] for k in METRIC_COLUMNS})
