@@ -44,6 +44,12 @@ def cfg_for(params, model="vit", recipe="modern", seed=0, **profile):
     return p.run_config(RunSpec(model, recipe, seed))
 
 
+def train_cmd(params_file, data_dir, out_dir, ckpt_dir) -> list[str]:
+    """`cnnvit train` of vit/paper/seed 0 as a separate process."""
+    args = f"train --model vit --recipe paper --params {params_file} --data-dir {data_dir} --out-dir {out_dir}"
+    return [sys.executable, "-m", "cnnvit.cli", *args.split(), "--ckpt-dir", str(ckpt_dir)]
+
+
 def metrics(out) -> pd.DataFrame:
     return pd.read_csv(out / "metrics.csv").drop(columns=TIMING_COLUMNS)
 
@@ -123,26 +129,7 @@ def test_kill_9_then_the_same_command_resumes_bit_identically(params, prepared, 
     raw = json.loads(json.dumps(params.raw))
     raw["profiles"]["tiny"]["epochs"] = 30
     params_file = write_yaml(tmp_path / "params.yaml", raw)
-    cmd = [
-        sys.executable,
-        "-m",
-        "cnnvit.cli",
-        "train",
-        "--params",
-        str(params_file),
-        "--model",
-        "vit",
-        "--recipe",
-        "paper",
-        "--seed",
-        "0",
-        "--data-dir",
-        str(prepared[1]),
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--ckpt-dir",
-        str(tmp_path / "ckpt"),
-    ]
+    cmd = train_cmd(params_file, prepared[1], tmp_path / "out", tmp_path / "ckpt")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if " epoch 1/30 " in line:  # printed after epoch 1's checkpoint is in place
@@ -235,24 +222,7 @@ def test_editing_models_py_retrains_a_finished_run(prepared, tmp_path):
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params_file = write_yaml(tmp_path / "params.yaml", tiny_params(str(archive), md5(archive), epochs=1))
     env = {"PYTHONPATH": str(tmp_path / "src"), "PATH": "/usr/bin:/bin"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "cnnvit.cli",
-        "train",
-        "--params",
-        str(params_file),
-        "--model",
-        "vit",
-        "--recipe",
-        "paper",
-        "--data-dir",
-        str(data_dir),
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--ckpt-dir",
-        str(tmp_path / "ck"),
-    ]
+    cmd = train_cmd(params_file, data_dir, tmp_path / "out", tmp_path / "ck")
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert (
         first.returncode == 0
