@@ -70,7 +70,12 @@ def _model_rows(params: Params, per_run: pd.DataFrame) -> list[dict]:
                 else "a CIFAR stem keeps 32x32 maps in the first stage"
             )
         elif name in PAPER_MODELS:
-            why = "the paper does not give the sizes; these are the standard ViT-S ones at 32x32 (paper profile)"
+            vit_s = tuple(getattr(spec, k, 0) for k in ("embed_dim", "depth", "num_heads")) == (384, 12, 6)
+            why = "the paper does not give the sizes; " + (
+                "these are the standard ViT-S ones at 32x32"
+                if vit_s
+                else f"the {params.profile} profile's own (ViT-S is 384 wide, 12 deep, 6 heads)"
+            )
         elif isinstance(spec, ResNet50):
             why = f"the same network with the {spec.stem} stem: what the stem alone changes"
         else:

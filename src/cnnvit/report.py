@@ -173,11 +173,15 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
         raise CnnvitError(f"report template {template} not found: pass --template")
     recipes = list(dict.fromkeys(t["summary"].recipe))
     models = sorted(dict.fromkeys(t["summary"].model), key=lambda m: (TABLE_NUMBER.get(m, 9), m))
-    figs = [("Figure 6 analogue: test accuracy of every model", "test_acc.png")]
+    spread, paper = "Bands: ±1 s.d. over seeds", "dashed: the paper's values"
+    figs = [(f"Figure 6 analogue: test accuracy of every model. {spread}; {paper}.", "test_acc.png")]
     for m in models:  # the paper's Figures 3-5 follow its Tables 1-3
         title = f"Figure {TABLE_NUMBER[m] + 2} analogue" if m in TABLE_NUMBER else "Extra figure"
-        figs.append((f"{title}: {label(m)} loss and accuracy", f"curves_{m}.png"))
-    figs.append(("Best test accuracy per model and recipe", "best_acc.png"))
+        notes = f"{spread}; {paper}" if m in TABLE_NUMBER else spread
+        if m == "vit":
+            notes += " (its test loss is left out: the paper's is on another scale, see Table 1's notes)"
+        figs.append((f"{title}: {label(m)} loss and accuracy. {notes}.", f"curves_{m}.png"))
+    figs.append((f"Best test accuracy per model and recipe. Error bars: ±1 s.d. over seeds; {paper}.", "best_acc.png"))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template.parent), autoescape=True, undefined=jinja2.StrictUndefined
     )
