@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # headless: no display on CI or on a training box
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from cnnvit import paths
 from cnnvit.artifacts import atomic_dir
@@ -157,6 +157,9 @@ def datasize_plot(per_run: pd.DataFrame) -> plt.Figure:
             data=d[d.recipe == recipe], x="n_train", y="best_test_acc", hue="label", errorbar="sd", marker="o", ax=ax
         )
         ax.set(xscale="log", xlabel="training images (log)", ylabel="best test accuracy (%)", title=f"recipe {recipe}")
+        sizes = sorted(d.n_train.unique())  # ticks at the sizes trained, as plain numbers
+        ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, title=None)
     fig.suptitle("How much data does each model need? (band: +-1 s.d. over seeds)")
