@@ -110,6 +110,10 @@ def test_snakemake_config_strings_become_the_values_they_spell():
     # a string that is valid as a string stays one
     raw["data"]["url"] = "null"
     assert params_from_dict(raw).data.url == "null"
+    # a number that breaks a rule is reported as the number, with the rule
+    update_config(raw, parse_config(["recipes={paper: {lr: -1}}"]))
+    with pytest.raises(CnnvitError, match=r"recipes.paper.lr: -1 is less than or equal to the minimum of 0"):
+        params_from_dict(raw)
 
 
 def test_deprecated_names_still_work_and_say_so(capsys):

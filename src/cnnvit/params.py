@@ -163,7 +163,14 @@ def coerce_scalars(cfg: dict) -> dict:
             if not isinstance(err.instance, str):
                 continue
             value = _scalar(err.instance)
-            if isinstance(value, str | list | dict) or not validator.evolve(schema=err.schema).is_valid(value):
+            if isinstance(value, str | list | dict):
+                continue
+            # Convert where the value fits (md5 "null" -> None) or has the type asked for, so that a
+            # bad number (lr "-1") is then reported as the number it is, with the rule it breaks.
+            wanted = err.validator_value if err.validator == "type" else []
+            wanted = [wanted] if isinstance(wanted, str) else wanted
+            fits = any(validator.is_type(value, t) for t in wanted)
+            if not fits and not validator.evolve(schema=err.schema).is_valid(value):
                 continue
             *parents, last = err.absolute_path
             node = cfg
