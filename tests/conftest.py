@@ -246,8 +246,8 @@ def sh(cmd: str, cwd: Path, check: bool = True, env: dict | None = None) -> subp
 def make_project(dest: Path, params: dict, git: bool = True) -> Path:
     """A copy of the project (the Snakefile, the workflow, dvc.yaml regenerated for ``params``, the
     source) with ``params`` as its params.yaml, committed to a fresh git repository."""
-    from cnnvit.dvcgen import dvc_yaml
-    from cnnvit.params import params_from_dict
+    from cnnvit.config.load import params_from_dict
+    from cnnvit.dag.dvc import dvc_yaml
 
     dest.mkdir(parents=True)
     for name in ["Snakefile", "pyproject.toml"]:

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from cnnvit import devices
 from cnnvit.errors import CnnvitError
+from cnnvit.training import device as devices
 
 CLAIMER = """
 import sys, time
-from cnnvit.devices import claim_gpu
+from cnnvit.training.device import claim_gpu
 claim = claim_gpu(sys.argv[2].split(","), sys.argv[1], poll_s=0.05)
 print(claim.device, flush=True)
 time.sleep(float(sys.argv[3]))

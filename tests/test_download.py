@@ -8,9 +8,9 @@ import socket
 import pytest
 from conftest import assert_one_line_error, make_imagefolder, md5, no_files, run_cli, sha256, tiny_params
 
-from cnnvit import download as dl
-from cnnvit.configs import Data
-from cnnvit.prepare import prepare
+from cnnvit.stages import download as dl
+from cnnvit.config.types import Data
+from cnnvit.stages.prepare import prepare
 
 
 @pytest.fixture(autouse=True)

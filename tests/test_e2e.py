@@ -117,7 +117,7 @@ def test_a_params_change_reruns_only_that_model(sm_project, dvc_project):
 
 def test_a_code_change_makes_exactly_its_stages_stale(sm_project, dvc_project):
     for project in (sm_project, dvc_project):
-        (project / "src/cnnvit/models.py").write_text((project / "src/cnnvit/models.py").read_text() + "\n# edited\n")
+        (project / "src/cnnvit/models/build.py").write_text((project / "src/cnnvit/models/build.py").read_text() + "\n# edited\n")
     runs = len(MODELS) * 2  # two training-set sizes
     assert snakemake_plan(sm_project) == {
         "train": runs,
@@ -130,12 +130,12 @@ def test_a_code_change_makes_exactly_its_stages_stale(sm_project, dvc_project):
     status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
     assert {s.split("@")[0] for s in status} == {"train", "train_fraction"} and len(status) == runs, status
     for project in (sm_project, dvc_project):
-        sh("git checkout -q src/cnnvit/models.py", project)
+        sh("git checkout -q src/cnnvit/models/build.py", project)
     assert "Nothing to be done" in sh("snakemake -n --cores 2", sm_project).stdout  # same content again
-    report = sm_project / "src/cnnvit/report.py"
+    report = sm_project / "src/cnnvit/stages/report.py"
     report.write_text(report.read_text() + "\n# edited\n")
     assert snakemake_plan(sm_project) == {"report": 1, "all": 1, "total": 2}
-    sh("git checkout -q src/cnnvit/report.py", sm_project)
+    sh("git checkout -q src/cnnvit/stages/report.py", sm_project)
 
 
 def test_config_overrides_reach_the_commands_canonically(sm_project):

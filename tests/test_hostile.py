@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import assert_one_line_error, make_cifar_python, md5, tiny_params, write_yaml
 
-from cnnvit import checkpoint
 from cnnvit.cli import main
-from cnnvit.prepare import prepare, write_prepared
+from cnnvit.stages.prepare import prepare, write_prepared
+from cnnvit.training import checkpoint
 
 QUICK = ["--set", "profiles.tiny.epochs=1"]
 
@@ -122,7 +122,7 @@ def test_a_lock_left_by_a_killed_process_does_not_block(project, tmp_path, capsy
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from cnnvit.checkpoint import run_lock\n"
+            "import sys, time; from pathlib import Path; from cnnvit.training.checkpoint import run_lock\n"
             f"with run_lock(Path({str(tmp_path / 'ckpt')!r}), 'vit-paper-s0'):\n"
             "    print('held', flush=True); time.sleep(600)",
         ],

@@ -11,10 +11,10 @@ import timm
 import torch
 from conftest import ROOT, TINY_MODELS
 
-from cnnvit.archs import ResNet50, ViT, spec_from_dict
+from cnnvit.config.load import load_params
 from cnnvit.errors import CnnvitError
-from cnnvit.models import build_model, count_params, flops_per_image, list_archs
-from cnnvit.params import load_params
+from cnnvit.models.build import build_model, count_params, flops_per_image, list_archs
+from cnnvit.models.specs import ResNet50, ViT, spec_from_dict
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))

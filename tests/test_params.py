@@ -9,10 +9,10 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from cnnvit import archs
 from cnnvit.cli import main
+from cnnvit.config.load import RunSpec, coerce_scalars, load_params, model_keys, params_from_dict, schema
 from cnnvit.errors import CnnvitError
-from cnnvit.params import RunSpec, coerce_scalars, load_params, model_keys, params_from_dict, schema
+from cnnvit.models import specs as archs
 
 PARAMS = ROOT / "params.yaml"
 
@@ -147,7 +147,7 @@ def test_typed_configs_and_run_names():
 
 
 def test_schema_arch_list_equals_the_registry():
-    from cnnvit.models import BUILDERS
+    from cnnvit.models.build import BUILDERS
 
     defs = schema()["$defs"]
     assert set(defs["model"]["properties"]["arch"]["enum"]) == set(archs.ARCHS) == set(BUILDERS)
@@ -163,7 +163,7 @@ def test_registry_refuses_a_duplicate_name():
             display = "ViT again"
             convnet = False
 
-    from cnnvit.models import builds
+    from cnnvit.models.build import builds
 
     with pytest.raises(TypeError, match="registered twice"):
         builds(archs.ViT)(lambda s: None)
@@ -173,4 +173,4 @@ def test_schema_is_valid_json_schema():
     import jsonschema
 
     jsonschema.Draft202012Validator.check_schema(schema())
-    assert json.loads((ROOT / "src/cnnvit/schemas/params.schema.json").read_text()) == schema()
+    assert json.loads((ROOT / "src/cnnvit/config/params.schema.json").read_text()) == schema()

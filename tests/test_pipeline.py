@@ -1,5 +1,5 @@
-"""One description of the pipeline: dvc.yaml is generated from cnnvit.pipeline, and both tools'
-DAGs (Snakemake's from its API, DVC's from its index) are the jobs cnnvit.pipeline describes."""
+"""One description of the pipeline: dvc.yaml is generated from cnnvit.dag.stages, and both tools'
+DAGs (Snakemake's from its API, DVC's from its index) are the jobs cnnvit.dag.stages describes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import ENV, ROOT, make_cifar_python, make_project, md5, sh, tiny_params
 
-from cnnvit import dvcgen, pipeline
-from cnnvit.params import load_params, params_from_dict
+from cnnvit.config.load import load_params, params_from_dict
+from cnnvit.dag import dvc as dvcgen
+from cnnvit.dag import stages as pipeline
 
 # Snakemake's own DAG, the way `snakemake --d3dag` builds it, as JSON (run inside the project).
 SNAKEMAKE_JOBS = """
@@ -73,17 +74,17 @@ def test_dvc_yaml_is_what_the_pipeline_generates():
 def test_code_dependencies_are_what_each_stage_imports():
     train = pipeline.code_deps("train")
     assert {
-        "src/cnnvit/train.py",
-        "src/cnnvit/trainer.py",
-        "src/cnnvit/models.py",
-        "src/cnnvit/device_data.py",
-        "src/cnnvit/params.py",
-        "src/cnnvit/schemas/params.schema.json",
+        "src/cnnvit/stages/train.py",
+        "src/cnnvit/training/engine.py",
+        "src/cnnvit/models/build.py",
+        "src/cnnvit/training/data.py",
+        "src/cnnvit/config/load.py",
+        "src/cnnvit/config/params.schema.json",
     } <= set(train)
-    assert "src/cnnvit/report.py" not in train and "src/cnnvit/pipeline.py" not in train
+    assert "src/cnnvit/stages/report.py" not in train and "src/cnnvit/dag/stages.py" not in train
     figures = pipeline.code_deps("figures")
-    assert "src/cnnvit/paper/epochs.csv" in figures and "src/cnnvit/models.py" not in figures
-    assert "src/cnnvit/models.py" not in pipeline.code_deps("download")
+    assert "src/cnnvit/analysis/paper/epochs.csv" in figures and "src/cnnvit/models/build.py" not in figures
+    assert "src/cnnvit/models/build.py" not in pipeline.code_deps("download")
     for stage in pipeline.STAGES:
         assert all((ROOT / f).is_file() for f in pipeline.code_deps(stage)), stage
 

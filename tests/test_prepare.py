@@ -27,7 +27,7 @@ from conftest import (
 )
 
 from cnnvit.errors import CnnvitError
-from cnnvit.prepare import prepare, write_prepared
+from cnnvit.stages.prepare import prepare, write_prepared
 
 # ----------------------------------------------------------------------------- prepare
 

@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT, assert_one_line_error, write_yaml
 from scipy import stats as sps
 
+from cnnvit.analysis.verdicts import CLAIM_COLUMNS, binomial_se, claims_table, crossing, seed_stats, verdict, welch
 from cnnvit.cli import main
-from cnnvit.params import RunSpec, load_params
-from cnnvit.stats import CLAIM_COLUMNS, binomial_se, claims_table, crossing, seed_stats, verdict, welch
+from cnnvit.config.load import RunSpec, load_params
 
 T2 = 4.302652729749464  # t(0.975, df=2), the 4.303 of every t table
 

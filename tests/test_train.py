@@ -13,12 +13,13 @@ import pytest
 import torch
 from conftest import ROOT, make_cifar_python, md5, run_cli, tiny_params, write_yaml
 
-from cnnvit import checkpoint, train
+from cnnvit.analysis.records import METRIC_COLUMNS, TIMING_COLUMNS
 from cnnvit.cli import main
+from cnnvit.config.load import RunSpec, params_from_dict
 from cnnvit.errors import CnnvitError
-from cnnvit.params import RunSpec, params_from_dict
-from cnnvit.prepare import prepare, write_prepared
-from cnnvit.records import METRIC_COLUMNS, TIMING_COLUMNS
+from cnnvit.stages import train
+from cnnvit.stages.prepare import prepare, write_prepared
+from cnnvit.training import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +192,7 @@ def test_a_resume_under_another_thread_count_warns(params, prepared, tmp_path, c
     [
         ("params", "was made with other params"),
         ("data", "was made from other prepared data"),
-        ("code", "was trained by other training code (models.py changed)"),
+        ("code", "was trained by other training code (models/build.py changed)"),
     ],
 )
 def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
@@ -210,7 +211,7 @@ def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
         data_dir = tmp_path / "other"
     else:
         real = checkpoint.code_hashes
-        monkeypatch.setattr(checkpoint, "code_hashes", lambda: {**real(), "models.py": "0" * 16})
+        monkeypatch.setattr(checkpoint, "code_hashes", lambda: {**real(), "models/build.py": "0" * 16})
     summary = train.train_run(cfg, data_dir, tmp_path / "out", tmp_path / "ckpt")
     assert f"{why}; starting fresh" in capsys.readouterr().out
     assert summary.n_train == (150 if change == "data" else 100)
@@ -231,11 +232,11 @@ def test_editing_models_py_retrains_a_finished_run(prepared, tmp_path):
             [sys.executable, "-c", "import cnnvit; print(cnnvit.__file__)"], capture_output=True, text=True, env=env
         ).stdout
     )
-    with open(tmp_path / "src/cnnvit/models.py", "a") as f:
+    with open(tmp_path / "src/cnnvit/models/build.py", "a") as f:
         f.write("\n# a change to the model code\n")
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "was trained by other training code (models.py changed); starting fresh" in second.stdout
+    assert "was trained by other training code (models/build.py changed); starting fresh" in second.stdout
     assert "epoch 1/1" in second.stdout
 
 

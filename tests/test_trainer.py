@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import TINY_MODELS, make_cifar_python, md5, tiny_params
 
-from cnnvit import train
-from cnnvit.device_data import Augment, stratified_indices
-from cnnvit.params import RunSpec, params_from_dict
-from cnnvit.prepare import prepare, write_prepared
-from cnnvit.trainer import Trainer, lr_factor
+from cnnvit.config.load import RunSpec, params_from_dict
+from cnnvit.stages import train
+from cnnvit.stages.prepare import prepare, write_prepared
+from cnnvit.training.data import Augment, stratified_indices
+from cnnvit.training.engine import Trainer, lr_factor
 
 CPU = torch.device("cpu")
 

@@ -124,7 +124,7 @@ def cpu_name() -> str:
 
 
 def provenance(params: Any, device: str) -> dict[str, Any]:
-    """``device`` is the name of the device the result was computed on (see ``cnnvit.devices``)."""
+    """``device`` is the name of the device the result was computed on (see ``cnnvit.training.device``)."""
     return {
         "params": params,
         "versions": package_versions(),

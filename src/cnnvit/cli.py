@@ -2,9 +2,9 @@
 
     cnnvit download|prepare|train|collect|figures|report|bench|dvc-yaml [--params FILE] [--set k=v ...]
 
-Every subcommand loads params.yaml through :mod:`cnnvit.params` (``--set`` applies dotted
+Every subcommand loads params.yaml through :mod:`cnnvit.config.load` (``--set`` applies dotted
 overrides first) and takes every path as an argument, defaulting to the paths of
-:mod:`cnnvit.pipeline`. A :class:`~cnnvit.errors.CnnvitError` ends the command with one
+:mod:`cnnvit.dag.stages`. A :class:`~cnnvit.errors.CnnvitError` ends the command with one
 ``error:`` line and exit status 1.
 """
 
@@ -18,14 +18,14 @@ from cnnvit.errors import CnnvitError
 
 # subcommand -> (module with add_args() and run(args, params), help)
 COMMANDS = {
-    "download": ("download", "fetch and verify the archive"),
-    "prepare": ("prepare", "archive -> train/test .npz + stats"),
-    "train": ("train", "train one model/recipe/fraction/seed run"),
-    "collect": ("collect", "per-run results -> tidy tables, statistics and verdicts"),
-    "figures": ("figures", "tables -> PNG figures"),
-    "report": ("report", "tables + figures -> report/index.html"),
-    "bench": ("bench", "throughput of the trainer's step vs a bare loop"),
-    "dvc-yaml": ("dvcgen", "write dvc.yaml from the pipeline description"),
+    "download": ("stages.download", "fetch and verify the archive"),
+    "prepare": ("stages.prepare", "archive -> train/test .npz + stats"),
+    "train": ("stages.train", "train one model/recipe/fraction/seed run"),
+    "collect": ("stages.collect", "per-run results -> tidy tables, statistics and verdicts"),
+    "figures": ("stages.figures", "tables -> PNG figures"),
+    "report": ("stages.report", "tables + figures -> report/index.html"),
+    "bench": ("training.bench", "throughput of the trainer's step vs a bare loop"),
+    "dvc-yaml": ("dag.dvc", "write dvc.yaml from the pipeline description"),
 }
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:
-        from cnnvit.params import load_params
+        from cnnvit.config.load import load_params
 
         params = load_params(args.params, args.overrides)
         importlib.import_module(f"cnnvit.{COMMANDS[args.command][0]}").run(args, params)

@@ -1,11 +1,16 @@
-# What every rule needs: the typed params (validated by cnnvit.params, as every cnnvit command
+# What every rule needs: the typed params (validated by cnnvit.config.load, as every cnnvit command
 # does), params.yaml as written (overrides of it go to the commands as --set), and the runs.
 import shutil
 import sys
 
-from cnnvit import pipeline as P
+from cnnvit.dag import stages as P
 from cnnvit.errors import CnnvitError
-from cnnvit.params import coerce_scalars, migrate, params_from_dict, read_params_file
+from cnnvit.config.load import (
+    coerce_scalars,
+    migrate,
+    params_from_dict,
+    read_params_file,
+)
 
 try:
     PARAMS = params_from_dict(config, "config")

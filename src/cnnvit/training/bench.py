@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from cnnvit import paths
 from cnnvit.artifacts import provenance, write_json
-from cnnvit.configs import Params, RunSpec
-from cnnvit.devices import select_device
-from cnnvit.models import count_params, flops_per_image
-from cnnvit.trainer import Trainer, peak_mem_mb, sync
+from cnnvit.config.types import Params, RunSpec
+from cnnvit.dag import paths
+from cnnvit.models.build import count_params, flops_per_image
+from cnnvit.training.device import select_device
+from cnnvit.training.engine import Trainer, peak_mem_mb, sync
 
 
 def bare_loop(trainer: Trainer, steps: int) -> float:

@@ -21,8 +21,8 @@ from pathlib import Path
 import timm
 import torch
 
-from cnnvit.archs import NUM_CLASSES, ArchSpec
 from cnnvit.errors import CnnvitError, refused_pickle
+from cnnvit.models.specs import NUM_CLASSES, ArchSpec
 
 HUB_PREFIX = "hf-hub:"
 PICKLED = {".pth", ".pt", ".bin"}

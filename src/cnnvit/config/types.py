@@ -1,4 +1,4 @@
-"""The typed configs that params.yaml resolves to, built once by :mod:`cnnvit.params`.
+"""The typed configs that params.yaml resolves to, built once by :mod:`cnnvit.config.load`.
 
     Params      # the whole file: .runs() lists every run, .run_config(run) resolves one
     RunSpec     # one point of models x recipes x train_fractions x seeds; .name is its directory
@@ -6,7 +6,7 @@
     Recipe, Profile, Runtime, Data, Runs
 
 Optional keys take their defaults here and nowhere else. Model entries are the arch dataclasses
-of :mod:`cnnvit.archs`.
+of :mod:`cnnvit.models.specs`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from cnnvit.archs import ArchSpec
 from cnnvit.errors import CnnvitError
+from cnnvit.models.specs import ArchSpec
 
 
 @dataclass(frozen=True)

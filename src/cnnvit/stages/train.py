@@ -3,12 +3,12 @@
     cnnvit train --model vit --recipe paper --seed 0 [--fraction 0.2] --data-dir data/prepared \
         --out-dir results/runs/vit-paper-s0 --ckpt-dir results/checkpoints [--threads 2]
 
-Writes ``metrics.csv`` (one row per evaluated epoch, columns in :data:`cnnvit.records.METRICS`)
-and ``summary.json`` (:class:`cnnvit.records.RunSummary`) to ``--out-dir`` only when the run
+Writes ``metrics.csv`` (one row per evaluated epoch, columns in :data:`cnnvit.analysis.records.METRICS`)
+and ``summary.json`` (:class:`cnnvit.analysis.records.RunSummary`) to ``--out-dir`` only when the run
 finishes. After every evaluated epoch a checkpoint goes to ``--ckpt-dir``, outside the DAG's
 declared outputs (Snakemake and DVC delete those before a re-run): the same command after a
 crash resumes from it, and a finished run is re-emitted, not retrained, unless its params,
-data or training code changed (see :mod:`cnnvit.checkpoint`). One process at a time trains a run.
+data or training code changed (see :mod:`cnnvit.training.checkpoint`). One process at a time trains a run.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnvit import checkpoint, paths
+from cnnvit.analysis.records import METRIC_COLUMNS, RunSummary
 from cnnvit.artifacts import atomic_path, provenance, write_json
-from cnnvit.configs import Params, RunConfig, RunSpec
-from cnnvit.devices import select_device
+from cnnvit.config.types import Params, RunConfig, RunSpec
+from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
-from cnnvit.models import count_params, flops_per_image
-from cnnvit.pretrained import weights_source
-from cnnvit.records import METRIC_COLUMNS, RunSummary
-from cnnvit.trainer import Trainer, peak_mem_mb
+from cnnvit.models.build import count_params, flops_per_image
+from cnnvit.models.pretrained import weights_source
+from cnnvit.training import checkpoint
+from cnnvit.training.device import select_device
+from cnnvit.training.engine import Trainer, peak_mem_mb
 
 
 def fmt_eta(seconds: float) -> str:

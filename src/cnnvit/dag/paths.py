@@ -1,6 +1,6 @@
 """Where every stage reads and writes, relative to the project root: the one list of paths.
 
-:mod:`cnnvit.pipeline` builds the DAG from these, and each stage command takes them as the
+:mod:`cnnvit.dag.stages` builds the DAG from these, and each stage command takes them as the
 defaults of its path arguments. It is its own module so that a stage depends on these names,
 not on the whole DAG description.
 """

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cnnvit.archs import ArchSpec, CnnViT, ConvNeXt, ResNet50, ViT
-from cnnvit.configs import Params
+from cnnvit.config.types import Params
+from cnnvit.models.specs import ArchSpec, CnnViT, ConvNeXt, ResNet50, ViT
 
 NOT_STATED = "not stated"
 

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnvit.configs import RunConfig
-from cnnvit.device_data import Augment, epoch_generator, load_split, load_stats
+from cnnvit.config.types import RunConfig
 from cnnvit.errors import CnnvitError
-from cnnvit.models import build_model
+from cnnvit.models.build import build_model
+from cnnvit.training.data import Augment, epoch_generator, load_split, load_stats
 
 NAN_CHECK_EVERY = 25  # steps between host syncs that look for a non-finite loss
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cnnvit import paths
 from cnnvit.artifacts import atomic_path
-from cnnvit.configs import Data, Params
+from cnnvit.config.types import Data, Params
+from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
 
 CHUNK = 1 << 20

@@ -1,12 +1,12 @@
-"""The model registry: an arch spec (:mod:`cnnvit.archs`) -> a timm network for 32x32, 10 classes.
+"""The model registry: an arch spec (:mod:`cnnvit.models.specs`) -> a timm network for 32x32, 10 classes.
 
-    from cnnvit.models import build_model
+    from cnnvit.models.build import build_model
     model = build_model(params.run_config(run).model)
 
 Each builder calls ``timm.create_model`` on its family's canonical variant and passes every
 argument that variant would otherwise set, so nothing comes from a hidden default; the variant
 only names timm's pretrained machinery (checkpoint filter, head re-initialisation), which
-``pretrained:`` uses (see :mod:`cnnvit.pretrained`).
+``pretrained:`` uses (see :mod:`cnnvit.models.pretrained`).
 
 | arch     | timm                                          | params.yaml keys                        |
 |----------|-----------------------------------------------|-----------------------------------------|
@@ -26,9 +26,9 @@ import torch
 from timm.layers import ConvNormAct, HybridEmbed
 from torch import nn
 
-from cnnvit.archs import ARCHS, IMG_SIZE, NUM_CLASSES, ArchSpec, CnnViT, ConvNeXt, ResNet50, ViT
 from cnnvit.errors import CnnvitError
-from cnnvit.pretrained import create
+from cnnvit.models.pretrained import create
+from cnnvit.models.specs import ARCHS, IMG_SIZE, NUM_CLASSES, ArchSpec, CnnViT, ConvNeXt, ResNet50, ViT
 
 BUILDERS: dict[str, Callable[[ArchSpec], nn.Module]] = {}
 

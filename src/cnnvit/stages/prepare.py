@@ -28,11 +28,11 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cnnvit import paths
-from cnnvit.archs import IMG_SIZE, NUM_CLASSES
 from cnnvit.artifacts import atomic_path, cpu_name, provenance, write_json
-from cnnvit.configs import Params
+from cnnvit.config.types import Params
+from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
+from cnnvit.models.specs import IMG_SIZE, NUM_CLASSES
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
 BATCH_DIR = "cifar-10-batches-py"

@@ -8,7 +8,7 @@ Snakefile go through.
 
 Loading reads YAML 1.2 numbers (``1e-3`` is a float), renames deprecated keys with a warning,
 turns numeric strings into numbers where the schema wants a number, checks the schema
-(``schemas/params.schema.json``, one definition per model arch) and the cross-references it cannot
+(``params.schema.json`` beside this file, one definition per model arch) and the cross-references it cannot
 express, and only then builds the dataclasses. Every error names the dotted key and the fix.
 Defaults of optional keys live in the dataclasses below and nowhere else.
 """
@@ -28,13 +28,13 @@ from typing import Any
 import jsonschema
 import yaml
 
-from cnnvit.archs import spec_from_dict, spec_keys
-from cnnvit.configs import Data, Params, Profile, Recipe, Runs, RunSpec, Runtime
+from cnnvit.config.types import Data, Params, Profile, Recipe, Runs, RunSpec, Runtime
 from cnnvit.errors import CnnvitError
+from cnnvit.models.specs import spec_from_dict, spec_keys
 
 __all__ = ["Params", "RunSpec", "load_params", "params_from_dict"]
 
-SCHEMA_FILE = "schemas/params.schema.json"
+PACKAGE_DATA = ("params.schema.json",)  # read at run time, beside this file
 
 
 # ----------------------------------------------------------------------------- reading
@@ -132,7 +132,7 @@ def migrate(cfg: dict, source: str) -> dict:
 
 @cache
 def schema() -> dict:
-    return json.loads(resources.files("cnnvit").joinpath(SCHEMA_FILE).read_text())
+    return json.loads(resources.files(__package__).joinpath(PACKAGE_DATA[0]).read_text())
 
 
 def _validator() -> jsonschema.Draft202012Validator:

@@ -1,9 +1,9 @@
 """Checkpoints of one run: what makes one reusable, reading one safely, and the run's lock.
 
 A checkpoint is reused (to resume, or to re-emit a finished run) only when its identity matches:
-the run config without runtime-only settings, the prepared data, the training code
-(:data:`TRAINING_CODE`) and the torch and timm versions. Otherwise the run starts fresh and says
-why. It is read with ``torch.load(weights_only=True)``: a file that does not load that way (a
+the run config without runtime-only settings, the prepared data, the training code (the train
+stage's loop and what the engine imports) and the torch and timm versions. Otherwise the run
+starts fresh and says why. It is read with ``torch.load(weights_only=True)``: a file that does not load that way (a
 pickle that would run code, a torn write, anything that is not our dict) is moved aside as
 ``<name>.rejected-<time>`` for inspection, named, and never executed. The device, thread count
 and compile flag are recorded; a resume under other ones warns, since on a CPU the numbers of
@@ -25,23 +25,26 @@ import pickle
 import shutil
 import warnings
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnvit.artifacts import atomic_path
+from cnnvit.dag.code import PACKAGE_DIR, SRC, code_files, module_file, relative
 from cnnvit.errors import CnnvitError, refused_pickle
 
-# The modules whose code decides the trained weights. A change to any of them retrains.
-TRAINING_CODE = ("train", "trainer", "models", "device_data", "pretrained", "archs")
+# The code that decides the trained weights: the train stage's epoch loop and everything the
+# engine imports (model builders, data path, config types). A change to any of it retrains.
+TRAINING_LOOP, ENGINE = "cnnvit.stages.train", "cnnvit.training.engine"
 RUNTIME_KEYS = ("device", "threads", "compile")  # recorded; a change warns but keeps the checkpoint
 
 
 def code_hashes() -> dict[str, str]:
-    pkg = resources.files("cnnvit")
-    return {f"{m}.py": hashlib.sha256(pkg.joinpath(f"{m}.py").read_bytes()).hexdigest()[:16] for m in TRAINING_CODE}
+    """sha256 (16 hex digits) of each training source file, keyed by its path inside the package."""
+    files = {relative(p) for p in [module_file(TRAINING_LOOP)] if p} | set(code_files(ENGINE))
+    names = sorted(f.removeprefix(f"{SRC}/") for f in files)
+    return {name: hashlib.sha256((PACKAGE_DIR / name).read_bytes()).hexdigest()[:16] for name in names}
 
 
 def digest(obj: Any) -> str:

@@ -4,7 +4,7 @@
         --template report/template.html.j2 --out report/index.html
 
 The page shows the verdicts ``cnnvit collect`` reached (it decides nothing itself), what differs
-from the paper (:mod:`cnnvit.deviations`), the paper's Tables 1-4 beside this run's numbers with
+from the paper (:mod:`cnnvit.analysis.deviations`), the paper's Tables 1-4 beside this run's numbers with
 the paper's own oddities noted where they bear on a comparison, the figures, the data-size study,
 efficiency, and the provenance of the runs.
 """
@@ -20,13 +20,13 @@ import jinja2
 import pandas as pd
 import yaml
 
-from cnnvit import paths
+from cnnvit.analysis.deviations import deviations
+from cnnvit.analysis.paper import NOTES, PAPER_NAME, TABLE_NUMBER, paper_best_final, paper_epochs
 from cnnvit.artifacts import read_json, write_text
-from cnnvit.configs import Params
-from cnnvit.deviations import deviations
+from cnnvit.config.types import Params
+from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
-from cnnvit.figures import label, read_labels, read_table
-from cnnvit.paper import NOTES, PAPER_NAME, TABLE_NUMBER, paper_best_final, paper_epochs
+from cnnvit.stages.figures import label, read_labels, read_table
 
 COLUMNS = [("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc")]
 

@@ -4,9 +4,9 @@
 
 The Snakemake rules (``workflow/rules/*.smk``) take their paths, commands and params from here,
 the stage commands take their default paths from here, and ``dvc.yaml`` is *generated* from here
-by ``cnnvit dvc-yaml`` (:mod:`cnnvit.dvcgen`; a test checks the committed file is what it
+by ``cnnvit dvc-yaml`` (:mod:`cnnvit.dag.dvc`; a test checks the committed file is what it
 generates). Generated rather than checked, because DVC's matrix can only name runs with one
-pattern, and the fraction runs need another: see :mod:`cnnvit.dvcgen`.
+pattern, and the fraction runs need another: see :mod:`cnnvit.dag.dvc`.
 
 Each stage depends on the source files it runs (its module's imports within ``cnnvit``, found
 by reading them), so a code change re-runs exactly the stages that run that code, in both tools.
@@ -15,16 +15,15 @@ Adding a run dimension means touching this module, params.yaml and the schema.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import shlex
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
-from cnnvit.configs import Params, RunSpec
-from cnnvit.paths import (
+from cnnvit.config.types import Params, RunSpec
+from cnnvit.dag.code import code_files
+from cnnvit.dag.paths import (
     CHECKPOINT_DIR,
     FIGURES_DIR,
     METRICS,
@@ -38,12 +37,6 @@ from cnnvit.paths import (
     TABLES_DIR,
     TEMPLATE,
 )
-
-SRC = "src/cnnvit"
-PACKAGE_DATA = {  # files a module reads at run time, beside its source
-    "params": ("schemas/params.schema.json",),
-    "paper": ("paper/epochs.csv", "paper/table4.csv"),
-}
 
 
 def run_dir(run: RunSpec) -> str:
@@ -151,35 +144,10 @@ STAGES: dict[str, Stage] = {
 # ----------------------------------------------------------------------------- code dependencies
 
 
-PACKAGE_DIR = Path(__file__).resolve().parent  # where the sources are read; listed as SRC/<file>
-
-
-@cache
-def _imports(module: str) -> frozenset[str]:
-    """cnnvit modules that ``cnnvit.<module>`` imports anywhere in its body (lazy imports too)."""
-    tree = ast.parse((PACKAGE_DIR / f"{module}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cnnvit":
-            if node.module == "cnnvit":
-                found |= {a.name for a in node.names}
-            else:
-                found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("cnnvit.")}
-    return frozenset(m for m in found if (PACKAGE_DIR / f"{m}.py").exists())
-
-
 def code_deps(stage: str) -> tuple[str, ...]:
-    """The source files (and package data) that ``stage`` runs, as paths from the project root."""
-    todo, seen = [STAGES[stage].module, "params"], set()  # every command loads params.yaml through params
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo.extend(_imports(m))
-    files = {f"{SRC}/{m}.py" for m in seen} | {f"{SRC}/{d}" for m in seen for d in PACKAGE_DATA.get(m, ())}
-    return tuple(sorted(files))
+    """The source files (and package data) that ``stage`` runs, as paths from the project root.
+    Every command loads params.yaml through the config loader, so that is in too."""
+    return code_files(f"cnnvit.stages.{STAGES[stage].module}", "cnnvit.config.load")
 
 
 # ----------------------------------------------------------------------------- expanding the DAG
@@ -297,7 +265,7 @@ def run_outputs(runs) -> list[str]:
 def gpu_request(device: str, local_exec: bool) -> int:
     """1 when a training job can use CUDA (runtime.device cuda, or auto on a cluster or on a machine
     with an NVIDIA GPU), else 0, so CPU-only machines and clusters never ask for a GPU."""
-    from cnnvit.devices import gpu_count
+    from cnnvit.training.device import gpu_count
 
     if device == "cpu":
         return 0
@@ -308,7 +276,7 @@ def gpu_request(device: str, local_exec: bool) -> int:
 
 def local_source(url: str) -> list[str]:
     """The archive (or directory) itself as an input when data.url is a local path."""
-    from cnnvit.download import local_path
+    from cnnvit.stages.download import local_path
 
     path = local_path(url)
     return [str(path)] if path is not None and path.exists() else []

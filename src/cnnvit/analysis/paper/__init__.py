@@ -13,11 +13,13 @@ from importlib import resources
 
 import pandas as pd
 
+PACKAGE_DATA = ("epochs.csv", "table4.csv")  # read at run time, beside this file
+
 # params.yaml model name -> the paper's table (Table 1: ViT, 2: ResNet50, 3: CNN+ViT)
 TABLE_NUMBER = {"vit": 1, "resnet50": 2, "cnn_vit": 3}
 PAPER_NAME = {"vit": "ViT", "resnet50": "ResNet50", "cnn_vit": "CNN+ViT"}
 
-# (winner, loser, the paper's claim): each is judged from this run's numbers by cnnvit.stats.
+# (winner, loser, the paper's claim): each is judged from this run's numbers by cnnvit.analysis.verdicts.
 CLAIMS = [
     ("resnet50", "vit", "ResNet50 beats ViT"),
     ("cnn_vit", "vit", "the CNN+ViT hybrid beats plain ViT"),
@@ -49,7 +51,7 @@ NOTES = {
 
 
 def _read(name: str) -> pd.DataFrame:
-    with resources.files("cnnvit").joinpath("paper", name).open() as f:
+    with resources.files(__package__).joinpath(name).open() as f:
         return pd.read_csv(f)
 
 

@@ -9,7 +9,7 @@ warning). Writes, in ``--out-dir``:
 
 - ``epochs.csv``: long form (run, model, recipe, fraction, seed, epoch, split, metric, value);
 - ``runs.csv``: one row per run; ``summary.csv``: one row per model x recipe x fraction, with
-  the seed mean, std and 95% t-interval of best and final test accuracy (``cnnvit.stats``);
+  the seed mean, std and 95% t-interval of best and final test accuracy (``cnnvit.analysis.verdicts``);
 - ``claims.csv``: the paper's claims, one row per claim x recipe, with verdicts;
   ``variants.csv``: the same claims judged with each variant of a paper model in the runs
   (``resnet50_cifar`` for ``resnet50``: what the stem alone changes);
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnvit import paths
-from cnnvit.archs import ARCHS
+from cnnvit.analysis.paper import CLAIMS, PAPER_NAME, paper_gaps
+from cnnvit.analysis.records import METRICS, VALUE_METRICS, RunSummary
+from cnnvit.analysis.verdicts import claims_table, crossing, summarise
 from cnnvit.artifacts import atomic_path, cpu_name, provenance, read_json, write_json
-from cnnvit.configs import Params, RunSpec
+from cnnvit.config.types import Params, RunSpec
+from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
-from cnnvit.paper import CLAIMS, PAPER_NAME, paper_gaps
-from cnnvit.records import METRICS, VALUE_METRICS, RunSummary
-from cnnvit.stats import claims_table, crossing, summarise
+from cnnvit.models.specs import ARCHS
 
 PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "verdict", "text"]
 RETRAIN = "train it again (or collect with the params it was trained with, e.g. --set profile=quick)"

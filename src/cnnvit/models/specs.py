@@ -3,7 +3,7 @@
 Each class lists exactly the keys its arch takes (the schema's ``arch_<name>`` definition says the
 same, and a test holds the two together). Classes register themselves under their ``arch`` name;
 a second class with the same name is refused. This module imports neither torch nor timm, so the
-params loader and the Snakefile stay fast; :mod:`cnnvit.models` builds the networks.
+params loader and the Snakefile stay fast; :mod:`cnnvit.models.build` builds the networks.
 
     spec = spec_from_dict({"arch": "vit", "patch_size": 4, "embed_dim": 384, "depth": 12,
                            "num_heads": 6, "mlp_ratio": 4.0})
