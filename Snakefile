@@ -1,12 +1,15 @@
 # cnnvit: CNN vs ViT vs hybrid on CIFAR-10. Run `snakemake --cores all`; see README.md.
-# The stages, their commands, inputs, outputs and params come from src/cnnvit/pipeline.py, the
-# one description of the pipeline (dvc.yaml is generated from it).
+# The stages, their commands, inputs, outputs, logs and params come from src/cnnvit/dag/stages.py,
+# the one description of the pipeline (dvc.yaml is generated from it).
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "params.yaml"
+
+
+report: "report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -18,4 +21,4 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        P.REPORT,
+        REPORT,

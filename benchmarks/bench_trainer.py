@@ -1,6 +1,6 @@
 """Benchmark: the trainer's step against a bare training loop, per model. Target ratio >= 0.95.
 
-    uv run python benchmarks/bench_trainer.py --data-dir data/prepared [--profile quick] [--threads 2]
+    uv run python benchmarks/bench_trainer.py --data-dir data/prepared [--preset quick] [--threads 2]
 
 Runs `cnnvit bench` (see `cnnvit.bench`) on prepared data and checks `trainer_vs_bare` for every
 model. Prepare the data first (`cnnvit download` + `cnnvit prepare`, or the DAG).
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default="data/prepared")
-    ap.add_argument("--profile", default="quick")
+    ap.add_argument("--preset", default="quick")
     ap.add_argument("--recipe", default="modern")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=10)
@@ -30,7 +30,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         cmd = [sys.executable, "-m", "cnnvit.cli", "bench", "--params", str(ROOT / "params.yaml"),
-               "--set", f"profile={args.profile}", "--data-dir", args.data_dir, "--out", str(out),
+               "--set", f"preset={args.preset}", "--data-dir", args.data_dir, "--out", str(out),
                "--recipe", args.recipe, "--steps", str(args.steps)]  # fmt: skip
         if args.threads:
             cmd += ["--threads", str(args.threads)]

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Benchmark: the whole quick-profile pipeline (4 models x 2 recipes x 3 seeds) from a clean clone
+# Benchmark: the whole quick-preset pipeline (5 models x 2 recipes x 3 seeds) from a clean clone
 # on real data. Target <= 600 s on a 2-core machine. Run it alone: anything else running slows
 # torch's threads several-fold.
 #   bash benchmarks/quick_pipeline.sh [ARCHIVE] [--dvc]
 # Clones the committed project into a temp dir (your results/ stay untouched and the report's
 # provenance names the commit), installs it with `uv sync --locked` (timed apart), then times
-# `uv run snakemake --cores all --config profile=quick` (or, with --dvc, `dvc exp run -S
-# profile=quick`, which runs its stages one at a time) with data.url pointing at ARCHIVE, and
+# `uv run snakemake --cores all --config preset=quick` (or, with --dvc, `dvc exp run -S
+# preset=quick`, which runs its stages one at a time) with data.url pointing at ARCHIVE, and
 # prints where the time went.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,10 +29,10 @@ t1=$(date +%s)
 echo "uv sync --locked: $((t1 - t0)) s (not counted)"
 if [ "$tool" = dvc ]; then
   git config user.email bench@localhost && git config user.name bench
-  uv run dvc exp run -S profile=quick -S "data.url=$archive" -S data.format=imagefolder \
+  uv run dvc exp run -S preset=quick -S "data.url=$archive" -S data.format=imagefolder \
     -S data.md5=null -S "data.sha256=$sha"
 else
-  uv run snakemake --cores all --config profile=quick \
+  uv run snakemake --cores all --config preset=quick \
     data="{url: $archive, format: imagefolder, md5: null, sha256: $sha}"
 fi
 t2=$(date +%s)

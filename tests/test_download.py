@@ -8,8 +8,8 @@ import socket
 import pytest
 from conftest import assert_one_line_error, make_imagefolder, md5, no_files, run_cli, sha256, tiny_params
 
-from cnnvit.stages import download as dl
 from cnnvit.config.types import Data
+from cnnvit.stages import download as dl
 from cnnvit.stages.prepare import prepare
 
 

@@ -7,11 +7,10 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
-from conftest import make_cifar_python, make_project, md5, sh, tiny_params, write_yaml
-
-MODELS = ["resnet50", "resnet50_cifar", "vit", "cnn_vit", "convnext"]
+from conftest import MODELS, make_cifar_python, make_project, md5, sh, tiny_params, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def assert_report(project: Path) -> None:
         "Efficiency",
         "GMACs",
         "Provenance",
-        "TINY PROFILE",
+        "TINY PRESET",
         "35.71%",
         "79.21% (epoch 15)",
         "78.35%",
@@ -66,8 +65,9 @@ def assert_report(project: Path) -> None:
     assert html.count('src="data:image/png;base64,') == len(MODELS) + 4  # + Figure 6, best acc, data size, cost
     assert "Best test accuracy against training images" in html
     assert re.search(r"(Reproduced|Contradicted|Inconclusive)</span>", html)
-    sizes = (project / "results/tables/datasize.csv").read_text()
-    assert all(f"{m},paper,0.2,20," in sizes and f"{m},paper,1.0,100," in sizes for m in MODELS), sizes
+    sizes = pd.read_csv(project / "results/tables/datasize.csv")
+    images = {(r.model, r.recipe, r.fraction): r.train_images for r in sizes.itertuples()}
+    assert all(images[(m, "paper", 0.2)] == 20 and images[(m, "paper", 1.0)] == 100 for m in MODELS), sizes
     claims = (project / "results/tables/claims.csv").read_text().splitlines()
     assert (
         claims[0]
@@ -106,19 +106,20 @@ def snakemake_plan(project: Path) -> dict[str, int]:
 
 def test_a_params_change_reruns_only_that_model(sm_project, dvc_project):
     for project in (sm_project, dvc_project):
-        edit_params(project, "profiles.tiny.models.vit.depth", 2)
+        edit_params(project, "presets.tiny.models.vit.depth", 2)
     assert snakemake_plan(sm_project) == {"train": 2, "collect": 1, "figures": 1, "report": 1, "all": 1, "total": 6}
     status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
-    # collect and report read the profile too: collect checks each run's config, report prints it
+    # collect and report read the preset too: collect checks each run's config, report prints it
     assert set(status) == {"train@vit-paper-0", "train_fraction@vit-paper-0.2-0", "collect", "report"}, status
     for project in (sm_project, dvc_project):
-        edit_params(project, "profiles.tiny.models.vit.depth", 1)
+        edit_params(project, "presets.tiny.models.vit.depth", 1)
 
 
 def test_a_code_change_makes_exactly_its_stages_stale(sm_project, dvc_project):
     for project in (sm_project, dvc_project):
-        (project / "src/cnnvit/models/build.py").write_text((project / "src/cnnvit/models/build.py").read_text() + "\n# edited\n")
-    runs = len(MODELS) * 2  # two training-set sizes
+        vit = project / "src/cnnvit/models/vit.py"
+        vit.write_text(vit.read_text() + "\n# edited\n")
+    runs = len(MODELS) * 2  # every training (the engine imports every model family), at two training-set sizes
     assert snakemake_plan(sm_project) == {
         "train": runs,
         "collect": 1,
@@ -128,9 +129,11 @@ def test_a_code_change_makes_exactly_its_stages_stale(sm_project, dvc_project):
         "total": runs + 4,
     }
     status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
-    assert {s.split("@")[0] for s in status} == {"train", "train_fraction"} and len(status) == runs, status
+    # collect and report read the specs too (display names, descriptions, run identities)
+    assert {s.split("@")[0] for s in status} == {"train", "train_fraction", "collect", "report"}, status
+    assert len(status) == runs + 2, status
     for project in (sm_project, dvc_project):
-        sh("git checkout -q src/cnnvit/models/build.py", project)
+        sh("git checkout -q src/cnnvit/models/vit.py", project)
     assert "Nothing to be done" in sh("snakemake -n --cores 2", sm_project).stdout  # same content again
     report = sm_project / "src/cnnvit/stages/report.py"
     report.write_text(report.read_text() + "\n# edited\n")

@@ -17,7 +17,7 @@ from cnnvit.cli import main
 from cnnvit.stages.prepare import prepare, write_prepared
 from cnnvit.training import checkpoint
 
-QUICK = ["--set", "profiles.tiny.epochs=1"]
+QUICK = ["--set", "presets.tiny.epochs=1"]
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from conftest import ROOT, TINY_MODELS
 
 from cnnvit.config.load import load_params
 from cnnvit.errors import CnnvitError
-from cnnvit.models.build import build_model, count_params, flops_per_image, list_archs
-from cnnvit.models.specs import ResNet50, ViT, spec_from_dict
+from cnnvit.models import ARCHS, build_model, count_params, flops_per_image, spec_from_dict
+from cnnvit.models.resnet import ResNet50
+from cnnvit.models.vit import ViT
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
@@ -28,13 +29,15 @@ def test_every_model_and_stem_runs_forward_and_backward(name):
 
 
 def test_every_registered_arch_has_a_tiny_fixture():
-    assert {s["arch"] for s in TINY_MODELS.values()} == set(list_archs())
+    assert {s["arch"] for s in TINY_MODELS.values()} == set(ARCHS)
     assert {s["stem"] for s in TINY_MODELS.values() if s["arch"] == "resnet50"} == {"imagenet", "cifar"}
 
 
 def test_resnet50_stems():
     p = load_params(ROOT / "params.yaml")
-    imagenet, cifar = (build_model(p.profiles["paper"].models[m]) for m in ("resnet50", "resnet50_cifar"))
+    imagenet, cifar = (
+        build_model(spec_from_dict(p.presets["paper"].models[m])) for m in ("resnet50", "resnet50_cifar")
+    )
     assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
     assert isinstance(imagenet.maxpool, torch.nn.MaxPool2d)
     assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
@@ -154,11 +157,12 @@ def test_cifar_stem_refuses_imagenet_weights(vit_s16):
         build_model(spec)
 
 
-def test_the_transfer_profiles_models_take_their_checkpoints(tmp_path):
-    """Each hub name in the transfer profile, made locally (no network): the timm model it names,
+def test_the_transfer_presets_models_take_their_checkpoints(tmp_path):
+    """Each hub name in the transfer preset, made locally (no network): the timm model it names,
     saved, then loaded into the model entry as a local file."""
-    profile = load_params(ROOT / "params.yaml").profiles["transfer"]
-    for name, spec in profile.models.items():
+    preset = load_params(ROOT / "params.yaml").presets["transfer"]
+    for name, entry in preset.models.items():
+        spec = spec_from_dict(entry)
         variant = spec.pretrained.removeprefix("hf-hub:timm/").split(".")[0]
         path = tmp_path / f"{variant}.pth"
         torch.save(timm.create_model(variant, pretrained=False).state_dict(), path)

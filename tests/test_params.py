@@ -3,27 +3,30 @@ numbers, deprecated names, and the schema's arch list against the registry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 
 import pytest
 import yaml
 from conftest import ROOT
 
 from cnnvit.cli import main
-from cnnvit.config.load import RunSpec, coerce_scalars, load_params, model_keys, params_from_dict, schema
+from cnnvit.config import types
+from cnnvit.config.load import coerce_scalars, load_params, params_from_dict, schema
+from cnnvit.config.runs import run_config
+from cnnvit.config.types import RunSpec
 from cnnvit.errors import CnnvitError
-from cnnvit.models import specs as archs
+from cnnvit.models import ARCHS, ArchSpec, register, schema_defs
 
 PARAMS = ROOT / "params.yaml"
 
 
-def test_shipped_params_are_valid_for_every_profile():
-    for profile in load_params(PARAMS).profiles:
-        p = load_params(
-            PARAMS, [f"profile={profile}", f"runs.models={list(load_params(PARAMS).profiles[profile].models)}"]
-        )
-        run = p.runs()[0]
-        assert p.run_config(run).profile == profile
+def test_shipped_params_are_valid_for_every_preset():
+    for preset in load_params(PARAMS).presets:
+        p = load_params(PARAMS, [f"preset={preset}", f"runs.models={list(load_params(PARAMS).presets[preset].models)}"])
+        for run in p.all_runs():
+            assert run_config(p, run).preset == preset
 
 
 @pytest.mark.parametrize(
@@ -32,22 +35,22 @@ def test_shipped_params_are_valid_for_every_profile():
         ("recipes.paper.lr=-1", "recipes.paper.lr: -1 is less than or equal to the minimum of 0"),
         ("recipes.paper.lrr=0.1", "unknown key recipes.paper.lrr"),
         ("bogus=1", "unknown key bogus"),
-        ("profile=huge", "profile: unknown profile 'huge'"),
-        ("runs.models=[vit,nope]", "model 'nope' is not defined in profile 'paper'"),
+        ("preset=huge", "preset: unknown preset 'huge'"),
+        ("runs.models=[vit,nope]", "model 'nope' is not defined in preset 'paper'"),
         ("runs.recipes=[fast]", "runs.recipes: unknown recipe 'fast'"),
         ("data.format=zip", "data.format: 'zip' is not one of"),
         ("data.md5=null", "data: no checksum"),
-        ("profiles.quick.models.vit.arch=vgg", "profiles.quick.models.vit.arch"),
+        ("presets.quick.models.vit.arch=vgg", "presets.quick.models.vit.arch"),
         (
-            "profiles.paper.models.resnet50.depth=12",
-            "unknown key profiles.paper.models.resnet50.depth for arch resnet50",
+            "presets.paper.models.resnet50.depth=12",
+            "unknown key presets.paper.models.resnet50.depth for arch resnet50",
         ),
         (
-            "profiles.paper.models.cnn_vit.patch_size=4",
-            "unknown key profiles.paper.models.cnn_vit.patch_size for arch cnn_vit",
+            "presets.paper.models.cnn_vit.patch_size=4",
+            "unknown key presets.paper.models.cnn_vit.patch_size for arch cnn_vit",
         ),
-        ("profiles.paper.models.vit={arch: vit}", "profiles.paper.models.vit: 'patch_size' is a required property"),
-        ("profiles.paper.models.convnext.dims=[8,16]", "depths and dims must have the same length"),
+        ("presets.paper.models.vit={arch: vit}", "presets.paper.models.vit: missing required keys embed_dim, depth, num_heads, mlp_ratio, patch_size"),
+        ("presets.paper.models.convnext.dims=[8,16]", "depths and dims must have the same length"),
         ("runs.train_fractions=[0, 1]", "runs.train_fractions.0: 0 is less than or equal to the minimum of 0"),
         ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of"),
     ],
@@ -61,16 +64,16 @@ def test_bad_params_fail_before_anything_runs_naming_the_key(override, needle, c
     assert err.count("\n") == 1 and needle in err
 
 
-def test_an_override_edits_only_the_profile_it_names_even_through_a_yaml_alias():
-    # profiles.datasize.models is written as `*paper_models`; editing the paper profile must not edit it
-    params = load_params(PARAMS, ["profiles.paper.models.vit.depth=3", "profile=datasize"])
-    assert params.profiles["datasize"].models["vit"].depth != 3
-    assert params.profiles["paper"].models["vit"].depth == 3
+def test_an_override_edits_only_the_preset_it_names_even_through_a_yaml_alias():
+    # presets.datasize.models is written as `*paper_models`; editing the paper preset must not edit it
+    params = load_params(PARAMS, ["presets.paper.models.vit.depth=3", "preset=datasize"])
+    assert params.presets["datasize"].models["vit"]["depth"] != 3
+    assert params.presets["paper"].models["vit"]["depth"] == 3
 
 
 def test_yaml_errors_give_the_line(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("profile: paper\ndata:\n  url: [unclosed\n")
+    bad.write_text("preset: paper\ndata:\n  url: [unclosed\n")
     with pytest.raises(CnnvitError, match=r"not valid YAML at line \d+, column \d+"):
         load_params(bad)
     with pytest.raises(CnnvitError, match="not found"):
@@ -105,7 +108,7 @@ def test_snakemake_config_strings_become_the_values_they_spell():
     update_config(raw, given)
     p = params_from_dict(raw)
     assert p.data.md5 is None and p.data.sha256 == sha
-    assert [r.seed for r in p.runs()][:2] == [0, 1]
+    assert [r.seed for r in p.all_runs()][:2] == [0, 1]
     assert p.runtime.compile is True and p.runtime.threads == 2
     # a string that is valid as a string stays one
     raw["data"]["url"] = "null"
@@ -124,49 +127,63 @@ def test_deprecated_names_still_work_and_say_so(capsys):
 
 
 def test_typed_configs_and_run_names():
-    p = load_params(PARAMS, ["profile=quick", "runs.train_fractions=[0.2, 1]"])
-    names = [r.name for r in p.runs()]
+    p = load_params(PARAMS, ["preset=quick", "runs.train_fractions=[0.2, 1]"])
+    names = [r.name for r in p.all_runs()]
     assert "vit-paper-s0" in names and "vit-paper-f0.2-s0" in names
-    assert len(names) == len(p.runs_.models) * len(p.runs_.recipes) * 2 * len(p.runs_.seeds)
-    cfg = p.run_config(RunSpec("vit", "modern", 1, 0.2))
+    assert len(names) == len(p.runs.models) * len(p.runs.recipes) * 2 * len(p.runs.seeds)
+    cfg = run_config(p, RunSpec("vit", "modern", 1, 0.2))
     assert cfg.epochs == round(p.active.epochs / 0.2) and cfg.eval_every == 5
-    steps = load_params(PARAMS, ["profile=quick", "runs.fraction_budget=epochs"])
-    assert steps.run_config(RunSpec("vit", "modern", 1, 0.2)).epochs == p.active.epochs
+    steps = load_params(PARAMS, ["preset=quick", "runs.fraction_budget=epochs"])
+    assert run_config(steps, RunSpec("vit", "modern", 1, 0.2)).epochs == p.active.epochs
     # runtime-only settings are not part of a run's identity; precision is
     a, b = (
-        load_params(PARAMS, [o]).run_config(RunSpec("vit", "paper", 0))
+        run_config(load_params(PARAMS, [o]), RunSpec("vit", "paper", 0))
         for o in ("runtime.threads=1", "runtime.threads=2")
     )
     assert a.identity() == b.identity()
-    c = load_params(PARAMS, ["runtime.precision=bf16"]).run_config(RunSpec("vit", "paper", 0))
+    c = run_config(load_params(PARAMS, ["runtime.precision=bf16"]), RunSpec("vit", "paper", 0))
     assert c.identity() != a.identity()
     assert (
-        load_params(PARAMS, ["recipes.paper.warmup_epochs=0.0"]).run_config(RunSpec("vit", "paper", 0)).identity()
+        run_config(load_params(PARAMS, ["recipes.paper.warmup_epochs=0.0"]), RunSpec("vit", "paper", 0)).identity()
         == a.identity()
     )
 
 
-def test_schema_arch_list_equals_the_registry():
-    from cnnvit.models.build import BUILDERS
-
+def test_the_schemas_model_part_is_what_the_spec_classes_generate():
+    """params.schema.json's model definitions are written by `cnnvit schema` from cnnvit.models."""
     defs = schema()["$defs"]
-    assert set(defs["model"]["properties"]["arch"]["enum"]) == set(archs.ARCHS) == set(BUILDERS)
-    for arch in archs.ARCHS:
-        assert set(defs[f"arch_{arch}"]["properties"]) == model_keys(arch), arch
+    assert {k: defs[k] for k in schema_defs()} == schema_defs()
+    assert set(defs["model"]["properties"]["arch"]["enum"]) == set(ARCHS)
+    for arch, cls in ARCHS.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(defs[f"arch_{arch}"]["properties"]) == {"arch"} | fields, arch
+    assert main(["schema", "--params", str(PARAMS), "--check"]) == 0
+
+
+def test_allowed_values_are_the_literals_of_the_typed_configs():
+    """Every enum of the schema is the Literal of the dataclass field that holds the value."""
+    sections = {"data": types.Data, "runs": types.Runs, "runtime": types.Runtime}
+    props = schema()["properties"]
+    pairs = [(props[s]["properties"], cls) for s, cls in sections.items()]
+    pairs.append((schema()["$defs"]["recipe"]["properties"], types.Recipe))
+    seen = 0
+    for properties, cls in pairs:
+        hints = typing.get_type_hints(cls)
+        for name, prop in properties.items():
+            if "enum" in prop:
+                assert set(typing.get_args(hints[name])) == set(prop["enum"]), (cls.__name__, name)
+                seen += 1
+    assert seen >= 6
 
 
 def test_registry_refuses_a_duplicate_name():
     with pytest.raises(TypeError, match="registered twice"):
 
-        class Again(archs.ArchSpec):
+        @register
+        class Again(ArchSpec):
             arch = "vit"
             display = "ViT again"
             convnet = False
-
-    from cnnvit.models.build import builds
-
-    with pytest.raises(TypeError, match="registered twice"):
-        builds(archs.ViT)(lambda s: None)
 
 
 def test_schema_is_valid_json_schema():

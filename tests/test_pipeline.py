@@ -15,6 +15,7 @@ from conftest import ENV, ROOT, make_cifar_python, make_project, md5, sh, tiny_p
 
 from cnnvit.config.load import load_params, params_from_dict
 from cnnvit.dag import dvc as dvcgen
+from cnnvit.dag import snakemake as smk
 from cnnvit.dag import stages as pipeline
 
 # Snakemake's own DAG, the way `snakemake --d3dag` builds it, as JSON (run inside the project).
@@ -76,25 +77,25 @@ def test_code_dependencies_are_what_each_stage_imports():
     assert {
         "src/cnnvit/stages/train.py",
         "src/cnnvit/training/engine.py",
-        "src/cnnvit/models/build.py",
+        "src/cnnvit/models/vit.py",
         "src/cnnvit/training/data.py",
         "src/cnnvit/config/load.py",
         "src/cnnvit/config/params.schema.json",
     } <= set(train)
     assert "src/cnnvit/stages/report.py" not in train and "src/cnnvit/dag/stages.py" not in train
     figures = pipeline.code_deps("figures")
-    assert "src/cnnvit/analysis/paper/epochs.csv" in figures and "src/cnnvit/models/build.py" not in figures
-    assert "src/cnnvit/models/build.py" not in pipeline.code_deps("download")
+    assert "src/cnnvit/analysis/paper/epochs.csv" in figures and "src/cnnvit/models/vit.py" not in figures
+    assert "src/cnnvit/models/vit.py" not in pipeline.code_deps("download")
     for stage in pipeline.STAGES:
         assert all((ROOT / f).is_file() for f in pipeline.code_deps(stage)), stage
 
 
 def test_set_overrides_are_canonical():
     base = {"a": {"x": 1, "y": 2}, "b": 1}
-    one = pipeline.set_overrides(base, {"b": 2, "a": {"y": 3, "x": 1}}, ["a", "b"])
-    two = pipeline.set_overrides(base, {"a": {"x": 1, "y": 3}, "b": 2}, ["b", "a"])
+    one = smk.set_overrides(base, {"b": 2, "a": {"y": 3, "x": 1}}, ["a", "b"])
+    two = smk.set_overrides(base, {"a": {"x": 1, "y": 3}, "b": 2}, ["b", "a"])
     assert one == two == ["a.y=3", "b=2"]
-    assert pipeline.set_overrides(base, {"a": {"x": 1, "y": 3}, "b": 2}, ["b"]) == ["b=2"]
+    assert smk.set_overrides(base, {"a": {"x": 1, "y": 3}, "b": 2}, ["b"]) == ["b=2"]
 
 
 def covered(dep: str, inputs: set[str]) -> bool:

@@ -80,7 +80,7 @@ def project(tmp_path):
 
 def seconds_per_epoch(project: Path, tmp_path: Path) -> float:
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["profiles"]["tiny"]["epochs"] = 40
+    raw["presets"]["tiny"]["epochs"] = 40
     calib = tmp_path / "calib.yaml"
     calib.write_text(json.dumps(raw))
     raw_file = tmp_path / "raw.tar.gz"  # outside the project: the workflow's own download must still run
@@ -121,7 +121,7 @@ def test_the_slurm_profile_runs_the_pipeline_and_resumes_after_a_time_limit(slur
     pass uses runtime.device auto, so each training asks SLURM for a GPU; the second pass uses cpu,
     a runtime-only setting (the checkpoints stay valid), so none is asked for."""
     epochs = math.ceil(110 / seconds_per_epoch(project, tmp_path))
-    config = f"--config 'profiles={{tiny: {{epochs: {epochs}}}}}'"
+    config = f"--config 'presets={{tiny: {{epochs: {epochs}}}}}'"
     output = run_until_killed(f"{COMMAND} {FAST} {config} --set-resources train:runtime=1", project, slurm, kills=2)
     jobs, done = submitted(output), records(slurm)
     assert sorted(jobs.values()) == ["download", "prepare", "train", "train"], output[-3000:]

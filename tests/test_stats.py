@@ -13,7 +13,9 @@ from scipy import stats as sps
 
 from cnnvit.analysis.verdicts import CLAIM_COLUMNS, binomial_se, claims_table, crossing, seed_stats, verdict, welch
 from cnnvit.cli import main
-from cnnvit.config.load import RunSpec, load_params
+from cnnvit.config.load import load_params
+from cnnvit.config.runs import run_config
+from cnnvit.config.types import RunSpec
 
 T2 = 4.302652729749464  # t(0.975, df=2), the 4.303 of every t table
 
@@ -180,8 +182,8 @@ def test_one_model_still_gives_readable_tables(tmp_path):
 
 def test_collect_refuses_runs_trained_under_other_params(tmp_path, capsys):
     """Issue 9.2: quick runs were collected and labelled as the paper profile."""
-    p = load_params(ROOT / "params.yaml", ["profile=quick"])
-    trained_as = json.loads(json.dumps(p.run_config(RunSpec("vit", "paper", 0)).identity()))
+    p = load_params(ROOT / "params.yaml", ["preset=quick"])
+    trained_as = json.loads(json.dumps(run_config(p, RunSpec("vit", "paper", 0)).identity()))
     fabricate(
         tmp_path, {"resnet50": [78.0], "vit": [61.0], "cnn_vit": [70.0]}, seeds=(0,), extra={"config": trained_as}
     )
@@ -190,8 +192,8 @@ def test_collect_refuses_runs_trained_under_other_params(tmp_path, capsys):
         code,
         capsys.readouterr().err,
         "run resnet50-paper-s0 was trained with other params",
-        "profile: 'quick' -> 'paper'",
-        "--set profile=quick",
+        "preset: 'quick' -> 'paper'",
+        "--set preset=quick",
     )
     assert not (tmp_path / "tables").exists()
 

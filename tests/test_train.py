@@ -15,7 +15,9 @@ from conftest import ROOT, make_cifar_python, md5, run_cli, tiny_params, write_y
 
 from cnnvit.analysis.records import METRIC_COLUMNS, TIMING_COLUMNS
 from cnnvit.cli import main
-from cnnvit.config.load import RunSpec, params_from_dict
+from cnnvit.config.load import params_from_dict
+from cnnvit.config.runs import run_config
+from cnnvit.config.types import RunSpec
 from cnnvit.errors import CnnvitError
 from cnnvit.stages import train
 from cnnvit.stages.prepare import prepare, write_prepared
@@ -40,9 +42,9 @@ def cfg_for(params, model="vit", recipe="modern", seed=0, **profile):
     p = params
     if profile:
         raw = json.loads(json.dumps(p.raw))
-        raw["profiles"]["tiny"].update(profile)
+        raw["presets"]["tiny"].update(profile)
         p = params_from_dict(raw)
-    return p.run_config(RunSpec(model, recipe, seed))
+    return run_config(p, RunSpec(model, recipe, seed))
 
 
 def train_cmd(params_file, data_dir, out_dir, ckpt_dir) -> list[str]:
@@ -90,7 +92,7 @@ def test_a_fraction_run_counts_the_seconds_of_epochs_it_does_not_record(params, 
         return {**real(self, epoch, progress=progress), "epoch_seconds": 1.0}
 
     monkeypatch.setattr(train.Trainer, "train_epoch", one_second_epochs)
-    cfg = params.run_config(RunSpec("vit", "paper", 0, 0.5))  # 2 epochs at 1/2 of the data: 4, rows every 2
+    cfg = run_config(params, RunSpec("vit", "paper", 0, 0.5))  # 2 epochs at 1/2 of the data: 4, rows every 2
     assert (cfg.epochs, cfg.eval_every) == (4, 2)
     s = train.train_run(cfg, prepared[1], tmp_path / "out", tmp_path / "ckpt")
     m = pd.read_csv(tmp_path / "out/metrics.csv")
@@ -128,7 +130,7 @@ def test_resume_after_an_interruption_is_bit_identical(params, prepared, tmp_pat
 def test_kill_9_then_the_same_command_resumes_bit_identically(params, prepared, tmp_path):
     """No timing: the test kills the process as soon as it reports its first checkpointed epoch."""
     raw = json.loads(json.dumps(params.raw))
-    raw["profiles"]["tiny"]["epochs"] = 30
+    raw["presets"]["tiny"]["epochs"] = 30
     params_file = write_yaml(tmp_path / "params.yaml", raw)
     cmd = train_cmd(params_file, prepared[1], tmp_path / "out", tmp_path / "ckpt")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -141,7 +143,7 @@ def test_kill_9_then_the_same_command_resumes_bit_identically(params, prepared, 
     again = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "resuming after epoch" in again.stdout
     train.train_run(
-        params_from_dict(raw).run_config(RunSpec("vit", "paper", 0)),
+        run_config(params_from_dict(raw), RunSpec("vit", "paper", 0)),
         prepared[1],
         tmp_path / "full",
         tmp_path / "ckpt-full",
@@ -165,7 +167,7 @@ def test_runtime_only_settings_keep_the_checkpoint(params, prepared, tmp_path, c
     train.train_run(cfg, prepared[1], tmp_path / "out", tmp_path / "ckpt", threads=1)
     raw = json.loads(json.dumps(params.raw))
     raw["runtime"].update(threads=2, eval_batch_size=7, device="cpu")
-    other = params_from_dict(raw).run_config(RunSpec("convnext", "paper", 0))
+    other = run_config(params_from_dict(raw), RunSpec("convnext", "paper", 0))
     monkeypatch.setattr(train.Trainer, "train_epoch", lambda *a, **k: pytest.fail("retrained"))
     train.train_run(other, prepared[1], tmp_path / "out", tmp_path / "ckpt", threads=2)
     assert "finished; not retraining" in capsys.readouterr().out
@@ -192,7 +194,7 @@ def test_a_resume_under_another_thread_count_warns(params, prepared, tmp_path, c
     [
         ("params", "was made with other params"),
         ("data", "was made from other prepared data"),
-        ("code", "was trained by other training code (models/build.py changed)"),
+        ("code", "was trained by other training code (models/vit.py changed)"),
     ],
 )
 def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
@@ -204,21 +206,21 @@ def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
     if change == "params":
         raw = json.loads(json.dumps(params.raw))
         raw["recipes"]["paper"]["lr"] = 5e-4
-        cfg = params_from_dict(raw).run_config(RunSpec("convnext", "paper", 0))
+        cfg = run_config(params_from_dict(raw), RunSpec("convnext", "paper", 0))
     elif change == "data":
         other = make_cifar_python(tmp_path / "other.tar.gz", per_batch=30)
         write_prepared(prepare(other, "cifar10-python"), tmp_path / "other", {})
         data_dir = tmp_path / "other"
     else:
         real = checkpoint.code_hashes
-        monkeypatch.setattr(checkpoint, "code_hashes", lambda: {**real(), "models/build.py": "0" * 16})
+        monkeypatch.setattr(checkpoint, "code_hashes", lambda: {**real(), "models/vit.py": "0" * 16})
     summary = train.train_run(cfg, data_dir, tmp_path / "out", tmp_path / "ckpt")
     assert f"{why}; starting fresh" in capsys.readouterr().out
     assert summary.n_train == (150 if change == "data" else 100)
 
 
 def test_editing_models_py_retrains_a_finished_run(prepared, tmp_path):
-    """The real thing, on a copy of the package: change src/cnnvit/models.py, run `cnnvit train`."""
+    """The real thing, on a copy of the package: change src/cnnvit/models/vit.py, run `cnnvit train`."""
     archive, data_dir = prepared
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params_file = write_yaml(tmp_path / "params.yaml", tiny_params(str(archive), md5(archive), epochs=1))
@@ -232,11 +234,11 @@ def test_editing_models_py_retrains_a_finished_run(prepared, tmp_path):
             [sys.executable, "-c", "import cnnvit; print(cnnvit.__file__)"], capture_output=True, text=True, env=env
         ).stdout
     )
-    with open(tmp_path / "src/cnnvit/models/build.py", "a") as f:
+    with open(tmp_path / "src/cnnvit/models/vit.py", "a") as f:
         f.write("\n# a change to the model code\n")
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "was trained by other training code (models/build.py changed); starting fresh" in second.stdout
+    assert "was trained by other training code (models/vit.py changed); starting fresh" in second.stdout
     assert "epoch 1/1" in second.stdout
 
 
@@ -290,9 +292,9 @@ def test_a_pretrained_vit_fine_tunes_and_records_its_weights(prepared, tmp_path)
     torch.save(timm.create_model("vit_small_patch16_224", pretrained=False).state_dict(), weights)
     archive, data_dir = prepared
     raw = tiny_params(str(archive), md5(archive), epochs=1)
-    raw["profile"] = "quick"
-    raw["profiles"]["quick"].update(train_size=64, test_size=20, epochs=1)
-    raw["profiles"]["quick"]["models"]["vit"] = {
+    raw["preset"] = "quick"
+    raw["presets"]["quick"].update(train_size=64, test_size=20, epochs=1)
+    raw["presets"]["quick"]["models"]["vit"] = {
         "arch": "vit",
         "patch_size": 4,
         "embed_dim": 384,
@@ -301,7 +303,7 @@ def test_a_pretrained_vit_fine_tunes_and_records_its_weights(prepared, tmp_path)
         "mlp_ratio": 4.0,
         "pretrained": str(weights),
     }
-    cfg = params_from_dict(raw).run_config(RunSpec("vit", "transfer", 0))
+    cfg = run_config(params_from_dict(raw), RunSpec("vit", "transfer", 0))
     s = train.train_run(cfg, data_dir, tmp_path / "out", tmp_path / "ckpt")
     on_disk = json.loads((tmp_path / "out/summary.json").read_text())
     assert on_disk["pretrained"] == {

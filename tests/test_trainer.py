@@ -10,10 +10,12 @@ import pytest
 import torch
 from conftest import TINY_MODELS, make_cifar_python, md5, tiny_params
 
-from cnnvit.config.load import RunSpec, params_from_dict
+from cnnvit.config.load import params_from_dict
+from cnnvit.config.runs import run_config
+from cnnvit.config.types import RunSpec
 from cnnvit.stages import train
 from cnnvit.stages.prepare import prepare, write_prepared
-from cnnvit.training.data import Augment, stratified_indices
+from cnnvit.training.data import Augment, load_prepared, stratified_indices
 from cnnvit.training.engine import Trainer, lr_factor
 
 CPU = torch.device("cpu")
@@ -52,7 +54,7 @@ def params_for(archive, **runtime):
 
 def test_a_model_learns_far_above_chance(learnable, tmp_path):
     archive, prepared = learnable
-    cfg = params_for(archive).run_config(RunSpec("resnet50_cifar", "modern", 0))
+    cfg = run_config(params_for(archive), RunSpec("resnet50_cifar", "modern", 0))
     summary = train.train_run(cfg, prepared, tmp_path / "out", tmp_path / "ckpt")
     assert summary.best_test_acc >= 60, summary.best_test_acc  # chance is 10%
     assert summary.final_test_acc >= 50
@@ -60,8 +62,8 @@ def test_a_model_learns_far_above_chance(learnable, tmp_path):
 
 def test_evaluate_is_eval_mode_without_augmentation_or_smoothing(learnable, monkeypatch):
     archive, prepared = learnable
-    cfg = params_for(archive).run_config(RunSpec("resnet50_cifar", "modern", 0))  # smoothing 0.1, crop and flip
-    trainer = Trainer(cfg, prepared, CPU, threads=1)
+    cfg = run_config(params_for(archive), RunSpec("resnet50_cifar", "modern", 0))  # smoothing 0.1, crop and flip
+    trainer = Trainer(cfg, load_prepared(prepared, cfg, CPU), CPU)
     trainer.train_epoch(1)
     modes, draws_seen = [], []
     trainer.model.register_forward_pre_hook(lambda m, a: modes.append(m.training))
@@ -116,9 +118,9 @@ def test_bf16_and_compile_train_every_arch_on_cpu(learnable, tmp_path, name):
     Evaluation is left out: inductor compiles each mode's graph with g++, ~30 s per convnet."""
     archive, prepared = learnable
     p = params_for(archive, precision="bf16", compile=True)
-    cfg = p.run_config(RunSpec(name, "modern", 0))
+    cfg = run_config(p, RunSpec(name, "modern", 0))
     cfg = type(cfg)(**{**cfg.__dict__, "epochs": 1, "train_size": 64, "test_size": 32})
-    trainer = Trainer(cfg, prepared, CPU, threads=1)
+    trainer = Trainer(cfg, load_prepared(prepared, cfg, CPU), CPU)
     assert trainer.forward is not trainer.model  # compiled
     row = trainer.train_epoch(1)
     assert math.isfinite(row["train_loss"]) and row["train_images_per_s"] > 0
@@ -127,7 +129,7 @@ def test_bf16_and_compile_train_every_arch_on_cpu(learnable, tmp_path, name):
     eager_cfg = type(cfg)(
         **{**cfg.__dict__, "runtime": type(cfg.runtime)(**{**cfg.runtime.__dict__, "compile": False})}
     )
-    eager = Trainer(eager_cfg, prepared, CPU, threads=1)
+    eager = Trainer(eager_cfg, load_prepared(prepared, eager_cfg, CPU), CPU)
     eager.load_state(state)  # strict: every key of the compiled run's weights fits the eager model
     assert all(
         torch.equal(a, b)

@@ -26,6 +26,7 @@ COMMANDS = {
     "report": ("stages.report", "tables + figures -> report/index.html"),
     "bench": ("training.bench", "throughput of the trainer's step vs a bare loop"),
     "dvc-yaml": ("dag.dvc", "write dvc.yaml from the pipeline description"),
+    "schema": ("config.schema", "write the model part of params.schema.json from the spec classes"),
 }
 
 

@@ -3,33 +3,31 @@
 
 rule download:
     input:
-        P.local_source(PARAMS.data.url),
-        P.code_deps("download"),
+        S.inputs("download", PARAMS),
     output:
-        P.RAW,
+        **S.outputs("download"),
     log:
-        "logs/download.log",
+        S.log("download"),
     conda:
         "../envs/cnnvit.yaml"
     params:
-        values=P.param_values(PARAMS.raw, "download"),
-        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("download", PARAMS.profile)),
+        values=S.param_values("download", PARAMS),
+        sets=S.set_flags("download", BASE, PARAMS),
     shell:
-        P.command("download") + " {params.sets} > {log} 2>&1"
+        S.command("download") + " {params.sets} > {log} 2>&1"
 
 
 rule prepare:
     input:
-        P.RAW,
-        P.code_deps("prepare"),
+        S.inputs("prepare", PARAMS),
     output:
-        P.PREPARED,
+        **S.outputs("prepare"),
     log:
-        "logs/prepare.log",
+        S.log("prepare"),
     conda:
         "../envs/cnnvit.yaml"
     params:
-        values=P.param_values(PARAMS.raw, "prepare"),
-        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("prepare", PARAMS.profile)),
+        values=S.param_values("prepare", PARAMS),
+        sets=S.set_flags("prepare", BASE, PARAMS),
     shell:
-        P.command("prepare") + " {params.sets} > {log} 2>&1"
+        S.command("prepare") + " {params.sets} > {log} 2>&1"

@@ -1,54 +1,48 @@
-# collect -> figures -> report
+# collect -> figures -> report. The tables and figures are marked for `snakemake --report`.
 
 
 rule collect:
     input:
-        P.run_outputs(RUNS),
-        P.code_deps("collect"),
+        S.inputs("collect", PARAMS, list(RUNS.values())),
     output:
-        P.TABLES,
-        metrics=P.METRICS,
+        **S.outputs("collect"),
     log:
-        "logs/collect.log",
+        S.log("collect"),
     conda:
         "../envs/cnnvit.yaml"
     params:
-        values=P.param_values(PARAMS.raw, "collect"),
-        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("collect", PARAMS.profile)),
+        values=S.param_values("collect", PARAMS),
+        sets=S.set_flags("collect", BASE, PARAMS),
     shell:
-        P.command("collect") + " {params.sets} > {log} 2>&1"
+        S.command("collect") + " {params.sets} > {log} 2>&1"
 
 
 rule figures:
     input:
-        P.TABLES,
-        P.code_deps("figures"),
+        S.inputs("figures", PARAMS),
     output:
-        directory(P.FIGURES_DIR),
+        **S.outputs("figures"),
     log:
-        "logs/figures.log",
+        S.log("figures"),
     conda:
         "../envs/cnnvit.yaml"
     params:
-        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("figures", PARAMS.profile)),
+        sets=S.set_flags("figures", BASE, PARAMS),
     shell:
-        P.command("figures") + " {params.sets} > {log} 2>&1"
+        S.command("figures") + " {params.sets} > {log} 2>&1"
 
 
 rule report:
     input:
-        P.TABLES,
-        P.FIGURES_DIR,
-        P.TEMPLATE,
-        P.code_deps("report"),
+        S.inputs("report", PARAMS),
     output:
-        P.REPORT,
+        **S.outputs("report"),
     log:
-        "logs/report.log",
+        S.log("report"),
     conda:
         "../envs/cnnvit.yaml"
     params:
-        values=P.param_values(PARAMS.raw, "report"),
-        sets=P.set_flags(BASE, PARAMS.raw, P.param_keys("report", PARAMS.profile)),
+        values=S.param_values("report", PARAMS),
+        sets=S.set_flags("report", BASE, PARAMS),
     shell:
-        P.command("report") + " {params.sets} > {log} 2>&1"
+        S.command("report") + " {params.sets} > {log} 2>&1"

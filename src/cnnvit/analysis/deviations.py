@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cnnvit.config.types import Params
-from cnnvit.models.specs import ArchSpec, CnnViT, ConvNeXt, ResNet50, ViT
+from cnnvit.models import spec_from_dict
 
 NOT_STATED = "not stated"
 
@@ -25,37 +25,10 @@ PAPER_MODELS = {
 }
 
 
-def describe(spec: ArchSpec) -> str:
-    if isinstance(spec, ResNet50):
-        stem = "7x7/2 conv + max-pool (ImageNet)" if spec.stem == "imagenet" else "3x3/1 conv, no pool (CIFAR)"
-        return f"timm ResNet, Bottleneck blocks {list(spec.layers)}, widths {list(spec.channels)}, stem {stem}"
-    if isinstance(spec, ViT):
-        tokens = (32 // spec.patch_size) ** 2
-        return (
-            f"timm ViT, {spec.patch_size}x{spec.patch_size} patches ({tokens} tokens + class token), width "
-            f"{spec.embed_dim}, depth {spec.depth}, {spec.num_heads} heads, MLP ratio {spec.mlp_ratio:g}"
-        )
-    if isinstance(spec, CnnViT):
-        side = 32
-        for s in spec.stem_strides:
-            side //= s
-        return (
-            f"{len(spec.stem_channels)} conv-BN-GELU layers {list(spec.stem_channels)} (strides "
-            f"{list(spec.stem_strides)}) -> {side}x{side} tokens -> ViT width {spec.embed_dim}, depth "
-            f"{spec.depth}, {spec.num_heads} heads"
-        )
-    if isinstance(spec, ConvNeXt):
-        return (
-            f"timm ConvNeXt, {spec.patch_size}x{spec.patch_size} stem, depths {list(spec.depths)}, widths "
-            f"{list(spec.dims)}, conv_mlp {spec.conv_mlp}"
-        )
-    return repr(spec)
-
-
 def _model_rows(params: Params, per_run: pd.DataFrame) -> list[dict]:
     rows = []
-    for name in params.runs_.models:
-        spec = params.active.models[name]
+    for name in params.runs.models:
+        spec = spec_from_dict(params.active.models[name])
         size = per_run.loc[per_run.model == name, ["params", "flops_per_image"]].dropna()
         cost = (
             f"; {size.params.iloc[0] / 1e6:.2f} M params, {size.flops_per_image.iloc[0] / 1e9:.3f} GFLOPs/image"
@@ -74,20 +47,20 @@ def _model_rows(params: Params, per_run: pd.DataFrame) -> list[dict]:
             why = "the paper does not give the sizes; " + (
                 "these are the standard ViT-S ones at 32x32"
                 if vit_s
-                else f"the {params.profile} profile's own (ViT-S is 384 wide, 12 deep, 6 heads)"
+                else f"the {params.preset} preset's own (ViT-S is 384 wide, 12 deep, 6 heads)"
             )
-        elif isinstance(spec, ResNet50):
+        elif spec.arch == "resnet50":
             why = f"the same network with the {spec.stem} stem: what the stem alone changes"
         else:
             why = "the modernised CNN of the related work, as a fourth point of comparison"
         if spec.pretrained:
             why += f"; initialised from pretrained weights {spec.pretrained}"
-        rows.append({"aspect": f"model `{name}`", "paper": paper, "this_run": describe(spec) + cost, "why": why})
+        rows.append({"aspect": f"model `{name}`", "paper": paper, "this_run": spec.describe() + cost, "why": why})
     return rows
 
 
 def _recipe_rows(params: Params) -> list[dict]:
-    recipes = {n: params.recipes[n] for n in params.runs_.recipes}
+    recipes = {n: params.recipes[n] for n in params.runs.recipes}
 
     def each(fn) -> str:
         return "; ".join(f"{n}: {fn(r)}" for n, r in recipes.items())
@@ -151,21 +124,21 @@ def deviations(params: Params, per_run: pd.DataFrame) -> list[dict]:
         {
             "aspect": "epochs",
             "paper": "20 preset; the tables stop at 16 (ViT), 19 (ResNet50) and 10 (CNN+ViT)",
-            "this_run": f"{prof.epochs} for every model (profile {params.profile})",
+            "this_run": f"{prof.epochs} for every model (preset {params.preset})",
             "why": "one budget for all; best and final accuracy are both reported",
         },
         {
             "aspect": "training images",
             "paper": "CIFAR-10's 50,000",
             "this_run": f"{subset} of the training split ({', '.join(map(str, n_train)) or '?'} images)",
-            "why": "the paper's" if not prof.train_size else "a CPU-sized profile; not comparable to the paper",
+            "why": "the paper's" if not prof.train_size else "a CPU-sized preset; not comparable to the paper",
         },
         {
             "aspect": "test images",
             "paper": "CIFAR-10's test set (10,000)",
             "this_run": f"{', '.join(map(str, n_test)) or '?'} images"
             + ("" if not prof.test_size else ", a stratified subset seeded by the run's seed"),
-            "why": "the paper's" if not prof.test_size else "a CPU-sized profile",
+            "why": "the paper's" if not prof.test_size else "a CPU-sized preset",
         },
         {
             "aspect": "data source",
@@ -182,7 +155,7 @@ def deviations(params: Params, per_run: pd.DataFrame) -> list[dict]:
         {
             "aspect": "seeds",
             "paper": "one run per model (no seeds stated)",
-            "this_run": f"{len(params.runs_.seeds)} per model and recipe ({', '.join(map(str, params.runs_.seeds))})",
+            "this_run": f"{len(params.runs.seeds)} per model and recipe ({', '.join(map(str, params.runs.seeds))})",
             "why": "verdicts need a noise estimate",
         },
         {
@@ -192,13 +165,13 @@ def deviations(params: Params, per_run: pd.DataFrame) -> list[dict]:
             "why": "where this run was trained",
         },
     ]
-    if any(spec.pretrained for spec in prof.models.values()):
+    if any(entry.get("pretrained") for entry in prof.models.values()):
         rows.append(
             {
                 "aspect": "initialisation",
                 "paper": "from scratch (no pretraining mentioned)",
                 "this_run": "pretrained weights for: "
-                + ", ".join(n for n, s in prof.models.items() if s.pretrained and n in params.runs_.models),
+                + ", ".join(n for n, s in prof.models.items() if s.get("pretrained") and n in params.runs.models),
                 "why": "the transfer-learning study",
             }
         )

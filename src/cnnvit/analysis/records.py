@@ -53,7 +53,7 @@ class RunSummary:
     fraction: float
     best_test_acc: float
     final_test_acc: float
-    profile: str | None = None
+    preset: str | None = None
     epochs: int | None = None
     best_epoch: int | None = None
     n_train: int | None = None

@@ -1,16 +1,16 @@
 """params.yaml -> typed, validated configs: the one loader every ``cnnvit`` command and the
 Snakefile go through.
 
-    params = load_params("params.yaml", ["profile=quick"])       # --set overrides
+    params = load_params("params.yaml", ["preset=quick"])        # --set overrides
     params = params_from_dict(snakemake_config, "config")       # what Snakemake loaded
-    for run in params.runs():
-        cfg = params.run_config(run)                            # what one training reads
+    for run in params.all_runs():
+        cfg = run_config(params, run)                           # cnnvit.config.runs: one training
 
 Loading reads YAML 1.2 numbers (``1e-3`` is a float), renames deprecated keys with a warning,
 turns numeric strings into numbers where the schema wants a number, checks the schema
-(``params.schema.json`` beside this file, one definition per model arch) and the cross-references it cannot
-express, and only then builds the dataclasses. Every error names the dotted key and the fix.
-Defaults of optional keys live in the dataclasses below and nowhere else.
+(``params.schema.json`` beside this file; its model part is generated from the spec classes by
+``cnnvit schema``) and the cross-references it cannot express, and only then builds the
+dataclasses of :mod:`cnnvit.config.types`. Every error names the dotted key and the fix.
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ from typing import Any
 import jsonschema
 import yaml
 
-from cnnvit.config.types import Data, Params, Profile, Recipe, Runs, RunSpec, Runtime
+from cnnvit.config.types import Data, Params, Preset, Recipe, Runs, Runtime
 from cnnvit.errors import CnnvitError
-from cnnvit.models.specs import spec_from_dict, spec_keys
 
-__all__ = ["Params", "RunSpec", "load_params", "params_from_dict"]
+__all__ = ["Params", "load_params", "params_from_dict"]
 
 PACKAGE_DATA = ("params.schema.json",)  # read at run time, beside this file
 
@@ -55,7 +54,7 @@ _Yaml12Loader.add_implicit_resolver(
 
 def _unshare(node: Any) -> Any:
     """A YAML alias (``*paper_models``) loads as the very same object as its anchor; copying without a
-    memo gives each use its own, so an override of one profile never edits another behind its back."""
+    memo gives each use its own, so an override of one preset never edits another behind its back."""
     if isinstance(node, dict):
         return {key: _unshare(value) for key, value in node.items()}
     if isinstance(node, list):
@@ -97,7 +96,8 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
 
 # ----------------------------------------------------------------------------- deprecations
 
-RENAMED_SECTIONS = {"train": "runtime"}  # old top-level key -> new (cnnvit 0.2; removed in 0.3)
+# old top-level key -> new. `profile` was easy to mistake for Snakemake's workflow profiles.
+RENAMED_SECTIONS = {"train": "runtime", "profile": "preset", "profiles": "presets"}
 RENAMED_SCHEDULES = {"onecycle": "linear"}  # it always was linear warm-up, then linear decay
 
 
@@ -193,7 +193,14 @@ def _message(err: jsonschema.ValidationError, source: str) -> str:
         arch = err.instance.get("arch") if isinstance(err.instance, dict) else None
         kind = f" for arch {arch}" if arch and "arch" in allowed else ""
         return f"{source}: unknown key {keys}{kind}: remove or rename it; allowed keys: {', '.join(allowed)}"
+    if err.validator in ("minItems", "maxItems") and "x-same-length" in err.schema:
+        a, b = err.schema["x-same-length"]
+        entry = _dotted(list(err.absolute_path)[:-1])
+        return f"{source}: {entry}: {a} and {b} must have the same length (one entry per stage): fix the entry"
     if err.validator == "required":
+        missing = [k for k in err.schema.get("required", []) if isinstance(err.instance, dict) and k not in err.instance]
+        if len(missing) > 1:
+            return f"{source}: {where}: missing required keys {', '.join(missing)}: add them"
         return f"{source}: {where}: {err.message}: add it"
     return f"{source}: {where}: {err.message}: fix this value"
 
@@ -208,29 +215,23 @@ def check(cfg: dict, source: str = "params.yaml") -> None:
     data = cfg["data"]
     if not (data.get("md5") or data.get("sha256")):
         raise CnnvitError(f"{source}: data: no checksum: set data.sha256 (or data.md5)")
-    profile = cfg["profile"]
-    if profile not in cfg["profiles"]:
-        known = ", ".join(sorted(cfg["profiles"]))
-        raise CnnvitError(f"{source}: profile: unknown profile {profile!r}; use one of {known}")
+    preset = cfg["preset"]
+    if preset not in cfg["presets"]:
+        known = ", ".join(sorted(cfg["presets"]))
+        raise CnnvitError(f"{source}: preset: unknown preset {preset!r}; use one of {known}")
     for recipe in cfg["runs"]["recipes"]:
         if recipe not in cfg["recipes"]:
             known = ", ".join(sorted(cfg["recipes"]))
             raise CnnvitError(
                 f"{source}: runs.recipes: unknown recipe {recipe!r}; define recipes.{recipe} or use one of {known}"
             )
-    models = cfg["profiles"][profile]["models"]
+    models = cfg["presets"][preset]["models"]
     for model in cfg["runs"]["models"]:
         if model not in models:
             raise CnnvitError(
-                f"{source}: runs.models: model {model!r} is not defined in profile {profile!r}; define "
-                f"profiles.{profile}.models.{model} or use one of {', '.join(sorted(models))}"
+                f"{source}: runs.models: model {model!r} is not defined in preset {preset!r}; define "
+                f"presets.{preset}.models.{model} or use one of {', '.join(sorted(models))}"
             )
-    for pname, prof in cfg["profiles"].items():
-        for mname, entry in prof["models"].items():
-            try:
-                spec_from_dict(entry)
-            except ValueError as exc:
-                raise CnnvitError(f"{source}: profiles.{pname}.models.{mname}: {exc}: fix the entry") from None
 
 
 def _build(cls, d: dict):
@@ -252,18 +253,14 @@ def params_from_dict(cfg: dict, source: str = "params.yaml") -> Params:
         raise CnnvitError(f"{source}: expected a mapping at the top level")
     cfg = coerce_scalars(migrate(cfg, source))
     check(cfg, source)
-    profiles = {
-        name: Profile(**{**p, "models": {m: spec_from_dict(e) for m, e in p["models"].items()}})
-        for name, p in cfg["profiles"].items()
-    }
     return Params(
         raw=cfg,
-        profile=cfg["profile"],
+        preset=cfg["preset"],
         data=_build(Data, cfg["data"]),
-        runs_=_build(Runs, cfg["runs"]),
+        runs=_build(Runs, cfg["runs"]),
         runtime=_build(Runtime, cfg["runtime"]),
         recipes={name: _build(Recipe, r) for name, r in cfg["recipes"].items()},
-        profiles=profiles,
+        presets={name: _build(Preset, p) for name, p in cfg["presets"].items()},
     )
 
 
@@ -279,8 +276,3 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     if not isinstance(raw, dict):
         raise CnnvitError(f"{path}: expected a mapping at the top level")
     return params_from_dict(apply_overrides(raw, overrides or []), str(path))
-
-
-def model_keys(arch: str) -> set[str]:
-    """The keys a model entry of ``arch`` may have (the schema holds the same list)."""
-    return spec_keys(arch)

@@ -1,27 +1,50 @@
 """The typed configs that params.yaml resolves to, built once by :mod:`cnnvit.config.load`.
 
-    Params      # the whole file: .runs() lists every run, .run_config(run) resolves one
+    Params      # the whole file: .all_runs() lists every run
     RunSpec     # one point of models x recipes x train_fractions x seeds; .name is its directory
-    RunConfig   # everything one training reads; .identity() is what makes its numbers what they are
-    Recipe, Profile, Runtime, Data, Runs
+    RunConfig   # everything one training reads (see cnnvit.config.runs); .identity() is what makes
+                # its numbers what they are
+    Recipe, Preset, Runtime, Data, Runs
 
-Optional keys take their defaults here and nowhere else. Model entries are the arch dataclasses
-of :mod:`cnnvit.models.specs`.
+Optional keys take their defaults here and nowhere else; the values a key allows are the
+``Literal`` of its field (a test holds the schema's enums to them). Model entries stay the
+validated dicts of params.yaml here; :mod:`cnnvit.models` turns one into its typed spec when a
+run is resolved, so that loading params does not import the model code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-from cnnvit.errors import CnnvitError
-from cnnvit.models.specs import ArchSpec
+if TYPE_CHECKING:  # the annotation only: importing the models here would make every stage depend on them
+    from cnnvit.models import ArchSpec
+
+Format = Literal["cifar10-python", "imagefolder"]
+FractionBudget = Literal["steps", "epochs"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16"]
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["constant", "cosine", "linear"]
+Normalize = Literal["meanstd", "unit"]
+
+# A run's name, which is also its directory under results/runs/. The DVC generator fills the same
+# patterns with ${item.*}, so the two tools cannot name a run differently.
+RUN_NAME = "{model}-{recipe}-s{seed}"
+RUN_NAME_FRACTION = "{model}-{recipe}-f{fraction}-s{seed}"
+
+
+def run_name(model: str, recipe: str, seed: object, fraction: object = None) -> str:
+    """``fraction`` None (or 1.0) names a run on the whole training set."""
+    whole = fraction is None or fraction == 1.0
+    return (RUN_NAME if whole else RUN_NAME_FRACTION).format(model=model, recipe=recipe, seed=seed, fraction=fraction)
 
 
 @dataclass(frozen=True)
 class Data:
     url: str
-    format: str
+    format: Format
     expect_train: int
     expect_test: int
     md5: str | None = None
@@ -39,41 +62,41 @@ class Runs:
     recipes: tuple[str, ...]
     seeds: tuple[int, ...]
     train_fractions: tuple[float, ...] = (1.0,)
-    fraction_budget: str = "steps"
+    fraction_budget: FractionBudget = "steps"
 
 
 @dataclass(frozen=True)
 class Runtime:
-    device: str = "auto"
+    device: Device = "auto"
     threads: int = 1
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     compile: bool = False
     eval_batch_size: int = 1000
 
 
 @dataclass(frozen=True)
 class Recipe:
-    optimizer: str
+    optimizer: Optimizer
     lr: float
     weight_decay: float
     batch_size: int
-    schedule: str
+    schedule: Schedule
     warmup_epochs: float
     label_smoothing: float
     crop_padding: int
     flip: bool
-    normalize: str = "meanstd"
+    normalize: Normalize = "meanstd"
     grad_clip: float | None = None
     layer_decay: float | None = None
     momentum: float = 0.9  # sgd only
 
 
 @dataclass(frozen=True)
-class Profile:
+class Preset:
     train_size: int
     test_size: int
     epochs: int
-    models: dict[str, ArchSpec] = field(hash=False)
+    models: dict[str, dict] = field(hash=False)  # model name -> its checked params.yaml entry
     minutes_per_epoch: float = 10.0  # a scheduling estimate for a cluster's time limit
 
 
@@ -88,9 +111,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        if self.fraction == 1.0:
-            return f"{self.model}-{self.recipe}-s{self.seed}"
-        return f"{self.model}-{self.recipe}-f{self.fraction}-s{self.seed}"  # str(): as DVC writes it
+        return run_name(self.model, self.recipe, self.seed, self.fraction)  # str(fraction): as DVC writes it
 
 
 @dataclass(frozen=True)
@@ -98,11 +119,11 @@ class RunConfig:
     """Everything one training reads. ``identity()`` is what makes its numbers what they are."""
 
     run: RunSpec
-    profile: str
+    preset: str
     model: ArchSpec
     recipe: Recipe
     epochs: int  # after the fraction budget
-    train_size: int  # the profile's (0 = all); the run trains on `fraction` of it
+    train_size: int  # the preset's (0 = all); the run trains on `fraction` of it
     test_size: int
     runtime: Runtime
 
@@ -112,7 +133,7 @@ class RunConfig:
 
     @property
     def eval_every(self) -> int:
-        """A fraction trained for more epochs is still evaluated about `profile epochs` times."""
+        """A fraction trained for more epochs is still evaluated about `preset epochs` times."""
         return max(1, round(self.run.fraction**-1)) if self.epochs > 1 and self.run.fraction < 1 else 1
 
     def identity(self) -> dict:
@@ -129,43 +150,17 @@ class RunConfig:
 @dataclass(frozen=True)
 class Params:
     raw: dict = field(hash=False, repr=False)  # the validated params, as a plain dict
-    profile: str
+    preset: str
     data: Data
-    runs_: Runs
+    runs: Runs
     runtime: Runtime
     recipes: dict[str, Recipe] = field(hash=False)
-    profiles: dict[str, Profile] = field(hash=False)
+    presets: dict[str, Preset] = field(hash=False)
 
     @property
-    def active(self) -> Profile:
-        return self.profiles[self.profile]
+    def active(self) -> Preset:
+        return self.presets[self.preset]
 
-    def runs(self) -> list[RunSpec]:
-        r = self.runs_
+    def all_runs(self) -> list[RunSpec]:
+        r = self.runs
         return [RunSpec(m, rc, s, f) for m in r.models for rc in r.recipes for f in r.train_fractions for s in r.seeds]
-
-    def run_config(self, run: RunSpec) -> RunConfig:
-        prof = self.active
-        if run.model not in prof.models:
-            known = ", ".join(sorted(prof.models))
-            raise CnnvitError(
-                f"unknown model {run.model!r} in profile {self.profile!r}; known models: {known} "
-                f"(define profiles.{self.profile}.models.{run.model} in params.yaml to add one)"
-            )
-        if run.recipe not in self.recipes:
-            raise CnnvitError(f"unknown recipe {run.recipe!r}; known recipes: {', '.join(sorted(self.recipes))}")
-        if not 0 < run.fraction <= 1:
-            raise CnnvitError(f"fraction {run.fraction} is outside (0, 1]: fix runs.train_fractions")
-        epochs = prof.epochs
-        if run.fraction < 1 and self.runs_.fraction_budget == "steps":
-            epochs = max(1, round(prof.epochs / run.fraction))
-        return RunConfig(
-            run,
-            self.profile,
-            prof.models[run.model],
-            self.recipes[run.recipe],
-            epochs,
-            prof.train_size,
-            prof.test_size,
-            self.runtime,
-        )

@@ -2,10 +2,11 @@
 
     code_files("cnnvit.stages.train")     # ("src/cnnvit/__init__.py", ..., "src/cnnvit/stages/train.py")
 
-A module's imports of ``cnnvit.*`` are read from its source (lazy imports inside functions too),
-followed transitively; importing ``cnnvit.a.b`` also runs ``cnnvit/__init__.py`` and
-``cnnvit/a/__init__.py``, so those are in. A module that reads files beside its source at run
-time names them in a module-level ``PACKAGE_DATA = ("file", ...)`` tuple, and they are in too.
+A module's imports of ``cnnvit.*`` are read from its source (lazy imports inside functions too,
+but not those under ``if TYPE_CHECKING:``, which never run), followed transitively; importing
+``cnnvit.a.b`` also runs ``cnnvit/__init__.py`` and ``cnnvit/a/__init__.py``, so those are in.
+A module that reads files beside its source at run time names them in a module-level
+``PACKAGE_DATA = ("file", ...)`` tuple, and they are in too.
 This is what makes a code change re-run exactly the stages that run that code, in both tools,
 and what a checkpoint records as the code that trained it.
 """
@@ -43,11 +44,30 @@ def _tree(module: str) -> ast.Module:
     return ast.parse(path.read_text())
 
 
+def _type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING"
+    )
+
+
+def _walk(node: ast.AST):
+    """ast.walk, without descending into ``if TYPE_CHECKING:`` blocks (their else branch runs)."""
+    for child in ast.iter_child_nodes(node):
+        if _type_checking(child):
+            for other in child.orelse:  # type: ignore[attr-defined]
+                yield other
+                yield from _walk(other)
+            continue
+        yield child
+        yield from _walk(child)
+
+
 @cache
 def imports(module: str) -> frozenset[str]:
     """The cnnvit modules (and their parent packages) that ``module`` imports anywhere in its body."""
     found: set[str] = set()
-    for node in ast.walk(_tree(module)):
+    for node in _walk(_tree(module)):
         if isinstance(node, ast.ImportFrom) and node.module and module_file(node.module):
             found |= _with_parents(node.module)
             for alias in node.names:  # `from cnnvit.models import vit` imports the module cnnvit.models.vit

@@ -9,7 +9,6 @@ RAW = "data/raw/cifar10.tar.gz"
 PREPARED_DIR = "data/prepared"
 PREPARED = (f"{PREPARED_DIR}/train.npz", f"{PREPARED_DIR}/test.npz", f"{PREPARED_DIR}/stats.json")
 RUNS_DIR = "results/runs"
-RUN_FILES = ("metrics.csv", "summary.json")
 CHECKPOINT_DIR = "results/checkpoints"
 TABLES_DIR = "results/tables"
 TABLES = tuple(

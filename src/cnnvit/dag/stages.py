@@ -1,27 +1,24 @@
-"""The pipeline, described once: every stage's command, inputs, outputs, code and params keys.
+"""The pipeline, described once: every stage's command, inputs, outputs, log, params and code.
 
     download -> prepare -> train (one job per run) -> collect -> figures -> report
 
-The Snakemake rules (``workflow/rules/*.smk``) take their paths, commands and params from here,
-the stage commands take their default paths from here, and ``dvc.yaml`` is *generated* from here
-by ``cnnvit dvc-yaml`` (:mod:`cnnvit.dag.dvc`; a test checks the committed file is what it
-generates). Generated rather than checked, because DVC's matrix can only name runs with one
-pattern, and the fraction runs need another: see :mod:`cnnvit.dag.dvc`.
+The Snakemake rules (``workflow/rules/*.smk``) read their inputs, outputs, logs, commands and
+params from here (through :mod:`cnnvit.dag.snakemake`), and ``dvc.yaml`` is generated from here
+by ``cnnvit dvc-yaml`` (:mod:`cnnvit.dag.dvc`, which names no stage). A test builds both tools'
+DAGs and checks each runs exactly the jobs :func:`jobs` lists.
 
-Each stage depends on the source files it runs (its module's imports within ``cnnvit``, found
-by reading them), so a code change re-runs exactly the stages that run that code, in both tools.
-Adding a run dimension means touching this module, params.yaml and the schema.
+A stage's code dependencies are the source files it runs (:mod:`cnnvit.dag.code`), so a code
+change re-runs exactly the stages that run that code. A per-run stage becomes one job per run,
+named by :func:`cnnvit.config.types.run_name`.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shlex
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cnnvit.config.types import Params, RunSpec
+from cnnvit.config.types import run_name
 from cnnvit.dag.code import code_files
 from cnnvit.dag.paths import (
     CHECKPOINT_DIR,
@@ -31,134 +28,130 @@ from cnnvit.dag.paths import (
     PREPARED_DIR,
     RAW,
     REPORT,
-    RUN_FILES,
     RUNS_DIR,
     TABLES,
     TABLES_DIR,
     TEMPLATE,
 )
 
+if TYPE_CHECKING:
+    from cnnvit.config.types import Params, RunSpec
 
-def run_dir(run: RunSpec) -> str:
-    return f"{RUNS_DIR}/{run.name}"
-
-
-RUN_OUTPUT = {Path(f).stem: f"{RUNS_DIR}/{{run}}/{f}" for f in RUN_FILES}  # Snakemake's patterns for a run
+RUN = "{run}"  # stands for a run's name in a per-run stage's paths
 
 
-__all__ = [
-    "CHECKPOINT_DIR",
-    "FIGURES_DIR",
-    "METRICS",
-    "PREPARED",
-    "PREPARED_DIR",
-    "RAW",
-    "REPORT",
-    "RUNS_DIR",
-    "RUN_FILES",
-    "TABLES",
-    "TABLES_DIR",
-    "TEMPLATE",
-    "Stage",
-    "code_deps",
-    "jobs",
-]
+@dataclass(frozen=True)
+class Out:
+    """One output of a stage, and how each tool treats it."""
+
+    path: str
+    cache: bool = True  # DVC keeps a copy in its cache
+    metric: bool = False  # `dvc metrics show` lists it
+    plot: dict[str, str] | None = None  # `dvc plots show` draws it with these properties
+    report: str | None = None  # its category in `snakemake --report`
+    directory: bool = False
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    module: str  # cnnvit.<module> runs it
-    cmd: str  # with {model}, {recipe}, {seed}, {fraction} and {run_dir} for a run
-    deps: tuple[str, ...]
-    outs: tuple[str, ...]
-    params: tuple[str, ...]  # dotted keys read; {profile}, {model} and {recipe} are filled in
+    cmd: str  # a per-run stage's holds {model}, {recipe}, {seed}, {fraction_arg} and {run}
+    deps: tuple[str, ...]  # data it reads; code and params are added from `params` and the module
+    outs: tuple[Out, ...]
+    params: tuple[str, ...]  # dotted keys read; {preset}, {model} and {recipe} are filled in
+    per_run: bool = False
+    fraction_params: tuple[str, ...] = ()  # what a run on a fraction of the training set reads too
+    reads_all_runs: bool = False  # depends on every run's outputs (DVC: the runs directory)
+    local_input: str | None = None  # a params key naming a file; when it is a local path, an input too
+
+    @property
+    def module(self) -> str:
+        return f"cnnvit.stages.{self.name}"
+
+    @property
+    def log(self) -> str:
+        return f"logs/{self.name}/{RUN}.log" if self.per_run else f"logs/{self.name}.log"
 
 
-_RUN_ARGS = "--model {model} --recipe {recipe} --seed {seed}"
-_TRAIN_PARAMS = (
-    "profile",
-    "profiles.{profile}.train_size",
-    "profiles.{profile}.test_size",
-    "profiles.{profile}.epochs",
-    "profiles.{profile}.models.{model}",
-    "recipes.{recipe}",
-    "runtime.precision",
-)
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
         Stage(
             "download",
-            "download",
             f"cnnvit download --out {RAW}",
             (),
-            (RAW,),
+            (Out(RAW),),
             ("data.url", "data.md5", "data.sha256", "data.format"),
+            local_input="data.url",
         ),
         Stage(
             "prepare",
-            "prepare",
             f"cnnvit prepare --raw {RAW} --out-dir {PREPARED_DIR}",
             (RAW,),
-            PREPARED,
+            tuple(Out(p) for p in PREPARED),
             ("data.format", "data.expect_train", "data.expect_test"),
         ),
         Stage(
             "train",
-            "train",
-            f"cnnvit train {_RUN_ARGS}{{fraction_arg}} --data-dir {PREPARED_DIR} --out-dir {{run_dir}} "
-            f"--ckpt-dir {CHECKPOINT_DIR}",
+            "cnnvit train --model {model} --recipe {recipe} --seed {seed}{fraction_arg} "
+            f"--data-dir {PREPARED_DIR} --out-dir {RUNS_DIR}/{RUN} --ckpt-dir {CHECKPOINT_DIR}",
             PREPARED,
-            tuple(f"{{run_dir}}/{f}" for f in RUN_FILES),
-            _TRAIN_PARAMS,
+            (
+                Out(f"{RUNS_DIR}/{RUN}/metrics.csv", plot={"x": "epoch", "y": "test_acc"}),
+                Out(f"{RUNS_DIR}/{RUN}/summary.json"),
+            ),
+            (
+                "preset",
+                "presets.{preset}.train_size",
+                "presets.{preset}.test_size",
+                "presets.{preset}.epochs",
+                "presets.{preset}.models.{model}",
+                "recipes.{recipe}",
+                "runtime.precision",
+            ),
+            per_run=True,
+            fraction_params=("runs.fraction_budget",),
         ),
         Stage(
-            "collect",
             "collect",
             f"cnnvit collect --runs-dir {RUNS_DIR} --out-dir {TABLES_DIR} --metrics {METRICS}",
-            (RUNS_DIR,),
-            (*TABLES, METRICS),
-            ("profile", "runs", "profiles.{profile}", "recipes", "runtime.precision"),
+            (),
+            (
+                *(Out(t, report="Tables") for t in TABLES),
+                Out(METRICS, cache=False, metric=True, report="Tables"),
+            ),
+            ("preset", "runs", "presets.{preset}", "recipes", "runtime.precision"),
+            reads_all_runs=True,
         ),
         Stage(
-            "figures",
             "figures",
             f"cnnvit figures --tables-dir {TABLES_DIR} --out-dir {FIGURES_DIR}",
             TABLES,
-            (FIGURES_DIR,),
+            (Out(FIGURES_DIR, directory=True, report="Figures"),),
             (),
         ),
         Stage(
             "report",
-            "report",
             f"cnnvit report --tables-dir {TABLES_DIR} --figures-dir {FIGURES_DIR} --template {TEMPLATE} --out {REPORT}",
             (*TABLES, FIGURES_DIR, TEMPLATE),
-            (REPORT,),
-            ("profile", "data", "runs", "runtime", "recipes", "profiles.{profile}"),
+            (Out(REPORT, cache=False, report="Report"),),
+            ("preset", "data", "runs", "runtime", "recipes", "presets.{preset}"),
         ),
     )
 }
 
 
-# ----------------------------------------------------------------------------- code dependencies
-
-
 def code_deps(stage: str) -> tuple[str, ...]:
     """The source files (and package data) that ``stage`` runs, as paths from the project root.
     Every command loads params.yaml through the config loader, so that is in too."""
-    return code_files(f"cnnvit.stages.{STAGES[stage].module}", "cnnvit.config.load")
+    return code_files(STAGES[stage].module, "cnnvit.config.load")
 
 
-# ----------------------------------------------------------------------------- expanding the DAG
+# ----------------------------------------------------------------------------- one job of a stage
 
 
-def param_keys(stage: str, profile: str, model: str = "", recipe: str = "") -> list[str]:
-    return [k.format(profile=profile, model=model, recipe=recipe) for k in STAGES[stage].params]
-
-
-def get_key(cfg: dict, dotted: str):
-    node = cfg
+def get_key(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             return None
@@ -166,46 +159,53 @@ def get_key(cfg: dict, dotted: str):
     return node
 
 
-def _canonical(value):
+def _canonical(value: Any) -> Any:
     """Sorted keys all the way down: the same config in another key order is the same params."""
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def param_values(cfg: dict, stage: str, model: str = "", recipe: str = "") -> dict:
-    """The values ``stage`` reads, by dotted key: what Snakemake's params trigger compares."""
-    return {k: _canonical(get_key(cfg, k)) for k in param_keys(stage, cfg["profile"], model, recipe)}
+def job_params(stage: str, cfg: dict, run: RunSpec | None = None) -> dict[str, Any]:
+    """The dotted keys one job of ``stage`` reads, with their values in ``cfg`` (the raw params):
+    what Snakemake's params trigger compares, what DVC lists, and what --set passes on."""
+    s = STAGES[stage]
+    keys = list(s.params) + (list(s.fraction_params) if run is not None and run.fraction < 1 else [])
+    fill = {"preset": cfg["preset"], "model": run.model if run else "", "recipe": run.recipe if run else ""}
+    return {k.format(**fill): _canonical(get_key(cfg, k.format(**fill))) for k in keys}
 
 
-def train_params(run: RunSpec) -> list[str]:
-    """A fraction run also reads how its epochs are budgeted."""
-    return list(_TRAIN_PARAMS) + (["runs.fraction_budget"] if run.fraction < 1 else [])
-
-
-def run_param_keys(profile: str, run: RunSpec) -> list[str]:
-    return [k.format(profile=profile, model=run.model, recipe=run.recipe) for k in train_params(run)]
-
-
-def run_param_values(cfg: dict, run: RunSpec) -> dict:
-    return {k: _canonical(get_key(cfg, k)) for k in run_param_keys(cfg["profile"], run)}
-
-
-def run_fields(run: RunSpec) -> dict:
-    fraction_arg = f" --fraction {run.fraction}" if run.fraction < 1 else ""
+def run_fields(run: RunSpec) -> dict[str, Any]:
     return {
         "model": run.model,
         "recipe": run.recipe,
         "seed": run.seed,
-        "fraction_arg": fraction_arg,
-        "run_dir": run_dir(run),
+        "fraction_arg": f" --fraction {run.fraction}" if run.fraction < 1 else "",
+        "run": run.name,
     }
 
 
+def _fill(text: str, run: RunSpec | None) -> str:
+    return text.format(**run_fields(run)) if run else text
+
+
 def command(stage: str, run: RunSpec | None = None) -> str:
-    return STAGES[stage].cmd.format(**(run_fields(run) if run else {}))
+    return _fill(STAGES[stage].cmd, run)
 
 
 def outputs(stage: str, run: RunSpec | None = None) -> list[str]:
-    return [o.format(**(run_fields(run) if run else {})) for o in STAGES[stage].outs]
+    return [_fill(o.path, run) for o in STAGES[stage].outs]
+
+
+def run_outputs(runs: list[RunSpec]) -> list[str]:
+    """Every output of every run: what a stage that reads all runs depends on (in Snakemake)."""
+    return [path for run in runs for path in outputs("train", run)]
+
+
+def deps(stage: str, runs: list[RunSpec] | None = None) -> list[str]:
+    """The data a job of ``stage`` reads: for a stage that reads all runs, the runs' outputs when
+    ``runs`` is given (Snakemake), else the runs directory (DVC)."""
+    s = STAGES[stage]
+    extra = ([RUNS_DIR] if runs is None else run_outputs(runs)) if s.reads_all_runs else []
+    return [*s.deps, *extra]
 
 
 @dataclass(frozen=True)
@@ -218,72 +218,20 @@ class Job:
 
 
 def jobs(params: Params) -> list[Job]:
-    """Every job of the DAG for these params, as both tools should run it."""
+    """Every job of the DAG for these params, as both tools should run it (DVC's dependencies)."""
     out = []
-    for name in STAGES:
-        runs = params.runs() if name == "train" else [None]
-        for run in runs:
-            keys = param_keys(name, params.profile) if run is None else run_param_keys(params.profile, run)
-            deps = (*STAGES[name].deps, *code_deps(name))
-            out.append(Job(name, command(name, run), deps, tuple(outputs(name, run)), tuple(keys)))
+    for name, s in STAGES.items():
+        for run in params.all_runs() if s.per_run else [None]:
+            out.append(
+                Job(
+                    name,
+                    command(name, run),
+                    (*deps(name), *code_deps(name)),
+                    tuple(outputs(name, run)),
+                    tuple(job_params(name, params.raw, run)),
+                )
+            )
     return out
 
 
-def set_overrides(base: dict, cfg: dict, keys: list[str]) -> list[str]:
-    """``--set`` items (sorted, so the same config always gives the same command) that turn the
-    params file ``base`` into ``cfg`` for the dotted ``keys`` a stage reads."""
-
-    def flat(d, prefix=""):
-        if not isinstance(d, dict) or not d:
-            return {prefix: d}
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-
-    fb, fc = flat(base), flat(cfg)
-    items = [f"{k}=null" for k in fb if k not in fc]
-    items += [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in fc.items() if k not in fb or fb[k] != v]
-    touches = lambda item, k: (key := item.split("=", 1)[0]) == k or key.startswith(k + ".") or k.startswith(key + ".")  # noqa: E731
-    return sorted(i for i in items if any(touches(i, k) for k in keys))
-
-
-def set_flags(base: dict, cfg: dict, keys: list[str]) -> str:
-    """The ``--set`` flags, shell-quoted, that pass Snakemake's config overrides to a command."""
-    return " ".join(f"--set {shlex.quote(item)}" for item in set_overrides(base, cfg, keys))
-
-
-def run_pattern(names) -> str:
-    """A wildcard constraint that matches exactly these run names."""
-    return "|".join(re.escape(name) for name in names)
-
-
-def run_outputs(runs) -> list[str]:
-    return [pattern.format(run=run) for run in runs for pattern in RUN_OUTPUT.values()]
-
-
-def gpu_request(device: str, local_exec: bool) -> int:
-    """1 when a training job can use CUDA (runtime.device cuda, or auto on a cluster or on a machine
-    with an NVIDIA GPU), else 0, so CPU-only machines and clusters never ask for a GPU."""
-    from cnnvit.training.device import gpu_count
-
-    if device == "cpu":
-        return 0
-    if device == "cuda" or not local_exec:
-        return 1
-    return 1 if gpu_count() else 0
-
-
-def local_source(url: str) -> list[str]:
-    """The archive (or directory) itself as an input when data.url is a local path."""
-    from cnnvit.stages.download import local_path
-
-    path = local_path(url)
-    return [str(path)] if path is not None and path.exists() else []
-
-
-def slurm_minutes(params: Params, run: RunSpec) -> int:
-    """A time limit for a run: the profile's per-epoch estimate times its epochs, plus 20%."""
-    cfg = params.run_config(run)
-    epochs = cfg.epochs * (run.fraction if run.fraction < 1 else 1.0)
-    return max(5, round(params.active.minutes_per_epoch * epochs * 1.2) + 5)
+__all__ = ["RUN", "STAGES", "Job", "Out", "Stage", "code_deps", "command", "job_params", "jobs", "run_name"]

@@ -21,8 +21,9 @@ from pathlib import Path
 import timm
 import torch
 
+from cnnvit.dataset import NUM_CLASSES
 from cnnvit.errors import CnnvitError, refused_pickle
-from cnnvit.models.specs import NUM_CLASSES, ArchSpec
+from cnnvit.models import ArchSpec
 
 HUB_PREFIX = "hf-hub:"
 PICKLED = {".pth", ".pt", ".bin"}

@@ -3,7 +3,7 @@
     cnnvit collect --runs-dir results/runs --out-dir results/tables --metrics results/metrics.json
 
 The runs collected are exactly those params.yaml lists, and each must have been trained with the
-config params.yaml now gives it: a run trained under another profile or recipe is refused, naming
+config params.yaml now gives it: a run trained under another preset or recipe is refused, naming
 the keys that differ (a summary that records no config, made by hand, is accepted with a
 warning). Writes, in ``--out-dir``:
 
@@ -32,13 +32,14 @@ from cnnvit.analysis.paper import CLAIMS, PAPER_NAME, paper_gaps
 from cnnvit.analysis.records import METRICS, VALUE_METRICS, RunSummary
 from cnnvit.analysis.verdicts import claims_table, crossing, summarise
 from cnnvit.artifacts import atomic_path, cpu_name, provenance, read_json, write_json
+from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
-from cnnvit.models.specs import ARCHS
+from cnnvit.models import spec_from_dict
 
 PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "verdict", "text"]
-RETRAIN = "train it again (or collect with the params it was trained with, e.g. --set profile=quick)"
+RETRAIN = "train it again (or collect with the params it was trained with, e.g. --set preset=quick)"
 
 
 def _flat(d, prefix="") -> dict:
@@ -55,7 +56,7 @@ def check_config(s: RunSummary, expected: dict, where: str) -> None:
         print(f"warning: {where} records no training config; cannot check it matches params.yaml")
         return
     want, got = _flat(json.loads(json.dumps(expected))), _flat(s.config)
-    first = ("profile", "epochs", "train_size", "test_size", "precision")  # the usual suspects lead
+    first = ("preset", "epochs", "train_size", "test_size", "precision")  # the usual suspects lead
     keys = sorted(set(want) | set(got), key=lambda k: (first.index(k) if k in first else len(first), k))
     diff = [f"{k}: {got.get(k)!r} -> {want.get(k)!r}" for k in keys if want.get(k) != got.get(k)]
     if diff:
@@ -91,7 +92,7 @@ def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame
     raw = read_json(d / "summary.json", "delete its run directory and train it again")
     base = {"run": run.name, "model": run.model, "recipe": run.recipe, "seed": run.seed, "fraction": run.fraction}
     s = RunSummary.from_json({**base, **raw} if isinstance(raw, dict) else raw, str(d / "summary.json"))
-    check_config(s, params.run_config(run).identity(), str(d / "summary.json"))
+    check_config(s, run_config(params, run).identity(), str(d / "summary.json"))
     m = read_metrics(d / "metrics.csv")
     cols = [c.column for c in VALUE_METRICS if c.column in m.columns]
     long = m.melt(id_vars="epoch", value_vars=cols, var_name="column")
@@ -111,23 +112,23 @@ def per_run_row(s: RunSummary) -> dict:
 
 
 def labels(params: Params) -> dict[str, str]:
-    """The name a table or figure prints for each model: the paper's, else its arch's."""
+    """The name every table and figure prints for each model (they read it from summary.csv): the
+    paper's for its three models, else the arch's display name, with the model's own name when it
+    is a variant."""
     out = {}
-    for name in params.runs_.models:
-        display = ARCHS[params.active.models[name].arch].display
-        out[name] = PAPER_NAME.get(name) or (
-            display if name == params.active.models[name].arch else f"{display} ({name})"
-        )
+    for name in params.runs.models:
+        spec = spec_from_dict(params.active.models[name])
+        out[name] = PAPER_NAME.get(name) or (spec.display if name == spec.arch else f"{spec.display} ({name})")
     return out
 
 
 def variants(params: Params) -> dict[str, str]:
     """Models in the runs that are variants of a paper model (same arch, another name)."""
-    specs = params.active.models
+    entries = params.active.models
     out = {}
-    for name in params.runs_.models:
+    for name in params.runs.models:
         for paper in PAPER_NAME:
-            if name != paper and paper in specs and specs[name].arch == specs[paper].arch:
+            if name != paper and paper in entries and entries[name]["arch"] == entries[paper]["arch"]:
                 out[name] = paper
     return out
 
@@ -145,7 +146,7 @@ def variant_claims(per_run: pd.DataFrame, params: Params) -> pd.DataFrame:
             (variant if w == paper_model else w, variant if lo == paper_model else lo): g for (w, lo), g in gaps.items()
         }
         t = claims_table(per_run, swapped, vgaps)
-        label = f"{ARCHS[params.active.models[variant].arch].display} as {variant}"
+        label = f"{spec_from_dict(params.active.models[variant]).display} as {variant}"
         tables.append(t.assign(claim=t.claim + f" ({label})"))
     return pd.concat(tables, ignore_index=True)
 
@@ -153,6 +154,7 @@ def variant_claims(per_run: pd.DataFrame, params: Params) -> pd.DataFrame:
 def datasize(summary: pd.DataFrame, per_run: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     cols = [
         "model",
+        "label",
         "recipe",
         "fraction",
         "n_train",
@@ -200,12 +202,14 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 def collect(params: Params, runs_dir, out_dir, metrics_path) -> pd.DataFrame:
     out_dir, runs_dir = Path(out_dir), Path(runs_dir)
-    loaded = [load_run(params, run, runs_dir) for run in params.runs()]
+    loaded = [load_run(params, run, runs_dir) for run in params.all_runs()]
     long = pd.concat([x[0] for x in loaded], ignore_index=True)
     per_run = pd.DataFrame([per_run_row(x[1]) for x in loaded])
-    per_run.insert(2, "label", per_run.model.map(labels(params)))
+    names = labels(params)
+    long.insert(2, "label", long.model.map(names))
+    per_run.insert(2, "label", per_run.model.map(names))
     summary = summarise(per_run)
-    summary.insert(1, "label", summary.model.map(labels(params)))
+    summary.insert(1, "label", summary.model.map(names))
     claims = claims_table(per_run, CLAIMS, paper_gaps())
     size_table, pairs = datasize(summary, per_run)
     devices = sorted({s.device for _, s in loaded if s.device}) or ["not recorded"]

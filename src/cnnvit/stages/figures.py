@@ -35,18 +35,6 @@ DPI = 110
 PAPER_STYLE = {"color": "black", "ls": "--", "lw": 1.4, "marker": "x", "ms": 4}
 
 
-LABELS: dict[str, str] = {}  # model -> printed name, from summary.csv's label column
-
-
-def label(model: str) -> str:
-    return LABELS.get(model) or PAPER_NAME.get(model, model)
-
-
-def read_labels(summary: pd.DataFrame) -> None:
-    if "label" in summary:
-        LABELS.update(zip(summary.model, summary.label, strict=True))
-
-
 def _paper_series(model: str, column: str) -> pd.DataFrame:
     p = paper_epochs()
     p = p[(p.model == model) & p[column].notna()]
@@ -83,7 +71,7 @@ def curves(epochs: pd.DataFrame, model: str) -> plt.Figure:
             if metric == "loss" and model == "cnn_vit":
                 p = paper_epochs().query("model == 'cnn_vit'")
                 ax.plot(p.epoch, p.loss, label="paper (split not stated)", **{**PAPER_STYLE, "color": "grey"})
-        ax.set(ylabel=ylabel, title=f"{label(model)}: {ylabel}")
+        ax.set(ylabel=ylabel, title=f"{d.label.iloc[0]}: {ylabel}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].get_legend().remove()
@@ -94,14 +82,21 @@ def curves(epochs: pd.DataFrame, model: str) -> plt.Figure:
 
 def test_acc_all(epochs: pd.DataFrame) -> plt.Figure:
     d = epochs[(epochs.split == "test") & (epochs.metric == "acc") & (epochs.fraction == 1.0)].copy()
-    d["model"] = d.model.map(label)
     fig, ax = plt.subplots(figsize=(8, 4.4))
-    sns.lineplot(data=d, x="epoch", y="value", hue="model", style="recipe", errorbar="sd", ax=ax)
+    sns.lineplot(
+        data=d.rename(columns={"label": "model", "model": "name"}),
+        x="epoch",
+        y="value",
+        hue="model",
+        style="recipe",
+        errorbar="sd",
+        ax=ax,
+    )
     paper = paper_epochs().dropna(subset=["test_acc"])
     for model, g in paper.groupby("model", sort=False):
         ax.plot(g.epoch, g.test_acc, ls="--", lw=1.2, color="grey")
         ax.annotate(
-            f"paper {label(model)}",
+            f"paper {PAPER_NAME[model]}",
             (g.epoch.iloc[-1], g.test_acc.iloc[-1]),
             fontsize=7,
             color="dimgrey",
@@ -119,7 +114,6 @@ def test_acc_all(epochs: pd.DataFrame) -> plt.Figure:
 
 def best_acc_bars(summary: pd.DataFrame) -> plt.Figure:
     d = summary[summary.fraction == 1.0].copy()
-    d["label"] = d.model.map(label)
     models, recipes = list(dict.fromkeys(d.label)), list(dict.fromkeys(d.recipe))
     fig, ax = plt.subplots(figsize=(8, 4.4))
     width = 0.8 / len(recipes)
@@ -151,7 +145,7 @@ def best_acc_bars(summary: pd.DataFrame) -> plt.Figure:
 def datasize_plot(per_run: pd.DataFrame) -> plt.Figure:
     recipes = list(dict.fromkeys(per_run.recipe))
     fig, axes = plt.subplots(1, len(recipes), figsize=(5.5 * len(recipes), 4.2), squeeze=False, sharey=True)
-    d = per_run.assign(label=per_run.model.map(label))
+    d = per_run
     for ax, recipe in zip(axes[0], recipes, strict=True):
         sns.lineplot(
             data=d[d.recipe == recipe], x="n_train", y="best_test_acc", hue="label", errorbar="sd", marker="o", ax=ax
@@ -169,7 +163,7 @@ def datasize_plot(per_run: pd.DataFrame) -> plt.Figure:
 
 def cost_plot(summary: pd.DataFrame) -> plt.Figure:
     d = summary[summary.train_pflops.notna() & (summary.train_pflops > 0)]
-    d = d.assign(model=d.model.map(label))  # the legend's header reads "model"
+    d = d.rename(columns={"model": "name", "label": "model"})  # the legend's header reads "model"
     fig, ax = plt.subplots(figsize=(7, 4.2))
     sns.scatterplot(data=d, x="train_pflops", y="best_test_acc_mean", hue="model", style="recipe", s=70, ax=ax)
     ax.set(
@@ -196,7 +190,6 @@ def read_table(tables_dir: Path, name: str) -> pd.DataFrame:
 def figures(tables_dir, out_dir) -> list[str]:
     tables_dir = Path(tables_dir)
     epochs, summary, per_run = (read_table(tables_dir, n) for n in ("epochs.csv", "summary.csv", "runs.csv"))
-    read_labels(summary)
     sns.set_theme(style="whitegrid", context="notebook")
     drawn = {f"curves_{m}.png": (curves, epochs, m) for m in dict.fromkeys(epochs.model)}
     drawn |= {

@@ -31,8 +31,8 @@ from PIL import Image, UnidentifiedImageError
 from cnnvit.artifacts import atomic_path, cpu_name, provenance, write_json
 from cnnvit.config.types import Params
 from cnnvit.dag import paths
+from cnnvit.dataset import IMG_SIZE, NUM_CLASSES
 from cnnvit.errors import CnnvitError
-from cnnvit.models.specs import IMG_SIZE, NUM_CLASSES
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
 BATCH_DIR = "cifar-10-batches-py"

@@ -26,7 +26,7 @@ from cnnvit.artifacts import read_json, write_text
 from cnnvit.config.types import Params
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
-from cnnvit.stages.figures import label, read_labels, read_table
+from cnnvit.stages.figures import read_table
 
 COLUMNS = [("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc")]
 
@@ -62,7 +62,7 @@ def epoch_table(epochs: pd.DataFrame, model: str, recipe: str) -> dict:
         rows.append(row)
     return {
         "model": model,
-        "name": label(model),
+        "name": d.label.iloc[0] if len(d) else model,
         "number": TABLE_NUMBER.get(model),
         "recipe": recipe,
         "rows": rows,
@@ -78,7 +78,7 @@ def table4(summary: pd.DataFrame, recipe: str) -> list[dict]:
         p = paper.loc[r.model] if r.model in paper.index else None
         rows.append(
             {
-                "name": label(r.model),
+                "name": r.label,
                 "train_time": fmt_seconds(r.train_seconds),
                 "wall_time": fmt_seconds(r.wall_seconds),
                 "epochs": fmt(r.epochs, 0),
@@ -121,7 +121,7 @@ def efficiency(summary: pd.DataFrame) -> list[dict]:
         pf = r.train_pflops
         rows.append(
             {
-                "name": label(r.model),
+                "name": r.label,
                 "recipe": r.recipe,
                 "params": fmt(r.params / 1e6, 2) + " M",
                 "gflops": fmt(r.flops_per_image / 1e9, 3),
@@ -137,9 +137,10 @@ def efficiency(summary: pd.DataFrame) -> list[dict]:
 
 
 def datasize_section(size: pd.DataFrame, pairs: pd.DataFrame) -> dict:
+    names = dict(zip(size.model, size.label, strict=True))
     rows = [
         {
-            "name": label(r.model),
+            "name": r.label,
             "recipe": r.recipe,
             "fraction": f"{r.fraction:g}",
             "images": fmt(r.train_images, 0),
@@ -153,7 +154,7 @@ def datasize_section(size: pd.DataFrame, pairs: pd.DataFrame) -> dict:
     crossings = []
     if len(pairs):
         for (a, b, recipe), g in pairs.groupby(["a", "b", "recipe"], sort=False):
-            crossings.append({"pair": f"{label(a)} vs {label(b)}", "recipe": recipe, "text": g.text.iloc[0]})
+            crossings.append({"pair": f"{names[a]} vs {names[b]}", "recipe": recipe, "text": g.text.iloc[0]})
     return {"rows": rows, "crossings": crossings, "fractions": sorted(set(size.fraction))}
 
 
@@ -165,7 +166,7 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     names = ("epochs", "runs", "summary", "claims", "variants", "datasize", "datasize_pairs")
     t = {n: read_table(tables_dir, f"{n}.csv") for n in names}
-    read_labels(t["summary"])
+    names = dict(zip(t["summary"].model, t["summary"].label, strict=False))
     prov = read_json(tables_dir / "provenance.json", "run `cnnvit collect` again")
     if not (figures_dir / "test_acc.png").exists():
         raise CnnvitError(f"{figures_dir / 'test_acc.png'} not found: run `cnnvit figures` first")
@@ -180,7 +181,7 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
         notes = f"{spread}; {paper}" if m in TABLE_NUMBER else spread
         if m == "vit":
             notes += " (its test loss is left out: the paper's is on another scale, see Table 1's notes)"
-        figs.append((f"{title}: {label(m)} loss and accuracy. {notes}.", f"curves_{m}.png"))
+        figs.append((f"{title}: {names[m]} loss and accuracy. {notes}.", f"curves_{m}.png"))
     figs.append((f"Best test accuracy per model and recipe. Error bars: ±1 s.d. over seeds; {paper}.", "best_acc.png"))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template.parent), autoescape=True, undefined=jinja2.StrictUndefined
@@ -189,7 +190,7 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
     full = t["runs"][t["runs"].fraction == 1.0]
     n_train, n_test = int(full.n_train.max()), int(full.n_test.max())
     return env.get_template(template.name).render(
-        profile=params.profile,
+        preset=params.preset,
         paper_scale=n_train >= 50_000 and n_test >= 10_000,
         prof=prof,
         n_train=n_train,
@@ -204,7 +205,7 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
         general_notes=NOTES["all"],
         efficiency=efficiency(t["summary"]),
         datasize=datasize_section(t["datasize"], t["datasize_pairs"]),
-        budget=params.runs_.fraction_budget,
+        budget=params.runs.fraction_budget,
         figures=[(title, inline_png(figures_dir / f)) for title, f in figs if (figures_dir / f).exists()],
         datasize_fig=inline_png(figures_dir / "datasize.png") if (figures_dir / "datasize.png").exists() else None,
         cost_fig=inline_png(figures_dir / "cost.png") if (figures_dir / "cost.png").exists() else None,

@@ -3,12 +3,15 @@
     cnnvit train --model vit --recipe paper --seed 0 [--fraction 0.2] --data-dir data/prepared \
         --out-dir results/runs/vit-paper-s0 --ckpt-dir results/checkpoints [--threads 2]
 
-Writes ``metrics.csv`` (one row per evaluated epoch, columns in :data:`cnnvit.analysis.records.METRICS`)
-and ``summary.json`` (:class:`cnnvit.analysis.records.RunSummary`) to ``--out-dir`` only when the run
-finishes. After every evaluated epoch a checkpoint goes to ``--ckpt-dir``, outside the DAG's
-declared outputs (Snakemake and DVC delete those before a re-run): the same command after a
-crash resumes from it, and a finished run is re-emitted, not retrained, unless its params,
-data or training code changed (see :mod:`cnnvit.training.checkpoint`). One process at a time trains a run.
+This module owns a run's epoch loop (as nanoGPT's train.py does): it loads the run's data, builds
+the engine (:class:`cnnvit.training.engine.Trainer`), trains and evaluates epoch by epoch, and
+checkpoints. It writes ``metrics.csv`` (one row per evaluated epoch, columns in
+:data:`cnnvit.analysis.records.METRICS`) and ``summary.json``
+(:class:`cnnvit.analysis.records.RunSummary`) to ``--out-dir`` only when the run finishes. After
+every evaluated epoch a checkpoint goes to ``--ckpt-dir``, outside the DAG's declared outputs
+(Snakemake and DVC delete those before a re-run): the same command after a crash resumes from it,
+and a finished run is re-emitted, not retrained, unless its params, data or training code changed
+(see :mod:`cnnvit.training.checkpoint`). One process at a time trains a run.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import torch
 
 from cnnvit.analysis.records import METRIC_COLUMNS, RunSummary
 from cnnvit.artifacts import atomic_path, provenance, write_json
+from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
-from cnnvit.models.build import count_params, flops_per_image
+from cnnvit.models import count_params, flops_per_image
 from cnnvit.models.pretrained import weights_source
 from cnnvit.training import checkpoint
+from cnnvit.training.data import load_prepared
 from cnnvit.training.device import select_device
 from cnnvit.training.engine import Trainer, peak_mem_mb
 
@@ -57,7 +62,7 @@ def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: di
         recipe=cfg.run.recipe,
         seed=cfg.run.seed,
         fraction=cfg.run.fraction,
-        profile=cfg.profile,
+        preset=cfg.preset,
         epochs=rows[-1]["epoch"],
         best_test_acc=best["test_acc"],
         best_epoch=best["epoch"],
@@ -93,8 +98,10 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
         print(f"{cfg.name}: on {device_name}, {threads} CPU thread(s){gpus}", flush=True)
-        trainer = Trainer(cfg, data_dir, device, threads)
-        ident = checkpoint.identity(cfg.identity(), trainer.stats)
+        torch.set_num_threads(threads)
+        data = load_prepared(data_dir, cfg, device)
+        trainer = Trainer(cfg, data, device)
+        ident = checkpoint.identity(cfg.identity(), data.stats)
         ckpt = checkpoint.load(ckpt_path, ident, runtime)
         done, rows, summary, wall = 0, [], None, 0.0
         if ckpt is not None:
@@ -151,7 +158,7 @@ def add_args(p) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--recipe", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fraction", type=float, default=1.0, help="of the profile's training set (default 1)")
+    p.add_argument("--fraction", type=float, default=1.0, help="of the preset's training set (default 1)")
     p.add_argument("--data-dir", default=paths.PREPARED_DIR)
     p.add_argument("--out-dir", default=None, help=f"default {paths.RUNS_DIR}/<run name>")
     p.add_argument("--ckpt-dir", default=paths.CHECKPOINT_DIR)
@@ -163,9 +170,8 @@ def run(args, params: Params) -> None:
     # says which runs the DAG holds, so adding one to it must not change (and re-run) the others.
     if not 0 < args.fraction <= 1:
         raise CnnvitError(f"--fraction {args.fraction:g} is not in (0, 1]: give a fraction of the training set")
-    cfg = params.run_config(RunSpec(args.model, args.recipe, args.seed, args.fraction))
+    cfg = run_config(params, RunSpec(args.model, args.recipe, args.seed, args.fraction))
     out_dir = args.out_dir or f"{paths.RUNS_DIR}/{cfg.name}"
-    torch.set_num_threads(args.threads or cfg.runtime.threads)
     s = train_run(cfg, args.data_dir, out_dir, args.ckpt_dir, args.threads)
     print(
         f"{cfg.name}: best test acc {s.best_test_acc:.2f}% at epoch {s.best_epoch}, final {s.final_test_acc:.2f}%, "

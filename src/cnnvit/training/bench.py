@@ -2,7 +2,7 @@
 
     cnnvit bench --out results/bench.json [--recipe modern] [--steps 10] [--threads 2]
 
-For every model in ``runs.models`` under the active profile it records params, forward FLOPs per image,
+For every model in ``runs.models`` under the active preset it records params, forward FLOPs per image,
 ``train_images_per_s`` (the trainer's step: data cut, augmentation, normalisation, forward,
 backward, optimizer and schedule), ``bare_images_per_s`` (``model(x)``, loss, backward and
 ``optimizer.step`` on pre-made tensors of the same shape), their ratio, inference images/s (one
@@ -17,9 +17,12 @@ import time
 import torch
 
 from cnnvit.artifacts import provenance, write_json
+from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec
 from cnnvit.dag import paths
-from cnnvit.models.build import count_params, flops_per_image
+from cnnvit.dataset import IMG_SIZE, NUM_CLASSES
+from cnnvit.models import count_params, flops_per_image
+from cnnvit.training.data import load_prepared
 from cnnvit.training.device import select_device
 from cnnvit.training.engine import Trainer, peak_mem_mb, sync
 
@@ -27,8 +30,8 @@ from cnnvit.training.engine import Trainer, peak_mem_mb, sync
 def bare_loop(trainer: Trainer, steps: int) -> float:
     """images/s of the minimal loop on tensors made once, outside the timed region."""
     device, bs = trainer.device, trainer.batch_size
-    x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=trainer.augment.memory_format)
-    y = torch.randint(0, 10, (bs,), device=device)
+    x = torch.randn(bs, 3, IMG_SIZE, IMG_SIZE, device=device).contiguous(memory_format=trainer.augment.memory_format)
+    y = torch.randint(0, NUM_CLASSES, (bs,), device=device)
     model, opt = trainer.forward, trainer.optimizer
     model.train()
 
@@ -55,7 +58,9 @@ def trainer_loop(trainer: Trainer, steps: int) -> float:
 
 
 def bench_model(cfg, data_dir, device, steps: int, threads: int | None, repeats: int = 3) -> dict:
-    trainer = Trainer(cfg, data_dir, device, threads)
+    if threads:
+        torch.set_num_threads(threads)
+    trainer = Trainer(cfg, load_prepared(data_dir, cfg, device), device)
     # Interleave the two loops and keep each one's best, so drift in machine load hits both.
     train_ips, bare_ips = [], []
     for _ in range(repeats):
@@ -78,8 +83,8 @@ def bench_model(cfg, data_dir, device, steps: int, threads: int | None, repeats:
 def bench(params: Params, data_dir, recipe: str, steps: int, threads: int | None) -> dict:
     device, device_name = select_device(params.runtime.device)
     models = {}
-    for name in params.runs_.models:
-        cfg = params.run_config(RunSpec(name, recipe, 0))
+    for name in params.runs.models:
+        cfg = run_config(params, RunSpec(name, recipe, 0))
         models[name] = bench_model(cfg, data_dir, device, steps, threads or params.runtime.threads)
         m = models[name]
         print(

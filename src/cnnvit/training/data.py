@@ -1,5 +1,8 @@
 """The fast data path: the whole prepared split lives on the device as one uint8 tensor.
 
+    data = load_prepared("data/prepared", cfg, device)   # the run's subsets of each split, on the device
+    trainer = Trainer(cfg, data, device)
+
 Batches are cut with a seeded permutation; random crop, flip and normalisation run batched on
 the device, so the hot loop has no per-sample Python and no DataLoader workers (as in airbench).
 Every random draw comes from a generator seeded by (seed, epoch), which is what makes a resumed
@@ -12,12 +15,16 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cnnvit.errors import CnnvitError
+
+if TYPE_CHECKING:
+    from cnnvit.config.types import RunConfig
 
 PREPARE_AGAIN = "delete data/prepared and run `cnnvit prepare` (or the pipeline) again"
 
@@ -41,7 +48,7 @@ def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def subset_size(total: int, size: int, fraction: float) -> int:
-    """Images a run trains on: ``fraction`` of the profile's ``size`` (0 = all ``total``)."""
+    """Images a run trains on: ``fraction`` of the preset's ``size`` (0 = all ``total``)."""
     base = min(size, total) if size else total
     return base if fraction >= 1 else max(1, round(base * fraction))
 
@@ -69,6 +76,33 @@ def load_split(
     except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError) as exc:
         raise CnnvitError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {PREPARE_AGAIN}") from None
     return Split(images.to(device), torch.from_numpy(labels[idx]).to(device)), classes
+
+
+@dataclass
+class Prepared:
+    """What one run trains and is evaluated on: its subsets of the prepared splits, on the device."""
+
+    train: Split
+    test: Split
+    stats: dict  # the prepared data's stats.json without provenance: its identity
+    classes: list[str]
+
+    @property
+    def mean(self) -> list[float]:
+        return [float(v) for v in self.stats["mean"]]
+
+    @property
+    def std(self) -> list[float]:
+        return [float(v) for v in self.stats["std"]]
+
+
+def load_prepared(data_dir: str | Path, cfg: RunConfig, device: torch.device) -> Prepared:
+    """The run's stratified subsets (seeded by the run's seed) of the prepared train and test splits."""
+    data_dir = Path(data_dir)
+    stats = load_stats(data_dir / "stats.json")
+    train, classes = load_split(data_dir / "train.npz", cfg.train_size, cfg.run.seed, device, cfg.run.fraction)
+    test, _ = load_split(data_dir / "test.npz", cfg.test_size, cfg.run.seed, device)
+    return Prepared(train, test, stats, classes)
 
 
 def load_stats(path: Path) -> dict:

@@ -1,8 +1,11 @@
 """The training engine of one run: model, optimizer, LR schedule and on-device data.
 
-    trainer = Trainer(cfg, "data/prepared", device, threads=2)
+    trainer = Trainer(cfg, data, device)        # data: cnnvit.training.data.Prepared, on the device
     row = trainer.train_epoch(epoch)            # train metrics of one epoch
     test_loss, test_acc = trainer.evaluate()    # eval mode, no augmentation, no smoothing
+
+The engine owns one optimizer step and one evaluation pass; the epoch loop, checkpoints and
+outputs belong to the train stage (:mod:`cnnvit.stages.train`).
 
 Numerics: on a CPU, the same run config and thread count give bit-identical numbers, resumed or
 not. ``runtime.precision: bf16`` autocasts forward passes to bfloat16 (CPU or CUDA) and
@@ -17,7 +20,6 @@ import math
 import random
 import resource
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +28,8 @@ from tqdm import tqdm
 
 from cnnvit.config.types import RunConfig
 from cnnvit.errors import CnnvitError
-from cnnvit.models.build import build_model
-from cnnvit.training.data import Augment, epoch_generator, load_split, load_stats
+from cnnvit.models import build_model
+from cnnvit.training.data import Augment, Prepared, epoch_generator
 
 NAN_CHECK_EVERY = 25  # steps between host syncs that look for a non-finite loss
 
@@ -66,25 +68,16 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Owns the model, optimizer, schedule and the on-device data of one run."""
 
-    def __init__(self, cfg: RunConfig, data_dir: str | Path, device: torch.device, threads: int | None = None):
+    def __init__(self, cfg: RunConfig, data: Prepared, device: torch.device):
         import timm.optim
 
         self.cfg, self.recipe, self.device = cfg, cfg.recipe, device
-        if threads:
-            torch.set_num_threads(threads)
+        self.train, self.test = data.train, data.test
         seed_everything(cfg.run.seed)
-        data_dir = Path(data_dir)
-        self.stats = load_stats(data_dir / "stats.json")
-        self.train, self.classes = load_split(
-            data_dir / "train.npz", cfg.train_size, cfg.run.seed, device, cfg.run.fraction
-        )
-        self.test, _ = load_split(data_dir / "test.npz", cfg.test_size, cfg.run.seed, device)
         r = self.recipe
         # channels_last speeds convnets up on CUDA and on oneDNN CPUs alike (1.4x for ResNet here).
         channels_last = cfg.model.convnet
-        self.augment = Augment(
-            self.stats["mean"], self.stats["std"], r.normalize, r.crop_padding, r.flip, device, channels_last
-        )
+        self.augment = Augment(data.mean, data.std, r.normalize, r.crop_padding, r.flip, device, channels_last)
         self.model = build_model(cfg.model).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
