@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import MODELS, make_cifar_python, make_project, md5, sh, tiny_params, write_yaml
 
+pytestmark = pytest.mark.slow  # the workflow tests: minutes; CI runs them, `-m 'not slow'` skips them
+
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
@@ -78,6 +80,9 @@ def assert_report(project: Path) -> None:
 
 def test_snakemake_end_to_end(sm_project):
     assert_report(sm_project)
+    sh("snakemake --report results/snakemake-report.html", sm_project)  # Snakemake's own report
+    html = (sm_project / "results/snakemake-report.html").read_text()
+    assert all(f'"{c}"' in html for c in ("Tables", "Figures", "Report")) and "claims.csv" in html, html[:500]
     assert "Nothing to be done" in sh("snakemake -n --cores 2", sm_project).stdout
     assert "Using workflow specific profile profiles/default" in sh("snakemake -n --cores 1", sm_project).stderr
 

@@ -80,6 +80,7 @@ def test_a_bad_checkpoint_is_set_aside_never_run(project, tmp_path, capsys, kind
     assert "finished; not retraining" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line(project, tmp_path):
     """Issue 9.7: a full disk gave a cryptic torch traceback. RLIMIT_FSIZE makes writes past 64 kB fail."""
     code = (
@@ -117,6 +118,7 @@ def test_a_second_process_for_the_same_run_is_refused(project, tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_does_not_block(project, tmp_path, capsys):
     holder = subprocess.Popen(
         [

@@ -157,6 +157,7 @@ def test_cifar_stem_refuses_imagenet_weights(vit_s16):
         build_model(spec)
 
 
+@pytest.mark.slow
 def test_the_transfer_presets_models_take_their_checkpoints(tmp_path):
     """Each hub name in the transfer preset, made locally (no network): the timm model it names,
     saved, then loaded into the model entry as a local file."""

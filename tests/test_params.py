@@ -49,7 +49,10 @@ def test_shipped_params_are_valid_for_every_preset():
             "presets.paper.models.cnn_vit.patch_size=4",
             "unknown key presets.paper.models.cnn_vit.patch_size for arch cnn_vit",
         ),
-        ("presets.paper.models.vit={arch: vit}", "presets.paper.models.vit: missing required keys embed_dim, depth, num_heads, mlp_ratio, patch_size"),
+        (
+            "presets.paper.models.vit={arch: vit}",
+            "presets.paper.models.vit: missing required keys embed_dim, depth, num_heads, mlp_ratio, patch_size",
+        ),
         ("presets.paper.models.convnext.dims=[8,16]", "depths and dims must have the same length"),
         ("runs.train_fractions=[0, 1]", "runs.train_fractions.0: 0 is less than or equal to the minimum of 0"),
         ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of"),

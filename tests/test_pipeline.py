@@ -66,6 +66,7 @@ def dvc_stages(project: Path) -> list[dict]:
         ]
 
 
+@pytest.mark.slow
 def test_dvc_yaml_is_what_the_pipeline_generates():
     assert (ROOT / "dvc.yaml").read_text() == dvcgen.dvc_yaml(load_params(ROOT / "params.yaml"))
     proc = sh("cnnvit dvc-yaml --check", ROOT)
@@ -113,6 +114,7 @@ def fraction_project(tmp_path_factory):
     return make_project(d / "project", params), params_from_dict(params)
 
 
+@pytest.mark.slow
 def test_snakemake_and_dvc_run_exactly_the_jobs_the_pipeline_describes(fraction_project):
     project, params = fraction_project
     expected = {j.cmd: j for j in pipeline.jobs(params)}
@@ -145,6 +147,7 @@ def test_snakemake_and_dvc_run_exactly_the_jobs_the_pipeline_describes(fraction_
         assert job["params"] == sorted(want.params), job["rule"]
 
 
+@pytest.mark.slow
 def test_gpus_are_requested_only_where_a_job_can_use_one(fraction_project):
     project, _ = fraction_project
     for device, gpu in (("cpu", 0), ("auto", 0), ("cuda", 1)):  # auto, here: no NVIDIA GPU on this machine
@@ -155,6 +158,7 @@ def test_gpus_are_requested_only_where_a_job_can_use_one(fraction_project):
         assert all("gpu" not in j["resources"] or j["resources"]["gpu"] == 0 for j in jobs if j["rule"] != "train")
 
 
+@pytest.mark.slow
 def test_a_new_fraction_without_regenerating_dvc_yaml_says_what_to_do(fraction_project, tmp_path):
     _, params = fraction_project
     raw = json.loads(json.dumps(params.raw))

@@ -26,6 +26,8 @@ BRINGUP = ROOT / "tests/slurm/bringup.sh"
 JOBCOMP = Path(os.environ.get("SLURM_JOBCOMP", "/var/log/slurm/jobcomp.log"))
 COMMAND = "snakemake --workflow-profile workflow/profiles/slurm --slurm-keep-successful-logs"
 
+pytestmark = pytest.mark.slow  # the workflow tests: minutes; CI runs them, `-m 'not slow'` skips them
+
 
 def unavailable(reason: str):
     if os.environ.get("CI", "").lower() == "true":

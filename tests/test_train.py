@@ -127,6 +127,7 @@ def test_resume_after_an_interruption_is_bit_identical(params, prepared, tmp_pat
     pd.testing.assert_frame_equal(metrics(tmp_path / "full"), metrics(tmp_path / "resumed"), check_exact=True)
 
 
+@pytest.mark.slow
 def test_kill_9_then_the_same_command_resumes_bit_identically(params, prepared, tmp_path):
     """No timing: the test kills the process as soon as it reports its first checkpointed epoch."""
     raw = json.loads(json.dumps(params.raw))
@@ -219,6 +220,7 @@ def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
     assert summary.n_train == (150 if change == "data" else 100)
 
 
+@pytest.mark.slow
 def test_editing_models_py_retrains_a_finished_run(prepared, tmp_path):
     """The real thing, on a copy of the package: change src/cnnvit/models/vit.py, run `cnnvit train`."""
     archive, data_dir = prepared
@@ -281,6 +283,7 @@ def test_bench_reports_trainer_and_bare_loop(params, prepared, tmp_path):
         assert m["trainer_vs_bare"] == m["train_images_per_s"] / m["bare_images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_pretrained_vit_fine_tunes_and_records_its_weights(prepared, tmp_path):
     """A quick-profile ViT entry pointing at a locally saved vit_small_patch16_224 state dict
     fine-tunes for one epoch at 32x32 with patch 4; the summary names the file and its sha256."""

@@ -52,6 +52,7 @@ def params_for(archive, **runtime):
     return params_from_dict(cfg)
 
 
+@pytest.mark.slow
 def test_a_model_learns_far_above_chance(learnable, tmp_path):
     archive, prepared = learnable
     cfg = run_config(params_for(archive), RunSpec("resnet50_cifar", "modern", 0))
@@ -111,6 +112,7 @@ def test_stratified_subsets_are_balanced_seeded_and_nested():
 ONE_PER_ARCH = sorted({spec["arch"]: name for name, spec in TINY_MODELS.items()}.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ONE_PER_ARCH)
 def test_bf16_and_compile_train_every_arch_on_cpu(learnable, tmp_path, name):
     """The GPU paths (bf16 autocast, torch.compile with inductor) exercised on a CPU: one tiny

@@ -1,10 +1,10 @@
-"""The ``cnnvit`` command: one subcommand per pipeline stage, plus ``bench`` and ``dvc-yaml``.
+"""The ``cnnvit`` command: one subcommand per pipeline stage, plus ``bench``, ``dvc-yaml`` and ``schema``.
 
-    cnnvit download|prepare|train|collect|figures|report|bench|dvc-yaml [--params FILE] [--set k=v ...]
+    cnnvit download|prepare|train|collect|figures|report|bench|dvc-yaml|schema [--params FILE] [--set k=v ...]
 
 Every subcommand loads params.yaml through :mod:`cnnvit.config.load` (``--set`` applies dotted
 overrides first) and takes every path as an argument, defaulting to the paths of
-:mod:`cnnvit.dag.stages`. A :class:`~cnnvit.errors.CnnvitError` ends the command with one
+:mod:`cnnvit.dag.paths`. A :class:`~cnnvit.errors.CnnvitError` ends the command with one
 ``error:`` line and exit status 1.
 """
 

@@ -50,7 +50,7 @@ def _model_rows(params: Params, per_run: pd.DataFrame) -> list[dict]:
                 else f"the {params.preset} preset's own (ViT-S is 384 wide, 12 deep, 6 heads)"
             )
         elif spec.arch == "resnet50":
-            why = f"the same network with the {spec.stem} stem: what the stem alone changes"
+            why = f"the same network with the {getattr(spec, 'stem', '?')} stem: what the stem alone changes"
         else:
             why = "the modernised CNN of the related work, as a fourth point of comparison"
         if spec.pretrained:

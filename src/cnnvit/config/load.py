@@ -120,10 +120,11 @@ def migrate(cfg: dict, source: str) -> dict:
             cfg[new] = cfg[old]
         del cfg[old]
     for name, recipe in (cfg.get("recipes") or {}).items():
-        old = recipe.get("schedule") if isinstance(recipe, dict) else None
-        if isinstance(old, str) and old in RENAMED_SCHEDULES:
-            warn(f"{source}: recipes.{name}.schedule: {old!r} is deprecated, now {RENAMED_SCHEDULES[old]!r}")
-            recipe["schedule"] = RENAMED_SCHEDULES[old]
+        schedule = recipe.get("schedule") if isinstance(recipe, dict) else None
+        if isinstance(schedule, str) and schedule in RENAMED_SCHEDULES:
+            new_name = RENAMED_SCHEDULES[schedule]
+            warn(f"{source}: recipes.{name}.schedule: {schedule!r} is deprecated, now {new_name!r}")
+            recipe["schedule"] = new_name
     return cfg
 
 
@@ -186,19 +187,21 @@ def coerce_scalars(cfg: dict) -> dict:
 
 def _message(err: jsonschema.ValidationError, source: str) -> str:
     where = _dotted(err.absolute_path)
+    schema_: Any = err.schema  # a mapping: our schema has no boolean subschemas
     if err.validator == "additionalProperties":
-        allowed = sorted(err.schema.get("properties", {}))
-        extra = sorted(set(err.instance) - set(allowed))
+        allowed = sorted(schema_.get("properties", {}))
+        instance: Any = err.instance
+        extra = sorted(set(instance) - set(allowed))
         keys = ", ".join(f"{where}.{k}" if err.absolute_path else k for k in extra)
         arch = err.instance.get("arch") if isinstance(err.instance, dict) else None
         kind = f" for arch {arch}" if arch and "arch" in allowed else ""
         return f"{source}: unknown key {keys}{kind}: remove or rename it; allowed keys: {', '.join(allowed)}"
-    if err.validator in ("minItems", "maxItems") and "x-same-length" in err.schema:
-        a, b = err.schema["x-same-length"]
+    if err.validator in ("minItems", "maxItems") and "x-same-length" in schema_:
+        a, b = schema_["x-same-length"]
         entry = _dotted(list(err.absolute_path)[:-1])
         return f"{source}: {entry}: {a} and {b} must have the same length (one entry per stage): fix the entry"
     if err.validator == "required":
-        missing = [k for k in err.schema.get("required", []) if isinstance(err.instance, dict) and k not in err.instance]
+        missing = [k for k in schema_.get("required", []) if isinstance(err.instance, dict) and k not in err.instance]
         if len(missing) > 1:
             return f"{source}: {where}: missing required keys {', '.join(missing)}: add them"
         return f"{source}: {where}: {err.message}: add it"

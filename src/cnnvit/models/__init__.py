@@ -151,7 +151,7 @@ def schema_defs() -> dict[str, dict]:
 @functools.cache
 def _spec(frozen: str) -> ArchSpec:
     entry = json.loads(frozen)
-    cls = ARCHS[entry["arch"]]
+    cls: Any = ARCHS[entry["arch"]]  # a registered subclass, whose fields are the entry's keys
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items() if k != "arch"})
 
 

@@ -17,6 +17,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -54,6 +55,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        sd: Any
         try:
             sd = load_file(str(path))
         except (SafetensorError, OSError) as exc:
@@ -92,6 +94,7 @@ def create(variant: str, spec: ArchSpec, **kwargs) -> torch.nn.Module:
     if not spec.pretrained:
         return timm.create_model(variant, pretrained=False, **kwargs)
     name = spec.pretrained
+    overlay: dict[str, Any]
     if name.startswith(HUB_PREFIX):
         overlay = {"source": "hf-hub", "hf_hub_id": name[len(HUB_PREFIX) :]}
     else:

@@ -8,7 +8,7 @@ params.yaml keys: ``layers`` and ``channels`` (one entry per stage; ResNet-50 is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cnnvit.dataset import IMG_SIZE
 from cnnvit.errors import CnnvitError
@@ -46,7 +46,8 @@ class ResNet50(ArchSpec):
         model = create("resnet50", self, layers=self.layers, channels=self.channels)
         if self.stem == "cifar":
             # timm has no stride-1 stem: a 7x7/2 conv plus max-pool would leave 8x8 of a 32x32 image.
-            width = model.conv1.out_channels
+            conv1: Any = model.conv1
+            width = int(conv1.out_channels)
             model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
             model.maxpool = nn.Identity()
         return model

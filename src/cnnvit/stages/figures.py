@@ -191,7 +191,7 @@ def figures(tables_dir, out_dir) -> list[str]:
     tables_dir = Path(tables_dir)
     epochs, summary, per_run = (read_table(tables_dir, n) for n in ("epochs.csv", "summary.csv", "runs.csv"))
     sns.set_theme(style="whitegrid", context="notebook")
-    drawn = {f"curves_{m}.png": (curves, epochs, m) for m in dict.fromkeys(epochs.model)}
+    drawn: dict[str, tuple] = {f"curves_{m}.png": (curves, epochs, m) for m in dict.fromkeys(epochs.model)}
     drawn |= {
         "test_acc.png": (test_acc_all, epochs),
         "best_acc.png": (best_acc_bars, summary),

@@ -80,8 +80,8 @@ def iter_members(raw: Path) -> Iterator[tuple[str, bytes | None]]:
                 name = member.name.removeprefix("./")
                 _safe_member(name, member, raw)
                 if member.isfile():
-                    f = tar.extractfile(member)
-                    yield name, f.read() if f else b""
+                    blob = tar.extractfile(member)
+                    yield name, blob.read() if blob else b""
                 elif name:
                     yield name, None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
@@ -184,16 +184,16 @@ def _read_imagefolder(members: dict[str, bytes | None], raw: Path) -> dict:
             "or set data.format=cifar10-python"
         )
     for split in ("train", "test"):
-        for cls in sorted(set(classes) | set(folders[split])):
-            if cls not in folders[split] or cls not in classes:
-                missing = "train" if cls not in classes else split
+        for name in sorted(set(classes) | set(folders[split])):
+            if name not in folders[split] or name not in classes:
+                missing = "train" if name not in classes else split
                 raise CnnvitError(
-                    f"{raw}: missing class folder {missing}/{cls}: every class needs a folder in "
+                    f"{raw}: missing class folder {missing}/{name}: every class needs a folder in "
                     "both train/ and test/; fix the archive"
                 )
-            if not folders[split][cls]:
+            if not folders[split][name]:
                 raise CnnvitError(
-                    f"{raw}: class folder {split}/{cls} has no images: add them or remove the folder from both splits"
+                    f"{raw}: class folder {split}/{name} has no images: add them or remove the folder from both splits"
                 )
     out: dict = {"classes": classes}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

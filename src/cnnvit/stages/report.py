@@ -164,8 +164,8 @@ def inline_png(path: Path) -> str:
 
 def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
-    names = ("epochs", "runs", "summary", "claims", "variants", "datasize", "datasize_pairs")
-    t = {n: read_table(tables_dir, f"{n}.csv") for n in names}
+    tables = ("epochs", "runs", "summary", "claims", "variants", "datasize", "datasize_pairs")
+    t = {n: read_table(tables_dir, f"{n}.csv") for n in tables}
     names = dict(zip(t["summary"].model, t["summary"].label, strict=False))
     prov = read_json(tables_dir / "provenance.json", "run `cnnvit collect` again")
     if not (figures_dir / "test_acc.png").exists():

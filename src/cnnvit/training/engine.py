@@ -20,6 +20,7 @@ import math
 import random
 import resource
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class Trainer:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.runtime.compile else self.model
-        extra = {"momentum": r.momentum} if r.optimizer == "sgd" else {}
+        extra: dict[str, Any] = {"momentum": r.momentum} if r.optimizer == "sgd" else {}
         if r.layer_decay is not None:
             extra["layer_decay"] = r.layer_decay
         self.optimizer = timm.optim.create_optimizer_v2(
