@@ -182,6 +182,17 @@ TINY_MODELS = {
 }
 
 
+VAL_SIZE = 20  # carved out of the fixture's training split: 2 images a class
+
+
+def prepare_dir(archive: Path, out_dir: Path, fmt: str = "cifar10-python", val_size: int = VAL_SIZE) -> Path:
+    """`cnnvit prepare` of a fixture archive, with its validation carve, into ``out_dir``."""
+    from cnnvit.stages.prepare import carve_validation, prepare, write_prepared
+
+    write_prepared(carve_validation(prepare(archive, fmt), val_size, 0), out_dir, {}, 0)
+    return out_dir
+
+
 def tiny_params(
     url: str,
     checksum: str,
@@ -196,7 +207,7 @@ def tiny_params(
     """The project's params.yaml with a tiny `tiny` preset and the fixture archive as data."""
     cfg = yaml.safe_load((ROOT / "params.yaml").read_text())
     cfg["data"].update(url=url, md5=checksum, sha256=None, format=fmt)
-    cfg["data"].update(expect_train=5 * per_batch, expect_test=per_batch)
+    cfg["data"].update(expect_train=5 * per_batch, expect_test=per_batch, val_size=VAL_SIZE, val_seed=0)
     cfg["runs"].update(models=models or list(TINY_MODELS), recipes=recipes or ["paper", "modern"], seeds=seeds or [0])
     cfg["runtime"]["eval_batch_size"] = 64
     for recipe in cfg["recipes"].values():
@@ -204,6 +215,7 @@ def tiny_params(
     cfg["preset"] = "tiny"
     cfg["presets"]["tiny"] = {
         "train_size": 0,
+        "val_size": 0,
         "test_size": 0,
         "epochs": epochs,
         "minutes_per_epoch": 1,

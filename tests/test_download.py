@@ -19,7 +19,9 @@ def fast_retries(monkeypatch):
 
 
 def data(url: str, md5_: str | None = None, sha: str | None = None) -> Data:
-    return Data(url=url, format="cifar10-python", expect_train=0, expect_test=0, md5=md5_, sha256=sha)
+    return Data(
+        url=url, format="cifar10-python", expect_train=0, expect_test=0, val_size=20, val_seed=0, md5=md5_, sha256=sha
+    )
 
 
 def test_download_over_http_verifies_and_skips_refetch(tmp_path, http_server, cifar_archive, capsys):

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import MODELS, make_cifar_python, make_project, md5, sh, tiny_params, write_yaml
 
+from cnnvit.analysis.verdicts import CLAIM_COLUMNS
+
 pytestmark = pytest.mark.slow  # the workflow tests: minutes; CI runs them, `-m 'not slow'` skips them
 
 
@@ -64,16 +66,21 @@ def assert_report(project: Path) -> None:
         "wall-clock",
     ]:
         assert needle in html, needle
-    assert html.count('src="data:image/png;base64,') == len(MODELS) + 4  # + Figure 6, best acc, data size, cost
-    assert "Best test accuracy against training images" in html
+    # curves and a confusion matrix per model, + Figure 6, the accuracy bars, data size, cost
+    assert html.count('src="data:image/png;base64,') == 2 * len(MODELS) + 4
+    for needle in ("epoch chosen on the validation split", "paired t", "p (Holm)", "exploratory", "ECE", "§2.3"):
+        assert needle in html, needle
+    assert "Test accuracy at the selected epoch against training images" in html
     assert re.search(r"(Reproduced|Contradicted|Inconclusive)</span>", html)
     sizes = pd.read_csv(project / "results/tables/datasize.csv")
     images = {(r.model, r.recipe, r.fraction): r.train_images for r in sizes.itertuples()}
-    assert all(images[(m, "paper", 0.2)] == 20 and images[(m, "paper", 1.0)] == 100 for m in MODELS), sizes
+    assert all(images[(m, "paper", 0.2)] == 16 and images[(m, "paper", 1.0)] == 80 for m in MODELS), sizes
     claims = (project / "results/tables/claims.csv").read_text().splitlines()
     assert (
-        claims[0]
-        == ("claim,winner,loser,recipe,seeds_winner,seeds_loser,diff_pp,ci_low_pp,ci_high_pp,paper_diff_pp,verdict")
+        claims[0].split(",") == CLAIM_COLUMNS
+        and claims[0].startswith(
+            "claim,winner,loser,recipe,seeds_winner,seeds_loser,diff_pp,ci_low_pp,ci_high_pp,paper_diff_pp,verdict,"
+        )
         and len(claims) == 4
     )
 

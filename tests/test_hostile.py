@@ -11,10 +11,9 @@ import sys
 
 import pytest
 import torch
-from conftest import assert_one_line_error, make_cifar_python, md5, tiny_params, write_yaml
+from conftest import assert_one_line_error, make_cifar_python, md5, prepare_dir, tiny_params, write_yaml
 
 from cnnvit.cli import main
-from cnnvit.stages.prepare import prepare, write_prepared
 from cnnvit.training import checkpoint
 
 QUICK = ["--set", "presets.tiny.epochs=1"]
@@ -24,7 +23,7 @@ QUICK = ["--set", "presets.tiny.epochs=1"]
 def project(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostile")
     archive = make_cifar_python(d / "c.tar.gz")
-    write_prepared(prepare(archive, "cifar10-python"), d / "prepared", {})
+    prepare_dir(archive, d / "prepared")
     write_yaml(d / "params.yaml", tiny_params(str(archive), md5(archive)))
     return d
 

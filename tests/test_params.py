@@ -56,6 +56,10 @@ def test_shipped_params_are_valid_for_every_preset():
         ("presets.paper.models.convnext.dims=[8,16]", "depths and dims must have the same length"),
         ("runs.train_fractions=[0, 1]", "runs.train_fractions.0: 0 is less than or equal to the minimum of 0"),
         ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of"),
+        ("data.val_size=0", "data.val_size: 0 is less than the minimum of 1"),
+        ("data.val_size=-5", "data.val_size: -5 is less than the minimum of 1"),
+        ("presets.quick.val_size=-1", "presets.quick.val_size: -1 is less than the minimum of 0"),
+        ("analysis.metric=best", "analysis.metric: 'best' is not one of"),
     ],
 )
 def test_bad_params_fail_before_anything_runs_naming_the_key(override, needle, capsys):

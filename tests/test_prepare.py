@@ -27,7 +27,7 @@ from conftest import (
 )
 
 from cnnvit.errors import CnnvitError
-from cnnvit.stages.prepare import prepare, write_prepared
+from cnnvit.stages.prepare import carve_validation, prepare, write_prepared
 
 # ----------------------------------------------------------------------------- prepare
 
@@ -39,11 +39,31 @@ def test_prepare_official_format(tmp_path, cifar_archive):
     assert y.dtype == np.int64 and result["classes"] == CLASSES
     expected, labels = synthetic_images(PER_BATCH, seed=0)  # data_batch_1, HWC as written
     assert np.array_equal(x[:PER_BATCH], expected) and np.array_equal(y[:PER_BATCH], labels)
-    stats = write_prepared(result, tmp_path / "prep", {"data": {}})
-    with np.load(tmp_path / "prep/train.npz") as z:
-        assert np.array_equal(z["images"], x) and list(z["classes"]) == CLASSES
-    assert np.allclose(stats["mean"], x.reshape(-1, 3).mean(0) / 255, atol=1e-5)
-    assert np.allclose(stats["std"], (x.reshape(-1, 3) / 255).std(0), atol=1e-5)
+    carved = carve_validation(result, 20, val_seed=7)
+    stats = write_prepared(carved, tmp_path / "prep", {"data": {}}, 7)
+    with np.load(tmp_path / "prep/train.npz") as tr, np.load(tmp_path / "prep/val.npz") as va:
+        assert list(tr["classes"]) == CLASSES and len(tr["labels"]) == 80 and len(va["labels"]) == 20
+        assert (np.bincount(va["labels"], minlength=10) == 2).all()  # stratified: two of each class
+        # the validation and training images partition the official training split
+        rows = lambda a: {img.tobytes() for img in a}  # noqa: E731
+        assert rows(tr["images"]) | rows(va["images"]) == rows(x) and not rows(tr["images"]) & rows(va["images"])
+        train_x = tr["images"]
+    assert stats["counts"] == {"train": 80, "val": 20, "test": PER_BATCH} and stats["val_seed"] == 7
+    assert np.allclose(stats["mean"], train_x.reshape(-1, 3).mean(0) / 255, atol=1e-5)  # of the images trained on
+    assert np.allclose(stats["std"], (train_x.reshape(-1, 3) / 255).std(0), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("size", "needle"),
+    [
+        (5, "data.val_size: 5 gives class 'dog' no validation image: use at least 10"),
+        (100, "data.val_size: 100 leaves class 'airplane' no training image (it has 10): use at most 90"),
+    ],
+)
+def test_a_validation_size_a_class_cannot_give_is_refused(cifar_archive, size, needle):
+    with pytest.raises(CnnvitError) as e:
+        carve_validation(prepare(cifar_archive, "cifar10-python"), size, 0)
+    assert str(e.value) == needle
 
 
 def test_prepare_cli_end_to_end_is_deterministic(tmp_path, cifar_archive, capsys):

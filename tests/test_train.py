@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, make_cifar_python, md5, run_cli, tiny_params, write_yaml
+from conftest import ROOT, make_cifar_python, md5, prepare_dir, run_cli, tiny_params, write_yaml
 
 from cnnvit.analysis.records import METRIC_COLUMNS, TIMING_COLUMNS
 from cnnvit.cli import main
@@ -20,7 +21,6 @@ from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.errors import CnnvitError
 from cnnvit.stages import train
-from cnnvit.stages.prepare import prepare, write_prepared
 from cnnvit.training import checkpoint
 
 
@@ -28,7 +28,7 @@ from cnnvit.training import checkpoint
 def prepared(tmp_path_factory):
     d = tmp_path_factory.mktemp("prep")
     archive = make_cifar_python(d / "c.tar.gz")
-    write_prepared(prepare(archive, "cifar10-python"), d / "prepared", {})
+    prepare_dir(archive, d / "prepared")
     return archive, d / "prepared"
 
 
@@ -210,14 +210,14 @@ def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
         cfg = run_config(params_from_dict(raw), RunSpec("convnext", "paper", 0))
     elif change == "data":
         other = make_cifar_python(tmp_path / "other.tar.gz", per_batch=30)
-        write_prepared(prepare(other, "cifar10-python"), tmp_path / "other", {})
+        prepare_dir(other, tmp_path / "other")
         data_dir = tmp_path / "other"
     else:
         real = checkpoint.code_hashes
         monkeypatch.setattr(checkpoint, "code_hashes", lambda: {**real(), "models/vit.py": "0" * 16})
     summary = train.train_run(cfg, data_dir, tmp_path / "out", tmp_path / "ckpt")
     assert f"{why}; starting fresh" in capsys.readouterr().out
-    assert summary.n_train == (150 if change == "data" else 100)
+    assert summary.n_train == (130 if change == "data" else 80)  # the validation carve takes 20
 
 
 @pytest.mark.slow
@@ -296,7 +296,7 @@ def test_a_pretrained_vit_fine_tunes_and_records_its_weights(prepared, tmp_path)
     archive, data_dir = prepared
     raw = tiny_params(str(archive), md5(archive), epochs=1)
     raw["preset"] = "quick"
-    raw["presets"]["quick"].update(train_size=64, test_size=20, epochs=1)
+    raw["presets"]["quick"].update(train_size=64, val_size=0, test_size=20, epochs=1)
     raw["presets"]["quick"]["models"]["vit"] = {
         "arch": "vit",
         "patch_size": 4,
@@ -314,3 +314,97 @@ def test_a_pretrained_vit_fine_tunes_and_records_its_weights(prepared, tmp_path)
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
     }
     assert s.epochs == 1 and s.params > 21e6 and on_disk["config"]["model"]["pretrained"] == str(weights)
+
+
+# ----------------------------------------------------------------------------- validation split and selection
+
+
+def image_rows(images: torch.Tensor) -> set[bytes]:
+    return {img.numpy().tobytes() for img in images.cpu()}
+
+
+def test_no_run_trains_on_a_validation_image_and_all_runs_share_it(params, prepared):
+    """By content, not index: every model, recipe, seed, fraction and train_size sees the same
+    validation (and test) images, and none of them is in any run's training set."""
+    from cnnvit.training.data import load_prepared
+
+    vals, tests, trained = [], [], set()
+    for model, recipe, seed, fraction, size in [
+        ("vit", "paper", 0, 1.0, 0),
+        ("resnet50", "modern", 1, 1.0, 0),
+        ("cnn_vit", "paper", 2, 0.5, 0),
+        ("convnext", "modern", 3, 0.25, 40),
+    ]:
+        raw = json.loads(json.dumps(params.raw))
+        raw["presets"]["tiny"]["train_size"] = size
+        cfg = run_config(params_from_dict(raw), RunSpec(model, recipe, seed, fraction))
+        data = load_prepared(prepared[1], cfg, torch.device("cpu"))
+        vals.append(image_rows(data.val.images))
+        tests.append(image_rows(data.test.images))
+        trained |= image_rows(data.train.images)
+    assert all(v == vals[0] for v in vals) and all(t == tests[0] for t in tests) and len(vals[0]) == 20
+    assert not vals[0] & trained and not tests[0] & trained
+
+
+def test_the_selected_epoch_follows_validation_not_test(params, prepared, tmp_path, monkeypatch):
+    """Test accuracy peaks at epoch 2, validation at epoch 3 (tied at 4): the run reports epoch 3;
+    its predictions and weights are epoch 3's, and the best-on-test 2 is kept only as such."""
+    from cnnvit.analysis.records import read_predictions
+    from cnnvit.models.weights import weights_metadata
+    from cnnvit.training.engine import Evaluation
+
+    val_acc, test_acc = {1: 20.0, 2: 30.0, 3: 50.0, 4: 50.0}, {1: 20.0, 2: 60.0, 3: 40.0, 4: 30.0}
+    real = train.Trainer.evaluate
+    epoch = {"n": 0}
+
+    def scripted(self, split=None, batch_size=None):
+        ev = real(self, split, batch_size)
+        if split is self.data.val:
+            epoch["n"] += 1
+            return Evaluation(ev.loss, val_acc[epoch["n"]], ev.logits)
+        return Evaluation(ev.loss, test_acc[epoch["n"]], ev.logits + epoch["n"])  # logits that say which epoch
+
+    monkeypatch.setattr(train.Trainer, "evaluate", scripted)
+    s = train.train_run(cfg_for(params, "vit", "paper", epochs=4), prepared[1], tmp_path / "out", tmp_path / "ckpt")
+    assert (s.selected_epoch, s.selected_test_acc, s.selected_val_acc) == (3, 40.0, 50.0)
+    assert (s.best_test_epoch, s.best_test_acc, s.final_test_acc) == (2, 60.0, 30.0)
+    preds = read_predictions(tmp_path / "out/predictions.npz")
+    assert int(preds["selected_epoch"]) == 3 and int(preds["final_epoch"]) == 4
+    assert not np.array_equal(preds["selected_logits"], preds["final_logits"])
+    assert weights_metadata(tmp_path / "out/weights.safetensors")["epoch"] == "3"
+    assert list(pd.read_csv(tmp_path / "out/metrics.csv").val_acc) == [20.0, 30.0, 50.0, 50.0]
+
+
+def test_the_saved_weights_reproduce_the_selected_predictions(params, prepared, tmp_path):
+    from cnnvit.analysis.records import read_predictions
+    from cnnvit.models import build_model
+    from cnnvit.models.weights import load_weights
+    from cnnvit.training.data import load_prepared
+    from cnnvit.training.engine import Trainer
+
+    cfg = cfg_for(params, "cnn_vit", "modern", epochs=3)
+    train.train_run(cfg, prepared[1], tmp_path / "out", tmp_path / "ckpt")
+    model = build_model(cfg.model)
+    load_weights(model, tmp_path / "out/weights.safetensors")
+    trainer = Trainer(cfg, load_prepared(prepared[1], cfg, torch.device("cpu")), torch.device("cpu"))
+    trainer.model.load_state_dict(model.state_dict())
+    logits = trainer.evaluate().logits.half().numpy()
+    assert np.array_equal(logits, read_predictions(tmp_path / "out/predictions.npz")["selected_logits"])
+
+
+def test_a_prepared_folder_from_before_the_validation_split_is_one_line(prepared, tmp_path, capsys):
+    archive, data = prepared
+    old = tmp_path / "old"
+    shutil.copytree(data, old)
+    (old / "val.npz").unlink()
+    argv = ["train", "--model", "vit", "--recipe", "paper", "--data-dir", str(old), "--ckpt-dir", str(tmp_path / "c")]
+    code, err = run_cli(
+        tmp_path, capsys, [*argv, "--out-dir", str(tmp_path / "r")], tiny_params(str(archive), md5(archive))
+    )
+    assert code == 1 and err.count("\n") == 0 and "has no validation split" in err and "cnnvit prepare" in err
+    raw = tiny_params(str(archive), md5(archive))
+    raw["presets"]["tiny"]["val_size"] = 500
+    argv[argv.index("--data-dir") + 1] = str(data)
+    code, err = run_cli(tmp_path, capsys, [*argv, "--out-dir", str(tmp_path / "r")], raw)
+    assert code == 1 and "presets.tiny.val_size: 500 is more than the 20 images" in err
+    assert not (tmp_path / "r").exists()

@@ -8,13 +8,12 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_MODELS, make_cifar_python, md5, tiny_params
+from conftest import TINY_MODELS, make_cifar_python, md5, prepare_dir, tiny_params
 
 from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.stages import train
-from cnnvit.stages.prepare import prepare, write_prepared
 from cnnvit.training.data import Augment, load_prepared, stratified_indices
 from cnnvit.training.engine import Trainer, lr_factor
 
@@ -42,7 +41,7 @@ def learnable(tmp_path_factory):
     """500 training and 100 test images of the fixture's learnable classes."""
     d = tmp_path_factory.mktemp("learn")
     archive = make_cifar_python(d / "c.tar.gz", per_batch=100)
-    write_prepared(prepare(archive, "cifar10-python"), d / "prepared", {})
+    prepare_dir(archive, d / "prepared")
     return archive, d / "prepared"
 
 
@@ -72,13 +71,15 @@ def test_evaluate_is_eval_mode_without_augmentation_or_smoothing(learnable, monk
     monkeypatch.setattr(
         Augment, "__call__", lambda self, x, draws=None: draws_seen.append(draws) or real_call(self, x, draws)
     )
-    loss, acc = trainer.evaluate(batch_size=32)
-    assert modes and not any(modes) and all(d is None for d in draws_seen)
-    with torch.no_grad():
-        logits = trainer.model(real_call(trainer.augment, trainer.test.images))
-    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, trainer.test.labels).item(), rel=1e-5)
-    assert acc == pytest.approx(100 * (logits.argmax(1) == trainer.test.labels).float().mean().item())
-    assert trainer.model.training is False
+    for split in (trainer.data.val, trainer.data.test):
+        ev = trainer.evaluate(split, batch_size=32)
+        assert modes and not any(modes) and all(d is None for d in draws_seen)
+        with torch.no_grad():
+            logits = trainer.model(real_call(trainer.augment, split.images))
+        assert torch.allclose(ev.logits, logits, atol=1e-5)
+        assert ev.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, split.labels).item(), rel=1e-5)
+        assert ev.acc == pytest.approx(100 * (logits.argmax(1) == split.labels).float().mean().item())
+        assert trainer.model.training is False
 
 
 def test_unit_and_meanstd_scaling():
@@ -123,7 +124,7 @@ def test_bf16_and_compile_train_every_arch_on_cpu(learnable, tmp_path, name):
     cfg = run_config(p, RunSpec(name, "modern", 0))
     cfg = type(cfg)(**{**cfg.__dict__, "epochs": 1, "train_size": 64, "test_size": 32})
     trainer = Trainer(cfg, load_prepared(prepared, cfg, CPU), CPU)
-    assert trainer.forward is not trainer.model  # compiled
+    assert trainer.net is not trainer.model  # compiled
     row = trainer.train_epoch(1)
     assert math.isfinite(row["train_loss"]) and row["train_images_per_s"] > 0
     state = trainer.state()

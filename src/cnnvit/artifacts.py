@@ -17,7 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise write_failure(path, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would leak into the final file
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would leak into the final file
     try:
         try:
             yield tmp_path
@@ -58,12 +56,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp directory beside ``path``; it replaces ``path`` (whole) only on success."""
+def atomic_dir(path: str | Path, owned: Callable[[str], bool] | None = None) -> Iterator[Path]:
+    """Yield a temp directory beside ``path``; it replaces ``path`` (whole) only on success, so
+    the stage's outputs appear together or not at all. ``owned(name)`` says which entries of an
+    existing ``path`` the stage wrote: anything else there is refused, never deleted."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    if owned is not None and path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if not owned(p.name))
+        if foreign:
+            raise CnnvitError(
+                f"{path} holds files this stage did not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): move them, or give an empty or new directory"
+            )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as exc:
+        raise write_failure(path, exc) from None
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would leak into the final directory
     try:
         try:
             yield tmp

@@ -12,9 +12,15 @@ importing torch and timm, nor queueing).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import math
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cnnvit.errors import CnnvitError
 
@@ -22,7 +28,7 @@ from cnnvit.errors import CnnvitError
 @dataclass(frozen=True)
 class Metric:
     column: str
-    split: str  # train | test
+    split: str  # train | val | test
     metric: str  # its name in the long table
     doc: str
 
@@ -31,6 +37,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("epoch", "", "epoch", "1-based epoch after which the row was taken"),
     Metric("train_loss", "train", "loss", "mean training loss over the epoch (with label smoothing, if any)"),
     Metric("train_acc", "train", "acc", "training accuracy over the epoch, on augmented images (%)"),
+    Metric("val_loss", "val", "loss", "mean cross-entropy on the validation images (carved from the training split)"),
+    Metric("val_acc", "val", "acc", "validation accuracy (%): what the reported epoch is chosen on"),
     Metric("test_loss", "test", "loss", "mean cross-entropy on the test images, without smoothing"),
     Metric("test_acc", "test", "acc", "test accuracy (%), eval mode, no augmentation"),
     Metric("lr", "train", "lr", "learning rate of the epoch's last step"),
@@ -40,23 +48,36 @@ METRICS: tuple[Metric, ...] = (
     Metric("peak_mem_mb", "train", "peak_mem_mb", "peak CUDA memory, or peak process RSS on a CPU"),
 )
 METRIC_COLUMNS = [m.column for m in METRICS]
+ACCURACIES = ("selected_test_acc", "final_test_acc", "best_test_acc")  # every summary has these
 VALUE_METRICS = [m for m in METRICS if m.column != "epoch"]
 TIMING_COLUMNS = ["epoch_seconds", "train_images_per_s", "peak_mem_mb"]  # vary from run to run
 
 
 @dataclass(frozen=True)
 class RunSummary:
+    """One finished run. Its headline number is ``selected_test_acc``: the test accuracy at the
+    epoch with the best validation accuracy (ties: the earliest). ``best_test_acc`` is the highest
+    test accuracy over epochs, i.e. an epoch chosen on the test set: optimistic, kept only to set
+    beside the paper's tables, which report it."""
+
     run: str
     model: str
     recipe: str
     seed: int
     fraction: float
-    best_test_acc: float
+    selected_test_acc: float
     final_test_acc: float
+    best_test_acc: float
+    selected_epoch: int | None = None
+    selected_val_acc: float | None = None
+    selected_test_loss: float | None = None  # the NLL of the selected epoch's test predictions
+    selected_ece: float | None = None  # expected calibration error (15 bins), percent
+    final_ece: float | None = None
+    best_test_epoch: int | None = None
     preset: str | None = None
     epochs: int | None = None
-    best_epoch: int | None = None
     n_train: int | None = None
+    n_val: int | None = None
     n_test: int | None = None
     train_seconds: float | None = None
     wall_seconds: float | None = None
@@ -105,7 +126,56 @@ class RunSummary:
         try:
             kw = {k: v for k, v in d.items() if k in known}
             kw["fraction"] = float(kw["fraction"])
-            kw["best_test_acc"], kw["final_test_acc"] = float(kw["best_test_acc"]), float(kw["final_test_acc"])
-            return cls(**kw)
+            for k in ACCURACIES:
+                kw[k] = float(kw[k])
         except (TypeError, ValueError) as exc:
             raise CnnvitError(f"{where}: malformed summary ({exc}): delete it and train the run again") from None
+        for k in ACCURACIES:
+            if not (math.isfinite(kw[k]) and 0 <= kw[k] <= 100):
+                raise CnnvitError(f"{where}: {k} is {kw[k]}, not an accuracy: delete it and train the run again")
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise CnnvitError(f"{where}: malformed summary ({exc}): delete it and train the run again") from None
+
+
+# ----------------------------------------------------------------------------- a run's files
+
+METRICS_FILE, SUMMARY_FILE = "metrics.csv", "summary.json"
+PREDICTIONS_FILE, WEIGHTS_FILE = "predictions.npz", "weights.safetensors"
+RUN_FILES = (METRICS_FILE, SUMMARY_FILE, PREDICTIONS_FILE, WEIGHTS_FILE)  # what `cnnvit train` writes per run
+PREDICTION_KEYS = ("labels", "indices", "classes", "selected_logits", "final_logits", "selected_epoch", "final_epoch")
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_predictions(path: Path, **arrays: Any) -> None:
+    """The test set's labels, their positions in the prepared test split, and the logits (float16)
+    of the selected and the final epoch: what per-class accuracy, calibration, confusion matrices
+    and the per-image paired tests are computed from."""
+    assert set(arrays) == set(PREDICTION_KEYS), sorted(arrays)
+    with open(path, "wb") as f:
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        np.savez_compressed(f, allow_pickle=False, **arrays)
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    fix = "delete its run directory and train it again"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in PREDICTION_KEYS}
+    except FileNotFoundError:
+        raise CnnvitError(f"{path} not found: {fix}") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError) as exc:
+        raise CnnvitError(f"{path} is corrupt or not a cnnvit predictions file ({type(exc).__name__}): {fix}") from None
+    n = len(out["labels"])
+    if any(out[k].shape != (n, out["selected_logits"].shape[1]) for k in ("selected_logits", "final_logits")):
+        raise CnnvitError(f"{path}: logits do not match the {n} labels: {fix}")
+    if not np.isfinite(out["selected_logits"]).all() or not np.isfinite(out["final_logits"]).all():
+        raise CnnvitError(f"{path}: non-finite logits (the run diverged?): {fix}")
+    return out

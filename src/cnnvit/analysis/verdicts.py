@@ -1,29 +1,42 @@
-"""Seed statistics and the three-way verdicts: pure functions of per-run accuracies.
+"""Seed statistics, paired comparisons and the three-way verdicts: pure functions of accuracies.
 
-    seed_stats([61.2, 60.4, 62.0])        # n, mean, sample std, 95% t-interval of the mean
-    welch([78.1, 77.5], [60.9, 61.4])     # winner - loser: difference and 95% Welch t-interval
-    verdict(ci_low, ci_high)              # reproduced | contradicted | inconclusive
-    claims_table(per_run, CLAIMS, gaps)   # results/tables/claims.csv
+    seed_stats([61.2, 60.4, 62.0])           # n, mean, sample std, 95% t-interval of the mean
+    compare(a, b, floor)                     # winner - loser, by seed: paired t when the seeds match,
+                                             # else Welch; SE floored at the test set's binomial SE
+    holm([0.01, 0.04, 0.3])                  # Holm-adjusted p-values (statsmodels)
+    claims_table(per_run, CLAIMS, gaps, ...)  # results/tables/claims.csv
 
-A claim "winner beats loser" is ``reproduced`` when the 95% Welch interval of the difference in
-per-seed best test accuracy lies wholly above 0, ``contradicted`` when it lies wholly below 0,
-and ``inconclusive`` otherwise, and always when either side has fewer than 2 seeds (one seed
-gives no noise estimate). With zero variance on both sides the interval is the difference
-itself. ``binomial_se`` is the test-set sampling error of one accuracy on ``n`` images, to set
-beside the seed spread.
+A claim "winner beats loser" is judged on the test accuracy of the epoch chosen on the validation
+split (or of the last epoch; never the best on the test set). Runs of two models that share their
+seeds share data order, augmentation draws and subsets, so their per-seed differences are tested
+with a paired t-test; otherwise Welch's t-test. The standard error never goes below the binomial
+standard error of the two accuracies on this many test images (seeds that agree to the last
+image do not make the test set infinitely large). The paper's three claims are one family per
+recipe: their p-values are Holm-adjusted and the verdict uses the adjusted one: ``reproduced`` when
+it is below 0.05 and the difference is positive, ``contradicted`` when it is below 0.05 and the
+difference is negative, ``inconclusive`` otherwise, and always with fewer than 2 seeds a side.
+Other comparisons (the stem variant, the data-size pairs) are exploratory: unadjusted, and marked so.
+Beside each verdict: whether the paper's own gap lies inside the interval, the smallest difference
+these seeds and test set could have detected (the interval's half-width), and McNemar's exact test
+on the per-image predictions of each seed.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
 
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
 CLAIM_COLUMNS = [
     "claim",
     "winner",
@@ -36,6 +49,18 @@ CLAIM_COLUMNS = [
     "ci_high_pp",
     "paper_diff_pp",
     "verdict",
+    # added with the paired statistics
+    "metric",
+    "test",
+    "se_pp",
+    "se_floored",
+    "p_value",
+    "p_holm",
+    "detectable_pp",
+    "paper_gap_in_interval",
+    "mcnemar_p_max",
+    "mcnemar_seeds_agree",
+    "exploratory",
 ]
 NAN = float("nan")
 
@@ -50,7 +75,7 @@ class SeedStats:
 
 
 def _t(df: float) -> float:
-    return float(sps.t.ppf(0.5 + CONFIDENCE / 2, df))
+    return float(sps.t.ppf(1 - ALPHA / 2, df))
 
 
 def seed_stats(values) -> SeedStats:
@@ -66,7 +91,7 @@ def seed_stats(values) -> SeedStats:
     return SeedStats(n, mean, std, mean - half, mean + half)
 
 
-def binomial_se(acc_pct: float, n: int | float) -> float:
+def binomial_se(acc_pct: float, n: float) -> float:
     """Standard error (pp) of an accuracy measured on ``n`` test images."""
     if not n or math.isnan(acc_pct) or math.isnan(n):
         return NAN
@@ -74,81 +99,147 @@ def binomial_se(acc_pct: float, n: int | float) -> float:
     return 100 * math.sqrt(p * (1 - p) / n)
 
 
-def welch(winner, loser) -> tuple[float, float, float]:
-    """(mean(winner) - mean(loser), CI low, CI high) at 95%, Welch-Satterthwaite degrees of freedom."""
-    a, b = np.asarray(list(winner), dtype=float), np.asarray(list(loser), dtype=float)
-    if len(a) == 0 or len(b) == 0:
-        return NAN, NAN, NAN
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
-        return diff, NAN, NAN
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
+@dataclass(frozen=True)
+class Comparison:
+    diff: float  # mean(a) - mean(b), pp
+    ci_low: float
+    ci_high: float
+    se: float  # the standard error used (after the floor)
+    floored: bool  # the test-set floor was larger than the seeds' standard error
+    df: float
+    p_value: float  # two-sided, for a difference of 0
+    test: str  # "paired t", "Welch t", or why there is no test
+
+    @property
+    def half_width(self) -> float:
+        return (self.ci_high - self.ci_low) / 2
+
+
+def compare(a: Mapping[int, float], b: Mapping[int, float], floor: float = 0.0) -> Comparison:
+    """a - b over seeds (``{seed: accuracy}``): a paired t-test when both have the same seeds,
+    else Welch's; the standard error is at least ``floor``."""
+    va, vb = np.array(list(a.values()), dtype=float), np.array(list(b.values()), dtype=float)
+    diff = float(va.mean() - vb.mean()) if len(va) and len(vb) else NAN
+    if len(va) < 2 or len(vb) < 2:
+        return Comparison(diff, NAN, NAN, NAN, False, NAN, NAN, "none: fewer than 2 seeds a side")
+    quiet = warnings.catch_warnings()  # identical seeds make scipy warn; the floor below handles them
+    with quiet:
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if set(a) == set(b):
+            seeds = sorted(a)
+            res = sps.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+        else:
+            res = sps.ttest_ind(va, vb, equal_var=False)
+    if set(a) == set(b):
+        d = np.array([a[s] - b[s] for s in seeds])
+        se, df, test = float(d.std(ddof=1) / math.sqrt(len(d))), float(len(d) - 1), "paired t"
+    else:
+        se = math.sqrt(va.var(ddof=1) / len(va) + vb.var(ddof=1) / len(vb))
+        df, test = float(res.df), "Welch t"
+        if not math.isfinite(df):  # both sides without spread: Welch's df is 0/0
+            df = float(min(len(va), len(vb)) - 1)
+    if se >= floor and se > 0:  # scipy's own interval and p-value
+        ci = res.confidence_interval(CONFIDENCE)
+        return Comparison(diff, float(ci.low), float(ci.high), se, False, df, float(res.pvalue), test)
+    se = max(floor, se)
     if se == 0:
-        return diff, diff, diff
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+        return Comparison(diff, NAN, NAN, 0.0, True, df, NAN, f"{test}: no spread and no floor")
     half = _t(df) * se
-    return diff, diff - half, diff + half
+    p = float(2 * sps.t.sf(abs(diff) / se, df))
+    return Comparison(diff, diff - half, diff + half, se, True, df, p, test)
 
 
-def verdict(ci_low: float, ci_high: float) -> str:
-    if math.isnan(ci_low) or math.isnan(ci_high):
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment (statsmodels); NaN p-values stay NaN and do not count."""
+    p = np.asarray(list(p_values), dtype=float)
+    out = np.full(len(p), NAN)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], alpha=ALPHA, method="holm")[1]
+    return [float(v) for v in out]
+
+
+def verdict(p: float, diff: float) -> str:
+    if math.isnan(p) or p >= ALPHA or diff == 0:
         return "inconclusive"
-    if ci_low > 0:
-        return "reproduced"
-    if ci_high < 0:
-        return "contradicted"
-    return "inconclusive"
+    return "reproduced" if diff > 0 else "contradicted"
 
 
-def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
-    """One row per model x recipe x fraction: seed statistics of best and final test accuracy,
-    the binomial SE of the mean accuracy on n_test images, and mean costs."""
-    rows = []
-    for (model, recipe, fraction), g in per_run.groupby(["model", "recipe", "fraction"], sort=False):
-        row = {"model": model, "recipe": recipe, "fraction": fraction, "seeds": len(g)}
-        for what in ("best", "final"):
-            s = seed_stats(g[f"{what}_test_acc"])
-            row |= {
-                f"{what}_test_acc_mean": s.mean,
-                f"{what}_test_acc_std": s.std,
-                f"{what}_test_acc_ci_low": s.ci_low,
-                f"{what}_test_acc_ci_high": s.ci_high,
-            }
-        row["n_test"] = g["n_test"].mean() if "n_test" in g else NAN
-        row["binomial_se_pp"] = binomial_se(row["best_test_acc_mean"], row["n_test"])
-        for col in (
-            "n_train",
-            "epochs",
-            "best_epoch",
-            "train_seconds",
-            "wall_seconds",
-            "train_images_per_s",
-            "infer_images_per_s",
-            "train_pflops",
-        ):
-            row[col] = g[col].mean() if col in g and g[col].notna().any() else NAN
-        for col in ("params", "flops_per_image", "peak_mem_mb", "device", "threads", "precision"):
-            row[col] = g[col].dropna().iloc[0] if col in g and g[col].notna().any() else None
-        rows.append(row)
-    return pd.DataFrame(rows)
+def mcnemar_p(right_a: np.ndarray, right_b: np.ndarray) -> float:
+    """McNemar's exact test of two models on the same images (booleans: was each right?)."""
+    n01 = int((right_a & ~right_b).sum())
+    n10 = int((~right_a & right_b).sum())
+    both, neither = int((right_a & right_b).sum()), int((~right_a & ~right_b).sum())
+    return float(mcnemar([[both, n01], [n10, neither]], exact=True).pvalue)
 
 
-def _values(per_run: pd.DataFrame, model: str, recipe: str, fraction: float = 1.0) -> pd.Series:
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE in percent: the mean over equal-width confidence bins of |accuracy - confidence|,
+    weighted by the share of images in each bin (Guo et al. 2017)."""
+    conf = probs.max(1)
+    right = probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.mean() * abs(right[inside].mean() - conf[inside].mean())
+    return 100 * float(total)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _accs(per_run: pd.DataFrame, model: str, recipe: str, metric: str, fraction: float = 1.0) -> pd.Series:
     sel = (per_run.model == model) & (per_run.recipe == recipe) & (per_run.fraction == fraction)
-    return per_run.loc[sel, "best_test_acc"]
+    return per_run.loc[sel].set_index("seed")[f"{metric}_test_acc"]
 
 
-def claims_table(per_run: pd.DataFrame, claims, paper_gaps: dict) -> pd.DataFrame:
-    """Every (winner, loser, claim) of ``claims`` for every recipe, on the full training set."""
+def floor_se(per_run: pd.DataFrame, a: pd.Series, b: pd.Series) -> float:
+    """The binomial standard error of the difference of the two mean accuracies on this test set."""
+    n = float(per_run["n_test"].max()) if "n_test" in per_run and per_run["n_test"].notna().any() else NAN
+    return math.hypot(binomial_se(float(a.mean()), n), binomial_se(float(b.mean()), n)) if n == n else 0.0
+
+
+def comparison_row(per_run: pd.DataFrame, winner: str, loser: str, recipe: str, metric: str, fraction: float = 1.0):
+    a, b = _accs(per_run, winner, recipe, metric, fraction), _accs(per_run, loser, recipe, metric, fraction)
+    if a.empty or b.empty:
+        return None
+    return a, b, compare(a.to_dict(), b.to_dict(), floor_se(per_run, a, b))
+
+
+def claims_table(
+    per_run: pd.DataFrame,
+    claims,
+    paper_gaps: dict,
+    metric: str = "selected",
+    right: Mapping[tuple[str, str, int], np.ndarray] | None = None,
+    exploratory: bool = False,
+) -> pd.DataFrame:
+    """Every (winner, loser, claim) of ``claims`` for every recipe, on the full training set.
+    ``right[(model, recipe, seed)]`` (the per-image correctness at ``metric``'s epoch) adds
+    McNemar's test per seed. The claims of one recipe are Holm-adjusted unless ``exploratory``."""
     rows = []
-    for winner, loser, text in claims:
-        for recipe in dict.fromkeys(per_run.recipe):
-            a, b = _values(per_run, winner, recipe), _values(per_run, loser, recipe)
-            if a.empty or b.empty:
+    for recipe in dict.fromkeys(per_run.recipe):
+        family = []
+        for winner, loser, text in claims:
+            got = comparison_row(per_run, winner, loser, recipe, metric)
+            if got is None:
                 continue
-            diff, low, high = welch(a, b)
-            rows.append(
+            a, b, c = got
+            gap = paper_gaps.get((winner, loser), NAN)
+            p_mc = [
+                mcnemar_p(right[(winner, recipe, s)], right[(loser, recipe, s)])
+                for s in sorted(set(a.index) & set(b.index))
+                if right is not None and (winner, recipe, s) in right and (loser, recipe, s) in right
+            ]
+            agree = [
+                s
+                for s, p in zip(sorted(set(a.index) & set(b.index)), p_mc, strict=False)
+                if p < ALPHA and np.sign(a[s] - b[s]) == np.sign(c.diff)
+            ]
+            family.append(
                 {
                     "claim": text,
                     "winner": winner,
@@ -156,33 +247,49 @@ def claims_table(per_run: pd.DataFrame, claims, paper_gaps: dict) -> pd.DataFram
                     "recipe": recipe,
                     "seeds_winner": len(a),
                     "seeds_loser": len(b),
-                    "diff_pp": diff,
-                    "ci_low_pp": low,
-                    "ci_high_pp": high,
-                    "paper_diff_pp": paper_gaps.get((winner, loser), NAN),
-                    "verdict": verdict(low, high),
+                    "diff_pp": c.diff,
+                    "ci_low_pp": c.ci_low,
+                    "ci_high_pp": c.ci_high,
+                    "paper_diff_pp": gap,
+                    "metric": metric,
+                    "test": c.test,
+                    "se_pp": c.se,
+                    "se_floored": c.floored,
+                    "p_value": c.p_value,
+                    "detectable_pp": c.half_width,
+                    "paper_gap_in_interval": bool(c.ci_low <= gap <= c.ci_high) if gap == gap else False,
+                    "mcnemar_p_max": max(p_mc) if p_mc else NAN,
+                    "mcnemar_seeds_agree": f"{len(agree)}/{len(p_mc)}" if p_mc else "",
+                    "exploratory": exploratory,
                 }
             )
+        adjusted = [r["p_value"] for r in family] if exploratory else holm(r["p_value"] for r in family)
+        for r, p in zip(family, adjusted, strict=True):
+            r["p_holm"] = NAN if exploratory else p
+            r["verdict"] = verdict(p, r["diff_pp"])
+        rows += family
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
-def crossing(per_run: pd.DataFrame, a: str, b: str, recipe: str) -> dict:
-    """Where ``a``'s and ``b``'s accuracy-vs-data curves cross, judged with the claims' rules."""
+def crossing(per_run: pd.DataFrame, a: str, b: str, recipe: str, metric: str = "selected") -> dict:
+    """Where ``a``'s and ``b``'s accuracy-vs-data curves cross (exploratory: unadjusted tests)."""
     points = []
     for fraction in sorted(set(per_run.fraction)):
-        va, vb = _values(per_run, a, recipe, fraction), _values(per_run, b, recipe, fraction)
-        if va.empty or vb.empty:
+        got = comparison_row(per_run, a, b, recipe, metric, fraction)
+        if got is None:
             continue
         n = per_run.loc[(per_run.fraction == fraction) & (per_run.model == a), "n_train"]
-        diff, low, high = welch(va, vb)
+        c = got[2]
         points.append(
             {
                 "fraction": fraction,
                 "train_images": int(n.iloc[0]) if n.notna().any() else None,
-                "diff_pp": diff,
-                "ci_low_pp": low,
-                "ci_high_pp": high,
-                "verdict": verdict(low, high),
+                "diff_pp": c.diff,
+                "ci_low_pp": c.ci_low,
+                "ci_high_pp": c.ci_high,
+                "test": c.test,
+                "p_value": c.p_value,
+                "verdict": verdict(c.p_value, c.diff),
             }
         )
     ahead = [p for p in points if p["verdict"] != "inconclusive"]
@@ -195,7 +302,7 @@ def crossing(per_run: pd.DataFrame, a: str, b: str, recipe: str) -> dict:
             lead = a if p["verdict"] == "reproduced" else b
             text = (
                 f"the curves cross: {lead} is ahead at {p['train_images']} images and behind at "
-                f"{q['train_images']} (95% intervals exclude 0 at both)"
+                f"{q['train_images']} (p < {ALPHA:g} at both, unadjusted)"
             )
         elif ahead and len(set(signs)) == 1:
             lead = a if signs[0] == "reproduced" else b
@@ -207,3 +314,46 @@ def crossing(per_run: pd.DataFrame, a: str, b: str, recipe: str) -> dict:
         if any(x * y < 0 for x, y in itertools.pairwise(means)) and not flips:
             text += " (the mean curves do cross, within the noise)"
     return {"a": a, "b": b, "recipe": recipe, "points": points, "text": text}
+
+
+SUMMARY_METRICS = ("selected", "final", "best")
+
+
+def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
+    """One row per model x recipe x fraction: seed statistics of the selected, final and best test
+    accuracy, the optimism of the best (best - selected), calibration, the binomial SE of one
+    accuracy on n_test images, and mean costs."""
+    rows = []
+    for (model, recipe, fraction), g in per_run.groupby(["model", "recipe", "fraction"], sort=False):
+        row = {"model": model, "recipe": recipe, "fraction": fraction, "seeds": len(g)}
+        for what in SUMMARY_METRICS:
+            s = seed_stats(g[f"{what}_test_acc"])
+            row |= {
+                f"{what}_test_acc_mean": s.mean,
+                f"{what}_test_acc_std": s.std,
+                f"{what}_test_acc_ci_low": s.ci_low,
+                f"{what}_test_acc_ci_high": s.ci_high,
+            }
+        row["optimism_pp"] = float((g.best_test_acc - g.selected_test_acc).mean())
+        row["n_test"] = g["n_test"].mean() if "n_test" in g else NAN
+        row["binomial_se_pp"] = binomial_se(row["selected_test_acc_mean"], row["n_test"])
+        for col in (
+            "selected_epoch",
+            "best_test_epoch",
+            "selected_ece",
+            "final_ece",
+            "selected_test_loss",
+            "n_train",
+            "n_val",
+            "epochs",
+            "train_seconds",
+            "wall_seconds",
+            "train_images_per_s",
+            "infer_images_per_s",
+            "train_pflops",
+        ):
+            row[col] = g[col].mean() if col in g and g[col].notna().any() else NAN
+        for col in ("params", "flops_per_image", "peak_mem_mb", "device", "threads", "precision"):
+            row[col] = g[col].dropna().iloc[0] if col in g and g[col].notna().any() else None
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -28,7 +28,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from cnnvit.config.types import Data, Params, Preset, Recipe, Runs, Runtime
+from cnnvit.config.types import Analysis, Data, Params, Preset, Recipe, Runs, Runtime
 from cnnvit.errors import CnnvitError
 
 __all__ = ["Params", "load_params", "params_from_dict"]
@@ -262,6 +262,7 @@ def params_from_dict(cfg: dict, source: str = "params.yaml") -> Params:
         data=_build(Data, cfg["data"]),
         runs=_build(Runs, cfg["runs"]),
         runtime=_build(Runtime, cfg["runtime"]),
+        analysis=_build(Analysis, cfg["analysis"]),
         recipes={name: _build(Recipe, r) for name, r in cfg["recipes"].items()},
         presets={name: _build(Preset, p) for name, p in cfg["presets"].items()},
     )

@@ -40,6 +40,7 @@ def run_config(params: Params, run: RunSpec) -> RunConfig:
         params.recipes[run.recipe],
         epochs_for(params, run),
         preset.train_size,
+        preset.val_size,
         preset.test_size,
         params.runtime,
     )

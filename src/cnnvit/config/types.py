@@ -4,7 +4,7 @@
     RunSpec     # one point of models x recipes x train_fractions x seeds; .name is its directory
     RunConfig   # everything one training reads (see cnnvit.config.runs); .identity() is what makes
                 # its numbers what they are
-    Recipe, Preset, Runtime, Data, Runs
+    Recipe, Preset, Runtime, Data, Runs, Analysis
 
 Optional keys take their defaults here and nowhere else; the values a key allows are the
 ``Literal`` of its field (a test holds the schema's enums to them). Model entries stay the
@@ -28,6 +28,7 @@ Precision = Literal["fp32", "bf16"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine", "linear"]
 Normalize = Literal["meanstd", "unit"]
+VerdictMetric = Literal["selected", "final"]
 
 # A run's name, which is also its directory under results/runs/. The DVC generator fills the same
 # patterns with ${item.*}, so the two tools cannot name a run differently.
@@ -47,6 +48,8 @@ class Data:
     format: Format
     expect_train: int
     expect_test: int
+    val_size: int  # carved out of the training split by `cnnvit prepare`
+    val_seed: int  # draws the carve and every run's validation and test subsets
     md5: str | None = None
     sha256: str | None = None
 
@@ -75,6 +78,11 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class Analysis:
+    metric: VerdictMetric  # the test accuracy the verdicts use: at the epoch chosen on validation, or the last
+
+
+@dataclass(frozen=True)
 class Recipe:
     optimizer: Optimizer
     lr: float
@@ -94,6 +102,7 @@ class Recipe:
 @dataclass(frozen=True)
 class Preset:
     train_size: int
+    val_size: int
     test_size: int
     epochs: int
     models: dict[str, dict] = field(hash=False)  # model name -> its checked params.yaml entry
@@ -124,6 +133,7 @@ class RunConfig:
     recipe: Recipe
     epochs: int  # after the fraction budget
     train_size: int  # the preset's (0 = all); the run trains on `fraction` of it
+    val_size: int  # the preset's subset of the validation split (0 = all), the same for every run
     test_size: int
     runtime: Runtime
 
@@ -154,6 +164,7 @@ class Params:
     data: Data
     runs: Runs
     runtime: Runtime
+    analysis: Analysis
     recipes: dict[str, Recipe] = field(hash=False)
     presets: dict[str, Preset] = field(hash=False)
 

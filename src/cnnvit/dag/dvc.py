@@ -82,9 +82,9 @@ def dvc_yaml(params: Params) -> str:
         {
             f"{TABLES_DIR}/summary.csv": {
                 "template": "bar_horizontal",
-                "x": "best_test_acc_mean",
+                "x": "selected_test_acc_mean",
                 "y": "model",
-                "title": "Best test accuracy by model (mean over seeds)",
+                "title": "Test accuracy at the epoch chosen on validation (mean over seeds)",
             }
         }
     ]

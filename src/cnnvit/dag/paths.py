@@ -7,7 +7,7 @@ not on the whole DAG description.
 
 RAW = "data/raw/cifar10.tar.gz"
 PREPARED_DIR = "data/prepared"
-PREPARED = (f"{PREPARED_DIR}/train.npz", f"{PREPARED_DIR}/test.npz", f"{PREPARED_DIR}/stats.json")
+PREPARED = tuple(f"{PREPARED_DIR}/{f}" for f in ("train.npz", "val.npz", "test.npz", "stats.json"))
 RUNS_DIR = "results/runs"
 CHECKPOINT_DIR = "results/checkpoints"
 TABLES_DIR = "results/tables"
@@ -21,10 +21,13 @@ TABLES = tuple(
         "variants.csv",
         "datasize.csv",
         "datasize_pairs.csv",
+        "per_class.csv",
+        "confusion.csv",
         "provenance.json",
+        "metrics.json",
     )
 )
-METRICS = "results/metrics.json"
+METRICS = f"{TABLES_DIR}/metrics.json"  # for `dvc metrics show`: mean accuracies and every verdict
 FIGURES_DIR = "results/figures"
 TEMPLATE = "report/template.html.j2"
 REPORT = "report/index.html"

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cnnvit.analysis.records import METRICS_FILE, RUN_FILES
 from cnnvit.config.types import run_name
 from cnnvit.dag.code import code_files
 from cnnvit.dag.paths import (
@@ -89,20 +90,21 @@ STAGES: dict[str, Stage] = {
             f"cnnvit prepare --raw {RAW} --out-dir {PREPARED_DIR}",
             (RAW,),
             tuple(Out(p) for p in PREPARED),
-            ("data.format", "data.expect_train", "data.expect_test"),
+            ("data.format", "data.expect_train", "data.expect_test", "data.val_size", "data.val_seed"),
         ),
         Stage(
             "train",
             "cnnvit train --model {model} --recipe {recipe} --seed {seed}{fraction_arg} "
             f"--data-dir {PREPARED_DIR} --out-dir {RUNS_DIR}/{RUN} --ckpt-dir {CHECKPOINT_DIR}",
             PREPARED,
-            (
-                Out(f"{RUNS_DIR}/{RUN}/metrics.csv", plot={"x": "epoch", "y": "test_acc"}),
-                Out(f"{RUNS_DIR}/{RUN}/summary.json"),
+            tuple(
+                Out(f"{RUNS_DIR}/{RUN}/{f}", plot={"x": "epoch", "y": "val_acc"} if f == METRICS_FILE else None)
+                for f in RUN_FILES
             ),
             (
                 "preset",
                 "presets.{preset}.train_size",
+                "presets.{preset}.val_size",
                 "presets.{preset}.test_size",
                 "presets.{preset}.epochs",
                 "presets.{preset}.models.{model}",
@@ -114,13 +116,10 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "collect",
-            f"cnnvit collect --runs-dir {RUNS_DIR} --out-dir {TABLES_DIR} --metrics {METRICS}",
+            f"cnnvit collect --runs-dir {RUNS_DIR} --out-dir {TABLES_DIR}",
             (),
-            (
-                *(Out(t, report="Tables") for t in TABLES),
-                Out(METRICS, cache=False, metric=True, report="Tables"),
-            ),
-            ("preset", "runs", "presets.{preset}", "recipes", "runtime.precision"),
+            tuple(Out(t, report="Tables") if t != METRICS else Out(t, cache=False, metric=True) for t in TABLES),
+            ("preset", "runs", "presets.{preset}", "recipes", "runtime.precision", "analysis"),
             reads_all_runs=True,
         ),
         Stage(
@@ -135,7 +134,7 @@ STAGES: dict[str, Stage] = {
             f"cnnvit report --tables-dir {TABLES_DIR} --figures-dir {FIGURES_DIR} --template {TEMPLATE} --out {REPORT}",
             (*TABLES, FIGURES_DIR, TEMPLATE),
             (Out(REPORT, cache=False, report="Report"),),
-            ("preset", "data", "runs", "runtime", "recipes", "presets.{preset}"),
+            ("preset", "data", "runs", "runtime", "analysis", "recipes", "presets.{preset}"),
         ),
     )
 }

@@ -1,23 +1,24 @@
-"""Collect stage: every run's metrics.csv and summary.json -> tidy tables, statistics, verdicts.
+"""Collect stage: every run's files -> tidy tables, statistics, verdicts.
 
-    cnnvit collect --runs-dir results/runs --out-dir results/tables --metrics results/metrics.json
+    cnnvit collect --runs-dir results/runs --out-dir results/tables
 
 The runs collected are exactly those params.yaml lists, and each must have been trained with the
 config params.yaml now gives it: a run trained under another preset or recipe is refused, naming
 the keys that differ (a summary that records no config, made by hand, is accepted with a
-warning). Writes, in ``--out-dir``:
+warning). Writes, in ``--out-dir`` (replaced as a whole, so the tables always belong together):
 
-- ``epochs.csv``: long form (run, model, recipe, fraction, seed, epoch, split, metric, value);
-- ``runs.csv``: one row per run; ``summary.csv``: one row per model x recipe x fraction, with
-  the seed mean, std and 95% t-interval of best and final test accuracy (``cnnvit.analysis.verdicts``);
-- ``claims.csv``: the paper's claims, one row per claim x recipe, with verdicts;
-  ``variants.csv``: the same claims judged with each variant of a paper model in the runs
-  (``resnet50_cifar`` for ``resnet50``: what the stem alone changes);
-- ``datasize.csv``: best accuracy against training-set size; ``datasize_pairs.csv``: every pair
-  of models at every size, and where their curves cross;
+- ``epochs.csv``: long form (run, model, label, recipe, fraction, seed, epoch, split, metric, value);
+- ``runs.csv``: one row per run (selected, final and best test accuracy, calibration, costs);
+  ``summary.csv``: one row per model x recipe x fraction, with the seed mean, std and 95%
+  t-interval of each accuracy, the best-over-test optimism and calibration (cnnvit.analysis.verdicts);
+- ``claims.csv``: the paper's claims, one row per claim x recipe, with verdicts on the accuracy
+  ``analysis.metric`` names (paired t or Welch, Holm-adjusted, McNemar beside);
+  ``variants.csv``: the same claims with each variant of a paper model (the ResNet stem), exploratory;
+- ``datasize.csv`` and ``datasize_pairs.csv``: accuracy against training-set size, and every pair
+  of models at every size (exploratory);
+- ``per_class.csv`` and ``confusion.csv``: per-class accuracy and confusion counts, pooled over seeds;
 - ``provenance.json``: params, the devices the runs trained on, versions, commits;
-
-and ``--metrics`` for ``dvc metrics show``: mean accuracies and every verdict.
+- ``metrics.json``: for ``dvc metrics show``, mean accuracies and every verdict.
 """
 
 from __future__ import annotations
@@ -28,17 +29,27 @@ from pathlib import Path
 
 import pandas as pd
 
+from cnnvit.analysis import predictions as P
 from cnnvit.analysis.paper import CLAIMS, PAPER_NAME, paper_gaps
-from cnnvit.analysis.records import METRICS, VALUE_METRICS, RunSummary
+from cnnvit.analysis.records import (
+    METRICS,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    SUMMARY_FILE,
+    VALUE_METRICS,
+    RunSummary,
+    read_predictions,
+)
 from cnnvit.analysis.verdicts import claims_table, crossing, summarise
-from cnnvit.artifacts import atomic_path, cpu_name, provenance, read_json, write_json
+from cnnvit.artifacts import atomic_dir, cpu_name, provenance, read_json, write_json
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
 from cnnvit.models import spec_from_dict
 
-PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "verdict", "text"]
+PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "test",
+                "p_value", "verdict", "text", "exploratory"]  # fmt: skip
 RETRAIN = "train it again (or collect with the params it was trained with, e.g. --set preset=quick)"
 
 
@@ -79,9 +90,9 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return m
 
 
-def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame, RunSummary]:
+def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame, RunSummary, dict]:
     d = runs_dir / run.name
-    if not (d / "summary.json").exists() or not (d / "metrics.csv").exists():
+    if not (d / SUMMARY_FILE).exists() or not (d / METRICS_FILE).exists():
         hint = " (for DVC, runs.train_fractions changed: run `uv run cnnvit dvc-yaml`, then `dvc repro`)" * (
             run.fraction < 1
         )
@@ -89,22 +100,25 @@ def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame
             f"run {run.name} has no results in {d}: train it first (cnnvit train --model {run.model} "
             f"--recipe {run.recipe} --seed {run.seed}){hint}"
         )
-    raw = read_json(d / "summary.json", "delete its run directory and train it again")
+    raw = read_json(d / SUMMARY_FILE, "delete its run directory and train it again")
     base = {"run": run.name, "model": run.model, "recipe": run.recipe, "seed": run.seed, "fraction": run.fraction}
-    s = RunSummary.from_json({**base, **raw} if isinstance(raw, dict) else raw, str(d / "summary.json"))
-    check_config(s, run_config(params, run).identity(), str(d / "summary.json"))
-    m = read_metrics(d / "metrics.csv")
+    s = RunSummary.from_json({**base, **raw} if isinstance(raw, dict) else raw, str(d / SUMMARY_FILE))
+    check_config(s, run_config(params, run).identity(), str(d / SUMMARY_FILE))
+    m = read_metrics(d / METRICS_FILE)
+    preds = read_predictions(d / PREDICTIONS_FILE) if (d / PREDICTIONS_FILE).exists() or s.config else {}
     cols = [c.column for c in VALUE_METRICS if c.column in m.columns]
     long = m.melt(id_vars="epoch", value_vars=cols, var_name="column")
     split = {c.column: (c.split, c.metric) for c in METRICS}
     long["split"] = long.column.map(lambda c: split[c][0])
     long["metric"] = long.column.map(lambda c: split[c][1])
     long = long.assign(run=run.name, model=run.model, recipe=run.recipe, fraction=run.fraction, seed=run.seed)
-    return long[["run", "model", "recipe", "fraction", "seed", "epoch", "split", "metric", "value"]], s
+    return long[["run", "model", "recipe", "fraction", "seed", "epoch", "split", "metric", "value"]], s, preds
 
 
-def per_run_row(s: RunSummary) -> dict:
+def per_run_row(s: RunSummary, preds: dict) -> dict:
     row = {k: v for k, v in s.to_json().items() if k not in ("config", "provenance", "pretrained")}
+    if preds:
+        row |= P.calibration(preds)
     row["train_images"], row["train_pflops"] = s.train_images, s.train_pflops
     row["pretrained_source"] = (s.pretrained or {}).get("source")
     row["pretrained_sha256"] = (s.pretrained or {}).get("sha256")
@@ -133,9 +147,10 @@ def variants(params: Params) -> dict[str, str]:
     return out
 
 
-def variant_claims(per_run: pd.DataFrame, params: Params) -> pd.DataFrame:
-    gaps = paper_gaps()
-    tables = [claims_table(per_run, [], gaps)]
+def variant_claims(per_run: pd.DataFrame, params: Params, right: dict) -> pd.DataFrame:
+    """The paper's claims with each variant of a paper model in its place: exploratory."""
+    gaps, metric = paper_gaps(), params.analysis.metric
+    tables = [claims_table(per_run, [], gaps, metric, right, exploratory=True)]
     for variant, paper_model in variants(params).items():
         swapped = [
             (variant if w == paper_model else w, variant if lo == paper_model else lo, text)
@@ -145,32 +160,25 @@ def variant_claims(per_run: pd.DataFrame, params: Params) -> pd.DataFrame:
         vgaps = {
             (variant if w == paper_model else w, variant if lo == paper_model else lo): g for (w, lo), g in gaps.items()
         }
-        t = claims_table(per_run, swapped, vgaps)
+        t = claims_table(per_run, swapped, vgaps, metric, right, exploratory=True)
         label = f"{spec_from_dict(params.active.models[variant]).display} as {variant}"
         tables.append(t.assign(claim=t.claim + f" ({label})"))
     return pd.concat(tables, ignore_index=True)
 
 
-def datasize(summary: pd.DataFrame, per_run: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cols = [
-        "model",
-        "label",
-        "recipe",
-        "fraction",
-        "n_train",
-        "best_test_acc_mean",
-        "best_test_acc_std",
-        "best_test_acc_ci_low",
-        "best_test_acc_ci_high",
-        "seeds",
-    ]
+def datasize(summary: pd.DataFrame, per_run: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    acc = f"{metric}_test_acc"
+    cols = ["model", "label", "recipe", "fraction", "n_train", f"{acc}_mean", f"{acc}_std", f"{acc}_ci_low",
+            f"{acc}_ci_high", "seeds"]  # fmt: skip
     table = summary[cols].rename(columns={"n_train": "train_images"}).sort_values(["recipe", "model", "fraction"])
     table["train_images"] = table.train_images.round().astype("Int64")  # a count, the same for every seed
     rows = []
     for recipe in dict.fromkeys(per_run.recipe):
         for a, b in itertools.combinations(dict.fromkeys(per_run.model), 2):
-            c = crossing(per_run, a, b, recipe)
-            rows += [{"a": a, "b": b, "recipe": recipe, **p, "text": c["text"]} for p in c["points"]]
+            c = crossing(per_run, a, b, recipe, metric)
+            rows += [
+                {"a": a, "b": b, "recipe": recipe, **p, "text": c["text"], "exploratory": True} for p in c["points"]
+            ]
     return table, pd.DataFrame(rows, columns=PAIR_COLUMNS)  # the header even when one model has no pair
 
 
@@ -179,8 +187,9 @@ def dvc_metrics(summary: pd.DataFrame, claims: pd.DataFrame) -> dict:
     for r in summary.itertuples():
         key = f"{r.model}-{r.recipe}" + (f"-f{r.fraction}" if r.fraction < 1 else "")
         models[key] = {
-            "best_test_acc": round(r.best_test_acc_mean, 4),
+            "selected_test_acc": round(r.selected_test_acc_mean, 4),
             "final_test_acc": round(r.final_test_acc_mean, 4),
+            "best_test_acc": round(r.best_test_acc_mean, 4),
             "seeds": int(r.seeds),
         }
     verdicts = {
@@ -189,63 +198,70 @@ def dvc_metrics(summary: pd.DataFrame, claims: pd.DataFrame) -> dict:
             "diff_pp": round(c.diff_pp, 4),
             "ci_low_pp": round(c.ci_low_pp, 4),
             "ci_high_pp": round(c.ci_high_pp, 4),
+            "p_holm": round(c.p_holm, 6),
         }
         for c in claims.itertuples()
     }
     return json.loads(json.dumps({"models": models, "claims": verdicts}).replace("NaN", "null"))
 
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+TABLE_NAMES = {Path(t).name for t in paths.TABLES}
 
 
-def collect(params: Params, runs_dir, out_dir, metrics_path) -> pd.DataFrame:
+def collect(params: Params, runs_dir, out_dir) -> pd.DataFrame:
     out_dir, runs_dir = Path(out_dir), Path(runs_dir)
+    metric = params.analysis.metric
     loaded = [load_run(params, run, runs_dir) for run in params.all_runs()]
     long = pd.concat([x[0] for x in loaded], ignore_index=True)
-    per_run = pd.DataFrame([per_run_row(x[1]) for x in loaded])
+    per_run = pd.DataFrame([per_run_row(s, preds) for _, s, preds in loaded])
+    whole = {(s.model, s.recipe, s.seed): preds for _, s, preds in loaded if preds and s.fraction == 1.0}
+    P.check_same_images({f"{k[0]}-{k[1]}-s{k[2]}": v for k, v in whole.items()})
+    right = {k: P.correct(v, metric) for k, v in whole.items()}
     names = labels(params)
     long.insert(2, "label", long.model.map(names))
     per_run.insert(2, "label", per_run.model.map(names))
     summary = summarise(per_run)
     summary.insert(1, "label", summary.model.map(names))
-    claims = claims_table(per_run, CLAIMS, paper_gaps())
-    size_table, pairs = datasize(summary, per_run)
-    devices = sorted({s.device for _, s in loaded if s.device}) or ["not recorded"]
+    claims = claims_table(per_run, CLAIMS, paper_gaps(), metric, right)
+    size_table, pairs = datasize(summary, per_run, metric)
+    devices = sorted({s.device for _, s, _ in loaded if s.device}) or ["not recorded"]
     prov = provenance(params.raw, ", ".join(devices))
     prov["collected_on"] = cpu_name()
     prov["runs"] = {
         s.run: {k: s.provenance.get(k) for k in ("device", "git_commit", "created", "host")}
         | {"threads": s.threads, "precision": s.precision}
-        for _, s in loaded
+        for _, s, _ in loaded
     }
     tables = {
         "epochs.csv": long,
         "runs.csv": per_run,
         "summary.csv": summary,
         "claims.csv": claims,
-        "variants.csv": variant_claims(per_run, params),
+        "variants.csv": variant_claims(per_run, params, right),
         "datasize.csv": size_table,
         "datasize_pairs.csv": pairs,
+        "per_class.csv": P.per_class(whole, metric),
+        "confusion.csv": P.confusion(whole, metric),
     }
-    for name, df in tables.items():
-        write_csv(df, out_dir / name)
-    write_json(out_dir / "provenance.json", prov)
-    write_json(metrics_path, dvc_metrics(summary, claims))
+    assert set(tables) | {"provenance.json", "metrics.json"} == TABLE_NAMES, TABLE_NAMES
+    with atomic_dir(out_dir, owned=lambda name: name in TABLE_NAMES) as tmp:
+        for name, df in tables.items():
+            df.to_csv(tmp / name, index=False)
+        write_json(tmp / "provenance.json", prov)
+        write_json(tmp / "metrics.json", dvc_metrics(summary, claims))
     return claims
 
 
 def add_args(p) -> None:
     p.add_argument("--runs-dir", default=paths.RUNS_DIR)
     p.add_argument("--out-dir", default=paths.TABLES_DIR)
-    p.add_argument("--metrics", default=paths.METRICS)
 
 
 def run(args, params: Params) -> None:
-    claims = collect(params, args.runs_dir, args.out_dir, args.metrics)
+    claims = collect(params, args.runs_dir, args.out_dir)
     for c in claims.itertuples():
         print(
             f"{c.verdict:>12}  {c.claim} [{c.recipe}]: {c.diff_pp:+.2f} pp, 95% CI [{c.ci_low_pp:+.2f}, "
-            f"{c.ci_high_pp:+.2f}] ({c.seeds_winner} vs {c.seeds_loser} seeds; paper {c.paper_diff_pp:+.2f})"
+            f"{c.ci_high_pp:+.2f}], {c.test}, p {c.p_value:.3g}, Holm {c.p_holm:.3g} ({c.seeds_winner} vs "
+            f"{c.seeds_loser} seeds; paper {c.paper_diff_pp:+.2f}, in the interval: {c.paper_gap_in_interval})"
         )

@@ -2,13 +2,17 @@
 
     cnnvit figures --tables-dir results/tables --out-dir results/figures
 
-- ``curves_{model}.png`` (Figures 3-5): loss and accuracy against epoch, train and test, one
-  line per recipe with a band of +-1 s.d. over seeds; the paper's own curves dashed;
+- ``curves_{model}.png`` (Figures 3-5): loss and accuracy against epoch, train, validation and
+  test, one line per recipe with a band of +-1 s.d. over seeds; the paper's own curves dashed;
 - ``test_acc.png`` (Figure 6): every model's test accuracy against epoch, the paper's dashed;
-- ``best_acc.png``: best test accuracy per model and recipe, error bars +-1 s.d. over seeds,
-  Table 4's values marked;
-- ``datasize.png``: best test accuracy against training images (log x), one panel per recipe;
-- ``cost.png``: best test accuracy against training compute (PFLOPs, log x).
+- ``accuracy.png``: test accuracy at the epoch chosen on validation, per model and recipe (error
+  bars +-1 s.d. over seeds), the best test accuracy over epochs as an optimistic marker, and Table
+  4's values;
+- ``confusion_{model}.png``: the confusion matrix at the selected epoch, pooled over seeds, one
+  panel per recipe;
+- ``datasize.png`` (when two or more training-set sizes ran): test accuracy against training
+  images (log x), one panel per recipe;
+- ``cost.png``: test accuracy against training compute (PFLOPs, log x).
 
 All of them are drawn into a temporary directory that replaces ``--out-dir`` only when complete.
 """
@@ -112,7 +116,7 @@ def test_acc_all(epochs: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def best_acc_bars(summary: pd.DataFrame) -> plt.Figure:
+def accuracy_bars(summary: pd.DataFrame) -> plt.Figure:
     d = summary[summary.fraction == 1.0].copy()
     models, recipes = list(dict.fromkeys(d.label)), list(dict.fromkeys(d.recipe))
     fig, ax = plt.subplots(figsize=(8, 4.4))
@@ -123,20 +127,25 @@ def best_acc_bars(summary: pd.DataFrame) -> plt.Figure:
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(models))]
         ax.bar(
             xs,
-            r.best_test_acc_mean,
+            r.selected_test_acc_mean,
             width,
-            yerr=r.best_test_acc_std.fillna(0),
+            yerr=r.selected_test_acc_std.fillna(0),
             capsize=3,
             label=recipe,
             color=colors[j],
         )
+        best = "best over epochs (chosen on test)" if j == 0 else None
+        ax.scatter(xs, r.best_test_acc_mean, marker="v", facecolors="none", edgecolors="black", s=30, label=best)
     paper = paper_table4().set_index("model")["best_test_acc"]
     for i, model in enumerate(dict.fromkeys(d.model)):
         if model in paper.index:
             ax.plot([i - 0.4, i + 0.4], [paper[model]] * 2, color="black", ls="--", lw=1.5)
             ax.annotate(f"paper {paper[model]:.2f}", (i, paper[model]), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(models)), [m.replace(" (", "\n(") for m in models])  # a variant's name on its own line
-    ax.set(ylabel="best test accuracy (%)", title="Best test accuracy (error bars: +-1 s.d. over seeds; dashed: paper)")
+    ax.set(
+        ylabel="test accuracy (%)",
+        title="Test accuracy at the epoch chosen on validation (error bars: +-1 s.d. over seeds; dashed: paper)",
+    )
     ax.legend(title="recipe", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -147,10 +156,9 @@ def datasize_plot(per_run: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(1, len(recipes), figsize=(5.5 * len(recipes), 4.2), squeeze=False, sharey=True)
     d = per_run
     for ax, recipe in zip(axes[0], recipes, strict=True):
-        sns.lineplot(
-            data=d[d.recipe == recipe], x="n_train", y="best_test_acc", hue="label", errorbar="sd", marker="o", ax=ax
-        )
-        ax.set(xscale="log", xlabel="training images (log)", ylabel="best test accuracy (%)", title=f"recipe {recipe}")
+        mine = d[d.recipe == recipe]
+        sns.lineplot(data=mine, x="n_train", y="selected_test_acc", hue="label", errorbar="sd", marker="o", ax=ax)
+        ax.set(xscale="log", xlabel="training images (log)", ylabel="test accuracy (%)", title=f"recipe {recipe}")
         sizes = sorted(d.n_train.unique())  # ticks at the sizes trained, as plain numbers
         ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes])
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -165,15 +173,33 @@ def cost_plot(summary: pd.DataFrame) -> plt.Figure:
     d = summary[summary.train_pflops.notna() & (summary.train_pflops > 0)]
     d = d.rename(columns={"model": "name", "label": "model"})  # the legend's header reads "model"
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    sns.scatterplot(data=d, x="train_pflops", y="best_test_acc_mean", hue="model", style="recipe", s=70, ax=ax)
+    sns.scatterplot(data=d, x="train_pflops", y="selected_test_acc_mean", hue="model", style="recipe", s=70, ax=ax)
     ax.set(
         xscale="log",
         xlabel="training compute (PFLOPs, 3x forward, log)",
-        ylabel="best test accuracy (%)",
+        ylabel="test accuracy (%), selected epoch",
         title="Cost against accuracy (mean over seeds)",
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def confusion_plot(confusion: pd.DataFrame, label: str) -> plt.Figure:
+    """Row-normalised confusion matrices (percent of each true class), one panel per recipe."""
+    recipes = list(dict.fromkeys(confusion.recipe))
+    fig, axes = plt.subplots(1, len(recipes), figsize=(5.2 * len(recipes), 4.6), squeeze=False)
+    for ax, recipe in zip(axes[0], recipes, strict=True):
+        d = confusion[confusion.recipe == recipe]
+        order = list(dict.fromkeys(d.true))
+        m = d.pivot_table(index="true", columns="predicted", values="count", aggfunc="sum")
+        m = m.reindex(index=order, columns=order)
+        pct = 100 * m.div(m.sum(axis=1).where(lambda s: s > 0), axis=0)
+        sns.heatmap(pct, annot=True, fmt=".0f", cmap="Blues", vmin=0, vmax=100, cbar=False, ax=ax,
+                    annot_kws={"fontsize": 7})  # fmt: skip
+        ax.set(xlabel="predicted", ylabel="true class", title=f"{label}, recipe {recipe}")
+    fig.suptitle("Confusion matrix at the selected epoch, pooled over seeds (% of each true class)")
+    fig.tight_layout()
     return fig
 
 
@@ -187,18 +213,29 @@ def read_table(tables_dir: Path, name: str) -> pd.DataFrame:
         raise CnnvitError(f"{path} is corrupt ({type(exc).__name__}): run `cnnvit collect` again") from None
 
 
+def figure_list(epochs, summary, per_run, confusion) -> dict[str, tuple]:
+    """Every figure these tables give: file name -> (drawing function, its arguments). The report
+    asks for exactly these (cnnvit.stages.report), so a missing one is an error there."""
+    whole = epochs[epochs.fraction == 1.0]
+    drawn: dict[str, tuple] = {f"curves_{m}.png": (curves, epochs, m) for m in dict.fromkeys(whole.model)}
+    if len(whole):
+        drawn |= {"test_acc.png": (test_acc_all, epochs), "accuracy.png": (accuracy_bars, summary)}
+    labels = dict(zip(summary.model, summary.label, strict=False))
+    for m in dict.fromkeys(confusion.model):
+        drawn[f"confusion_{m}.png"] = (confusion_plot, confusion[confusion.model == m], labels.get(m, m))
+    if per_run.fraction.nunique() >= 2:
+        drawn["datasize.png"] = (datasize_plot, per_run)
+    drawn["cost.png"] = (cost_plot, summary)
+    return drawn
+
+
 def figures(tables_dir, out_dir) -> list[str]:
     tables_dir = Path(tables_dir)
-    epochs, summary, per_run = (read_table(tables_dir, n) for n in ("epochs.csv", "summary.csv", "runs.csv"))
+    names = ("epochs.csv", "summary.csv", "runs.csv", "confusion.csv")
+    epochs, summary, per_run, confusion = (read_table(tables_dir, n) for n in names)
     sns.set_theme(style="whitegrid", context="notebook")
-    drawn: dict[str, tuple] = {f"curves_{m}.png": (curves, epochs, m) for m in dict.fromkeys(epochs.model)}
-    drawn |= {
-        "test_acc.png": (test_acc_all, epochs),
-        "best_acc.png": (best_acc_bars, summary),
-        "datasize.png": (datasize_plot, per_run),
-        "cost.png": (cost_plot, summary),
-    }
-    with atomic_dir(out_dir) as tmp:
+    drawn = figure_list(epochs, summary, per_run, confusion)
+    with atomic_dir(out_dir, owned=lambda name: name.endswith(".png")) as tmp:
         for name, (fn, *args) in drawn.items():
             fig = fn(*args)
             fig.savefig(tmp / name, format="png", dpi=DPI, bbox_inches="tight")

@@ -1,13 +1,17 @@
-"""Prepare stage: the downloaded archive -> ``train.npz``/``test.npz`` (uint8 NxHxWxC images,
-int64 labels, class names) and ``stats.json`` (the train split's per-channel mean and std).
+"""Prepare stage: the downloaded archive -> ``train.npz``, ``val.npz``, ``test.npz`` (uint8 NxHxWxC
+images, int64 labels, class names) and ``stats.json`` (per-channel mean and std of the images
+trained on, the counts, and the seed that draws every run's validation and test subsets).
 
     cnnvit prepare --raw data/raw/cifar10.tar.gz --out-dir data/prepared
 
 Two layouts (``data.format``): ``cifar10-python`` (the official pickled batches, read with an
 unpickler that allows only numpy arrays) and ``imagefolder`` (``train/<class>/*.png|jpg`` and
 ``test/<class>/*``). Archives are read in memory, never extracted; absolute, ``..`` and link
-members are refused. The result is checked (10 classes of 32x32 RGB images, the expected counts,
-no constant channel) before anything is written, and the three files are replaced together.
+members are refused. A stratified validation set of ``data.val_size`` images, drawn with
+``data.val_seed``, is carved out of the official training split: the same for every model,
+recipe, seed and fraction, and never trained on (the epoch a run reports is chosen on it, not on
+the test set). The result is checked (10 classes of 32x32 RGB images, the expected counts, no
+constant channel) before anything is written, and the four files replace the folder together.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cnnvit.artifacts import atomic_path, cpu_name, provenance, write_json
+from cnnvit.artifacts import atomic_dir, cpu_name, provenance, write_json
 from cnnvit.config.types import Params
 from cnnvit.dag import paths
-from cnnvit.dataset import IMG_SIZE, NUM_CLASSES
+from cnnvit.dataset import IMG_SIZE, NUM_CLASSES, validation_problem, validation_split
 from cnnvit.errors import CnnvitError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
@@ -205,6 +209,8 @@ def _read_imagefolder(members: dict[str, bytes | None], raw: Path) -> dict:
 
 
 READERS = {"cifar10-python": _read_cifar_python, "imagefolder": _read_imagefolder}
+SPLITS = ("train", "val", "test")  # what write_prepared writes, one .npz each
+PREPARED_FILES = {*(f"{s}.npz" for s in SPLITS), "stats.json"}
 
 
 def prepare(raw: str | Path, fmt: str, expect_train: int = 0, expect_test: int = 0) -> dict:
@@ -234,6 +240,17 @@ def prepare(raw: str | Path, fmt: str, expect_train: int = 0, expect_test: int =
     return result
 
 
+def carve_validation(result: dict, val_size: int, val_seed: int) -> dict:
+    """Split a stratified, seeded validation set off the official training split (``val``). It is
+    the same for every run, and no run trains on it; the test split is left as it is."""
+    x, y = result["train"]
+    problem = validation_problem(y, val_size, result["classes"])
+    if problem:
+        raise CnnvitError(f"data.val_size: {problem}")
+    keep, val = validation_split(y, val_size, val_seed)
+    return {**result, "train": (x[keep], y[keep]), "val": (x[val], y[val])}
+
+
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Exact per-channel mean/std in [0, 1], from 256-bin histograms (no float copy of the data)."""
     values = np.arange(256, dtype=np.float64) / 255.0
@@ -247,7 +264,9 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def write_prepared(result: dict, out_dir: str | Path, params: dict) -> dict:
+def write_prepared(result: dict, out_dir: str | Path, params: dict, val_seed: int = 0) -> dict:
+    """The splits as .npz files and stats.json (mean and std of the images trained on, counts, the
+    seed that draws the runs' validation and test subsets), all replaced together."""
     out_dir = Path(out_dir)
     mean, std = channel_stats(result["train"][0])
     if min(std) == 0:
@@ -261,20 +280,17 @@ def write_prepared(result: dict, out_dir: str | Path, params: dict) -> dict:
         "mean": mean,
         "std": std,
         "classes": result["classes"],
-        "counts": {s: len(result[s][1]) for s in ("train", "test")},
+        "counts": {s: len(result[s][1]) for s in SPLITS},
+        "val_seed": val_seed,
         "provenance": prov,
     }
     classes = np.array(result["classes"])
-    with (
-        atomic_path(out_dir / "train.npz") as tr,
-        atomic_path(out_dir / "test.npz") as te,
-        atomic_path(out_dir / "stats.json") as st,
-    ):
-        for tmp, split in ((tr, "train"), (te, "test")):
+    with atomic_dir(out_dir, owned=lambda name: name in PREPARED_FILES) as tmp:
+        for split in SPLITS:
             x, y = result[split]
-            with open(tmp, "wb") as f:
+            with open(tmp / f"{split}.npz", "wb") as f:
                 np.savez(f, images=x, labels=y, classes=classes, provenance=np.array(json.dumps(prov)))
-        write_json(st, stats)
+        write_json(tmp / "stats.json", stats)
     return stats
 
 
@@ -286,9 +302,10 @@ def add_args(p) -> None:
 def run(args, params: Params) -> None:
     d = params.data
     t0 = time.perf_counter()
-    result = prepare(args.raw, d.format, d.expect_train, d.expect_test)
-    stats = write_prepared(result, args.out_dir, {"data": params.raw["data"]})
+    result = carve_validation(prepare(args.raw, d.format, d.expect_train, d.expect_test), d.val_size, d.val_seed)
+    stats = write_prepared(result, args.out_dir, {"data": params.raw["data"]}, d.val_seed)
+    n = stats["counts"]
     print(
-        f"prepared {stats['counts']['train']} train + {stats['counts']['test']} test images in "
-        f"{time.perf_counter() - t0:.1f}s; mean {stats['mean']} std {stats['std']}"
+        f"prepared {n['train']} train + {n['val']} validation (carved from the training split) + {n['test']} test "
+        f"images in {time.perf_counter() - t0:.1f}s; mean {stats['mean']} std {stats['std']}"
     )

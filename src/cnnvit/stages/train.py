@@ -16,7 +16,6 @@ and a finished run is re-emitted, not retrained, unless its params, data or trai
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import sys
@@ -26,14 +25,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnvit.analysis.records import METRIC_COLUMNS, RunSummary
-from cnnvit.artifacts import atomic_path, provenance, write_json
+from cnnvit.analysis.records import (
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RUN_FILES,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    RunSummary,
+    write_metrics,
+    write_predictions,
+)
+from cnnvit.artifacts import atomic_dir, provenance, write_json
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
 from cnnvit.models import count_params, flops_per_image
 from cnnvit.models.pretrained import weights_source
+from cnnvit.models.weights import save_weights
 from cnnvit.training import checkpoint
 from cnnvit.training.data import load_prepared
 from cnnvit.training.device import select_device
@@ -45,30 +55,33 @@ def fmt_eta(seconds: float) -> str:
     return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+def selected_row(rows: list[dict]) -> dict:
+    """The evaluated epoch with the best validation accuracy; ties go to the earliest."""
+    return max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))
 
 
 def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: dict, wall: float) -> RunSummary:
     if math.isnan(trainer.infer_images_per_s):  # resumed after its last evaluation: time one now
         trainer.evaluate()
-    best = max(rows, key=lambda r: r["test_acc"])
+    best, chosen, data = max(rows, key=lambda r: r["test_acc"]), selected_row(rows), trainer.data
     return RunSummary(
         run=cfg.name,
         model=cfg.run.model,
         recipe=cfg.run.recipe,
         seed=cfg.run.seed,
         fraction=cfg.run.fraction,
+        selected_test_acc=chosen["test_acc"],
+        final_test_acc=rows[-1]["test_acc"],
+        best_test_acc=best["test_acc"],
+        selected_epoch=chosen["epoch"],
+        selected_val_acc=chosen["val_acc"],
+        selected_test_loss=chosen["test_loss"],
+        best_test_epoch=best["epoch"],
         preset=cfg.preset,
         epochs=rows[-1]["epoch"],
-        best_test_acc=best["test_acc"],
-        best_epoch=best["epoch"],
-        final_test_acc=rows[-1]["test_acc"],
-        n_train=len(trainer.train),
-        n_test=len(trainer.test),
+        n_train=len(data.train),
+        n_val=len(data.val),
+        n_test=len(data.test),
         train_seconds=sum(r["epoch_seconds"] for r in rows),
         wall_seconds=wall,
         params=count_params(trainer.model),
@@ -87,7 +100,7 @@ def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: di
 
 
 def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None = None) -> RunSummary:
-    """Train (or resume, or re-emit if finished) one run; writes metrics.csv and summary.json."""
+    """Train (or resume, or re-emit if finished) one run; writes its files (records.RUN_FILES)."""
     start = time.perf_counter()
     out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
     ckpt_path = ckpt_dir / f"{cfg.name}.pt"
@@ -103,10 +116,10 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
         trainer = Trainer(cfg, data, device)
         ident = checkpoint.identity(cfg.identity(), data.stats)
         ckpt = checkpoint.load(ckpt_path, ident, runtime)
-        done, rows, summary, wall = 0, [], None, 0.0
+        done, rows, summary, wall, kept = 0, [], None, 0.0, {}
         if ckpt is not None:
             trainer.load_state(ckpt["state"])
-            done, rows, wall = ckpt["epoch"], ckpt["rows"], ckpt["wall_seconds"]
+            done, rows, wall, kept = ckpt["epoch"], ckpt["rows"], ckpt["wall_seconds"], ckpt["kept"]
             summary = RunSummary.from_json(ckpt["summary"], str(ckpt_path)) if ckpt["summary"] else None
             state = "finished; not retraining" if summary else f"resuming after epoch {done}"
             print(f"{cfg.name}: checkpoint found, {state}", flush=True)
@@ -118,31 +131,52 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
             if epoch % cfg.eval_every and epoch != cfg.epochs:
                 continue  # a small fraction's many short epochs are evaluated every eval_every
             row["epoch_seconds"], unrecorded = unrecorded, 0.0
-            row["test_loss"], row["test_acc"] = trainer.evaluate()
+            val, test = trainer.evaluate(data.val), trainer.evaluate(data.test)
+            row |= {"val_loss": val.loss, "val_acc": val.acc, "test_loss": test.loss, "test_acc": test.acc}
             row["peak_mem_mb"] = peak_mem_mb(device)
             rows.append({k: row[k] for k in METRIC_COLUMNS})
+            kept["final_logits"] = test.logits.half().cpu()
+            if selected_row(rows) is rows[-1]:  # the validation accuracy improved: keep this epoch
+                kept |= {"selected_logits": kept["final_logits"], "selected_model": trainer.weights()}
             wall_now = wall + time.perf_counter() - start
-            checkpoint.save(ckpt_path, _checkpoint(trainer, ident, runtime, epoch, rows, None, wall_now))
+            checkpoint.save(ckpt_path, _checkpoint(trainer, ident, runtime, epoch, rows, None, wall_now, kept))
             spent = sum(r["epoch_seconds"] for r in rows)
             print(
                 f"{cfg.name} epoch {epoch}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
-                f"train_acc {row['train_acc']:.2f}%  test_loss {row['test_loss']:.4f}  "
-                f"test_acc {row['test_acc']:.2f}%  "
+                f"train_acc {row['train_acc']:.2f}%  val_acc {row['val_acc']:.2f}%  test_acc {row['test_acc']:.2f}%  "
                 f"lr {row['lr']:.2e}  {row['epoch_seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)  "
-                f"ETA {fmt_eta(spent / epoch * (cfg.epochs - epoch))}",
+                f"ETA {fmt_eta(spent / len(rows) * (cfg.epochs - epoch) / cfg.eval_every)}",
                 flush=True,
             )
         if summary is None:
             summary = make_summary(cfg, trainer, rows, runtime, wall + time.perf_counter() - start)
             checkpoint.save(
-                ckpt_path, _checkpoint(trainer, ident, runtime, cfg.epochs, rows, summary, summary.wall_seconds)
+                ckpt_path, _checkpoint(trainer, ident, runtime, cfg.epochs, rows, summary, summary.wall_seconds, kept)
             )
-    write_metrics(out_dir / "metrics.csv", rows)
-    write_json(out_dir / "summary.json", summary.to_json())
+    write_outputs(out_dir, cfg, rows, summary, data, kept)
     return summary
 
 
-def _checkpoint(trainer, ident, runtime, epoch, rows, summary, wall) -> dict:
+def write_outputs(out_dir: Path, cfg: RunConfig, rows: list[dict], summary: RunSummary, data, kept: dict) -> None:
+    """The run's files, replacing its directory together: none or all of them are there."""
+    with atomic_dir(out_dir, owned=lambda name: name in RUN_FILES) as tmp:
+        write_metrics(tmp / METRICS_FILE, rows)
+        write_json(tmp / SUMMARY_FILE, summary.to_json())
+        write_predictions(
+            tmp / PREDICTIONS_FILE,
+            labels=data.test.labels.cpu().numpy().astype(np.uint8),
+            indices=data.test.indices.astype(np.int32),
+            classes=np.array(data.classes),
+            selected_logits=kept["selected_logits"].numpy(),
+            final_logits=kept["final_logits"].numpy(),
+            selected_epoch=summary.selected_epoch,
+            final_epoch=rows[-1]["epoch"],
+        )
+        meta = {"run": cfg.name, "epoch": str(summary.selected_epoch), "arch": cfg.model.arch, "selected_on": "val_acc"}
+        save_weights(tmp / WEIGHTS_FILE, kept["selected_model"], meta)
+
+
+def _checkpoint(trainer, ident, runtime, epoch, rows, summary, wall, kept) -> dict:
     return {
         "identity": ident,
         "runtime": runtime,
@@ -150,6 +184,7 @@ def _checkpoint(trainer, ident, runtime, epoch, rows, summary, wall) -> dict:
         "rows": rows,
         "summary": summary.to_json() if summary else None,
         "wall_seconds": wall,
+        "kept": kept,  # test logits of the last and the selected epoch, and the selected epoch's weights
         "state": trainer.state(),
     }
 
@@ -174,6 +209,7 @@ def run(args, params: Params) -> None:
     out_dir = args.out_dir or f"{paths.RUNS_DIR}/{cfg.name}"
     s = train_run(cfg, args.data_dir, out_dir, args.ckpt_dir, args.threads)
     print(
-        f"{cfg.name}: best test acc {s.best_test_acc:.2f}% at epoch {s.best_epoch}, final {s.final_test_acc:.2f}%, "
-        f"{s.train_seconds:.0f}s of training ({s.wall_seconds:.0f}s with evaluation) -> {out_dir}"
+        f"{cfg.name}: test acc {s.selected_test_acc:.2f}% at epoch {s.selected_epoch} (chosen on validation), "
+        f"final {s.final_test_acc:.2f}%, {s.train_seconds:.0f}s of training ({s.wall_seconds:.0f}s with "
+        f"evaluation) -> {out_dir}"
     )

@@ -32,7 +32,7 @@ def bare_loop(trainer: Trainer, steps: int) -> float:
     device, bs = trainer.device, trainer.batch_size
     x = torch.randn(bs, 3, IMG_SIZE, IMG_SIZE, device=device).contiguous(memory_format=trainer.augment.memory_format)
     y = torch.randint(0, NUM_CLASSES, (bs,), device=device)
-    model, opt = trainer.forward, trainer.optimizer
+    model, opt = trainer.net, trainer.optimizer
     trainer.model.train()
 
     def step():

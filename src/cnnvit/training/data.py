@@ -21,69 +21,52 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnvit.dataset import stratified_indices, subset_size
 from cnnvit.errors import CnnvitError
 
 if TYPE_CHECKING:
     from cnnvit.config.types import RunConfig
 
-PREPARE_AGAIN = "delete data/prepared and run `cnnvit prepare` (or the pipeline) again"
-
-
-def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded subset of ``size`` indices with the class proportions of ``labels`` (sorted).
-
-    For one seed, a smaller subset is a prefix of each class's draw, so it nests inside a larger one."""
-    n = len(labels)
-    if size == 0 or size >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = np.floor(counts * size / n).astype(int)
-    # Hand the rounding remainder to the classes with the largest fractional parts.
-    remainder = size - quota.sum()
-    order = np.argsort(-(counts * size / n - quota), kind="stable")
-    quota[order[:remainder]] += 1
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
-    return np.sort(np.concatenate(picked))
-
-
-def subset_size(total: int, size: int, fraction: float) -> int:
-    """Images a run trains on: ``fraction`` of the preset's ``size`` (0 = all ``total``)."""
-    base = min(size, total) if size else total
-    return base if fraction >= 1 else max(1, round(base * fraction))
+PREPARE_AGAIN = "run `cnnvit prepare` (or the pipeline) again"
 
 
 @dataclass
 class Split:
     images: torch.Tensor  # uint8, N x C x H x W, on the device
     labels: torch.Tensor  # int64, N, on the device
+    indices: np.ndarray | None = None  # the images' positions in the prepared split (to pair predictions)
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
 def load_split(
-    path: Path, size: int, seed: int, device: torch.device, fraction: float = 1.0
+    path: Path, size: int, seed: int, device: torch.device, fraction: float = 1.0, key: str = ""
 ) -> tuple[Split, list[str]]:
+    """A stratified, seeded subset of ``size`` images (0 = all) of one prepared split, on the device;
+    ``key`` names the params key that asked for ``size``, for the error when the split is smaller."""
     if not path.exists():
-        raise CnnvitError(f"{path} not found: run `cnnvit prepare` first")
+        raise CnnvitError(f"{path} not found: {PREPARE_AGAIN}")
     try:
         with np.load(path, allow_pickle=False) as z:
             labels = z["labels"]
+            if size > len(labels) and key:
+                raise CnnvitError(f"{key}: {size} is more than the {len(labels)} images of {path}: use at most that")
             idx = stratified_indices(labels, subset_size(len(labels), size, fraction), seed)
             images = torch.from_numpy(np.ascontiguousarray(z["images"][idx].transpose(0, 3, 1, 2)))
             classes = [str(c) for c in z["classes"]]
     except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError) as exc:
         raise CnnvitError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc}): {PREPARE_AGAIN}") from None
-    return Split(images.to(device), torch.from_numpy(labels[idx]).to(device)), classes
+    return Split(images.to(device), torch.from_numpy(labels[idx]).to(device), idx), classes
 
 
 @dataclass
 class Prepared:
     """What one run trains and is evaluated on: its subsets of the prepared splits, on the device."""
 
-    train: Split
-    test: Split
+    train: Split  # the run's subset of the training split (seeded by the run's seed)
+    val: Split  # the preset's subset of the validation split: the same for every run
+    test: Split  # the preset's subset of the test split: the same for every run
     stats: dict  # the prepared data's stats.json without provenance: its identity
     classes: list[str]
 
@@ -97,18 +80,34 @@ class Prepared:
 
 
 def load_prepared(data_dir: str | Path, cfg: RunConfig, device: torch.device) -> Prepared:
-    """The run's stratified subsets (seeded by the run's seed) of the prepared train and test splits."""
+    """The run's data: a stratified subset of the training split seeded by the run's seed, and
+    subsets of the validation and test splits drawn with the prepared data's own seed, so that
+    every model, recipe, seed and fraction is selected and scored on the same images."""
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise CnnvitError(
+            f"no prepared data at {data_dir.resolve()}: run from the project root, pass --data-dir, or run "
+            "`cnnvit prepare` first"
+        )
     stats = load_stats(data_dir / "stats.json")
-    train, classes = load_split(data_dir / "train.npz", cfg.train_size, cfg.run.seed, device, cfg.run.fraction)
-    test, _ = load_split(data_dir / "test.npz", cfg.test_size, cfg.run.seed, device)
-    return Prepared(train, test, stats, classes)
+    if not (data_dir / "val.npz").exists() or "val" not in stats.get("counts", {}):
+        raise CnnvitError(
+            f"{data_dir} has no validation split (it was prepared before validation sets were carved out): "
+            f"{PREPARE_AGAIN}"
+        )
+    fixed = int(stats.get("val_seed", 0))
+    preset = f"presets.{cfg.preset}"
+    train, classes = load_split(data_dir / "train.npz", cfg.train_size, cfg.run.seed, device, cfg.run.fraction,
+                                f"{preset}.train_size")  # fmt: skip
+    val, _ = load_split(data_dir / "val.npz", cfg.val_size, fixed, device, key=f"{preset}.val_size")
+    test, _ = load_split(data_dir / "test.npz", cfg.test_size, fixed, device, key=f"{preset}.test_size")
+    return Prepared(train, val, test, stats, classes)
 
 
 def load_stats(path: Path) -> dict:
     """stats.json without its provenance: what identifies the prepared data."""
     if not path.exists():
-        raise CnnvitError(f"{path} not found: run `cnnvit prepare` first")
+        raise CnnvitError(f"{path} not found: {PREPARE_AGAIN}")
     try:
         stats = json.loads(path.read_text())
         stats = {k: v for k, v in stats.items() if k != "provenance"}

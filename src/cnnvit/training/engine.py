@@ -2,7 +2,8 @@
 
     trainer = Trainer(cfg, data, device)        # data: cnnvit.training.data.Prepared, on the device
     row = trainer.train_epoch(epoch)            # train metrics of one epoch
-    test_loss, test_acc = trainer.evaluate()    # eval mode, no augmentation, no smoothing
+    val = trainer.evaluate(data.val)            # loss, accuracy and logits: eval mode, no augmentation,
+                                                # no label smoothing
 
 The engine owns one optimizer step and one evaluation pass; the epoch loop, checkpoints and
 outputs belong to the train stage (:mod:`cnnvit.stages.train`).
@@ -20,6 +21,7 @@ import math
 import random
 import resource
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,9 +30,10 @@ from torch import nn
 from tqdm import tqdm
 
 from cnnvit.config.types import RunConfig
+from cnnvit.dataset import NUM_CLASSES
 from cnnvit.errors import CnnvitError
 from cnnvit.models import build_model
-from cnnvit.training.data import Augment, Prepared, epoch_generator
+from cnnvit.training.data import Augment, Prepared, Split, epoch_generator
 
 NAN_CHECK_EVERY = 25  # steps between host syncs that look for a non-finite loss
 
@@ -66,14 +69,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Evaluation:
+    loss: float  # mean cross-entropy per image
+    acc: float  # percent
+    logits: torch.Tensor  # N x classes, float32, on the device
+
+
 class Trainer:
     """Owns the model, optimizer, schedule and the on-device data of one run."""
 
     def __init__(self, cfg: RunConfig, data: Prepared, device: torch.device):
         import timm.optim
 
-        self.cfg, self.recipe, self.device = cfg, cfg.recipe, device
-        self.train, self.test = data.train, data.test
+        self.cfg, self.recipe, self.device, self.data = cfg, cfg.recipe, device, data
         seed_everything(cfg.run.seed)
         r = self.recipe
         # channels_last speeds convnets up on CUDA and on oneDNN CPUs alike (1.4x for ResNet here).
@@ -82,7 +91,8 @@ class Trainer:
         self.model = build_model(cfg.model).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if cfg.runtime.compile else self.model
+        # What runs the batches: the model, or its torch.compile wrapper (same parameters).
+        self.net = torch.compile(self.model) if cfg.runtime.compile else self.model
         extra: dict[str, Any] = {"momentum": r.momentum} if r.optimizer == "sgd" else {}
         if r.layer_decay is not None:
             extra["layer_decay"] = r.layer_decay
@@ -92,7 +102,7 @@ class Trainer:
         for group in self.optimizer.param_groups:  # timm's schedulers apply layer decay; torch's do not
             group["lr"] *= group.get("lr_scale", 1.0)
         self.batch_size = r.batch_size
-        self.steps_per_epoch = math.ceil(len(self.train) / self.batch_size)
+        self.steps_per_epoch = math.ceil(len(data.train) / self.batch_size)
         total = self.steps_per_epoch * cfg.epochs
         warmup = round(r.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -111,7 +121,7 @@ class Trainer:
         """Train one epoch (``max_steps`` caps it, for benchmarks); returns its train metrics."""
         self.model.train()
         gen = epoch_generator(self.cfg.run.seed, epoch)
-        n = len(self.train)
+        n = len(self.data.train)
         perm = torch.randperm(n, generator=gen).to(self.device)
         draws = self.augment.draws(n, gen)
         steps = min(self.steps_per_epoch, max_steps or self.steps_per_epoch)
@@ -124,10 +134,10 @@ class Trainer:
         try:
             for step in range(steps):
                 idx = perm[step * self.batch_size : (step + 1) * self.batch_size]
-                x = self.augment(self.train.images[idx], {k: v[idx] for k, v in draws.items()})
-                y = self.train.labels[idx]
+                x = self.augment(self.data.train.images[idx], {k: v[idx] for k, v in draws.items()})
+                y = self.data.train.labels[idx]
                 with self.amp:
-                    logits = self.forward(x)
+                    logits = self.net(x)
                     loss = self.criterion(logits, y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -167,28 +177,29 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def evaluate(self, batch_size: int | None = None) -> tuple[float, float]:
-        """(mean test loss, test accuracy %): eval mode, no augmentation, no label smoothing."""
+    def evaluate(self, split: Split | None = None, batch_size: int | None = None) -> Evaluation:
+        """Loss, accuracy and logits on ``split`` (default: the test split): eval mode, no
+        augmentation, no label smoothing."""
+        split = self.data.test if split is None else split
         self.model.eval()
         bs = batch_size or self.cfg.runtime.eval_batch_size
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        logits = torch.empty(len(split), NUM_CLASSES, device=self.device)
         try:
-            for i in range(0, len(self.test), bs):
-                x = self.augment(self.test.images[i : i + bs])
-                y = self.test.labels[i : i + bs]
+            for i in range(0, len(split), bs):
                 with self.amp:
-                    logits = self.forward(x)
-                loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-                correct += (logits.argmax(1) == y).sum()
+                    logits[i : i + bs] = self.net(self.augment(split.images[i : i + bs])).float()
         except torch.OutOfMemoryError:
             raise self._oom("evaluation", bs, "runtime.eval_batch_size") from None
-        n = len(self.test)
-        loss, acc = float(loss_sum) / n, 100.0 * float(correct) / n  # float() waits for the device
-        # Inference throughput comes from this pass, not from extra forward passes of its own.
-        self.infer_images_per_s = n / (time.perf_counter() - start)
-        return loss, acc
+        loss = float(nn.functional.cross_entropy(logits, split.labels))  # float() waits for the device
+        acc = 100.0 * float((logits.argmax(1) == split.labels).sum()) / len(split)
+        if split is self.data.test:  # inference throughput comes from the test pass, not extra passes
+            self.infer_images_per_s = len(split) / (time.perf_counter() - start)
+        return Evaluation(loss, acc, logits)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the model's weights on the CPU (what the selected epoch keeps)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def state(self) -> dict:
         """Model, optimizer, schedule and RNG state: tensors and plain Python only, so that

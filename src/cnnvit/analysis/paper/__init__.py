@@ -43,8 +43,12 @@ NOTES = {
         "(Table 4's 70.28% is its epoch 10); which split the loss is on is not said, so it is shown apart.",
     ],
     "all": [
-        "The paper states that 20 epochs were preset for every model; its tables stop at 16 (ViT), 19 "
-        "(ResNet50) and 10 (CNN+ViT) without saying why.",
+        "The paper states that 20 epochs were preset for every model (§3); its tables stop at 16 (ViT), 19 "
+        "(ResNet50) and 10 (CNN+ViT). The ResNet50 ran with Keras' EarlyStopping and ModelCheckpoint, the test "
+        "set passed as validation data (§2.3), which may explain its 19; for the ViT and the hybrid the paper "
+        "does not say why they stop.",
+        "Each table is one run picked from several: the ViT was trained 20 times, the ResNet50 3 times and the "
+        "hybrid 10 times, and 'the more complete data of them was recorded' (§3).",
         "The paper's times are wall-clock hours on Google Colab, evaluation included.",
     ],
 }

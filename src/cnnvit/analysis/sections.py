@@ -1,0 +1,205 @@
+"""The report's tables as rows of formatted cells, built from the collected tables.
+
+    claim_rows(claims)            # the verdicts, with the test, p-values and what the interval says
+    table4(summary, recipe)       # Table 4 beside this run's selected, final and best accuracy
+    epoch_table(epochs, m, r)     # Tables 1-3: per epoch, beside the paper's printed values
+
+Nothing here decides anything: the verdicts come from ``cnnvit collect``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from cnnvit.analysis.paper import NOTES, TABLE_NUMBER, paper_best_final, paper_epochs
+
+COLUMNS = [("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc")]
+DASH = "—"
+
+
+def fmt(value, digits: int = 2, pct: bool = False, sign: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return DASH
+    return f"{value:{'+' if sign else ''}.{digits}f}{'%' if pct else ''}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return DASH
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_seconds(s: float) -> str:
+    if s is None or math.isnan(s):
+        return DASH
+    h, rem = divmod(round(s), 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h} h {m} m" if h else (f"{m} m {sec} s" if m else f"{sec} s")
+
+
+def magnitude(c) -> str:
+    """A sentence on whether the effect is as large as the paper's, and what could be detected."""
+    gap, low, high = c.paper_diff_pp, c.ci_low_pp, c.ci_high_pp
+    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return "No interval: with fewer than two seeds a side there is no estimate of the noise."
+    size = f"these seeds and this test set detect a difference of about ±{c.detectable_pp:.1f} pp or more"
+    if math.isnan(gap):
+        return f"The paper gives no gap for this pair; {size}."
+    if low <= gap <= high:
+        where = f"the paper's gap ({gap:+.2f} pp) lies inside the interval: an effect as large as the paper's fits"
+    elif gap > high:
+        where = f"the effect here is smaller than the paper's {gap:+.2f} pp, which lies above the interval"
+    else:
+        where = f"the effect here is larger than the paper's {gap:+.2f} pp, which lies below the interval"
+    return f"{where.capitalize()}; {size}."
+
+
+def claim_rows(claims: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "claim": c.claim,
+            "recipe": c.recipe,
+            "verdict": c.verdict,
+            "seeds": f"{c.seeds_winner} / {c.seeds_loser}",
+            "diff": fmt(c.diff_pp, 2, sign=True),
+            "ci": f"[{fmt(c.ci_low_pp, 2, sign=True)}, {fmt(c.ci_high_pp, 2, sign=True)}]",
+            "test": c.test + (" (SE at the test-set floor)" if c.se_floored is True else ""),
+            "p": fmt_p(c.p_value),
+            "p_holm": fmt_p(c.p_holm),
+            "paper": fmt(c.paper_diff_pp, 2, sign=True),
+            "in_interval": "yes" if c.paper_gap_in_interval is True else "no",
+            "detectable": fmt(c.detectable_pp, 1),
+            "mcnemar": f"{c.mcnemar_seeds_agree} (max p {fmt_p(c.mcnemar_p_max)})" if c.mcnemar_seeds_agree else DASH,
+            "sentence": magnitude(c),
+        }
+        for c in claims.itertuples()
+    ]
+
+
+def epoch_table(epochs: pd.DataFrame, model: str, recipe: str) -> dict:
+    """Mean over seeds of each (split, metric) per epoch, beside the paper's printed values."""
+    d = epochs[(epochs.model == model) & (epochs.recipe == recipe) & (epochs.fraction == 1.0)]
+    ours = d.groupby(["epoch", "split", "metric"]).value.mean()
+    paper = paper_epochs().query("model == @model").set_index("epoch")
+    has_paper = model in TABLE_NUMBER
+    rows = []
+    for e in sorted({int(v) for v in d.epoch} | (set(paper.index) if has_paper else set())):
+        cells = [("val", "acc"), *COLUMNS]
+        row = {"epoch": e, "ours": [fmt(ours.get((e, s, m)), 4 - 2 * (m == "acc"), m == "acc") for s, m in cells]}
+        if has_paper:
+            p = paper.loc[e] if e in paper.index else None
+            get = lambda c, p=p: None if p is None or pd.isna(p[c]) else float(p[c])  # noqa: E731
+            row["paper"] = [fmt(get(f"{s}_{m}"), 4 - 2 * (m == "acc"), m == "acc") for s, m in COLUMNS]
+            row["paper_loss"] = fmt(get("loss"), 4)
+        rows.append(row)
+    return {
+        "model": model,
+        "name": d.label.iloc[0] if len(d) else model,
+        "number": TABLE_NUMBER.get(model),
+        "recipe": recipe,
+        "rows": rows,
+        "notes": NOTES.get(model, []),
+        "split_loss": model == "cnn_vit",
+    }
+
+
+def table4(summary: pd.DataFrame, recipe: str) -> list[dict]:
+    paper = paper_best_final().set_index("model")
+    rows = []
+    for r in summary[(summary.recipe == recipe) & (summary.fraction == 1.0)].itertuples():
+        p = paper.loc[r.model] if r.model in paper.index else None
+        rows.append(
+            {
+                "name": r.label,
+                "train_time": fmt_seconds(r.train_seconds),
+                "wall_time": fmt_seconds(r.wall_seconds),
+                "epochs": fmt(r.epochs, 0),
+                "selected_epoch": fmt(r.selected_epoch, 1 if r.selected_epoch % 1 else 0),
+                "selected": fmt(r.selected_test_acc_mean, 2, True),
+                "std": fmt(r.selected_test_acc_std, 2),
+                "final": fmt(r.final_test_acc_mean, 2, True),
+                "best": fmt(r.best_test_acc_mean, 2, True),
+                "optimism": fmt(r.optimism_pp, 2, sign=True),
+                "seeds": int(r.seeds),
+                "se": fmt(r.binomial_se_pp, 2),
+                "paper_time": fmt_seconds(p.hours * 3600) if p is not None else DASH,
+                "paper_epochs": int(p.epochs) if p is not None else DASH,
+                "paper_t4": fmt(p.table4_best, 2, True) if p is not None else DASH,
+                "paper_best": f"{p.best:.2f}% (epoch {int(p.best_epoch)})" if p is not None else DASH,
+                "paper_final": f"{p.final:.2f}% (epoch {int(p.final_epoch)})" if p is not None else DASH,
+                "diff": fmt(r.best_test_acc_mean - p.table4_best, 2, sign=True) if p is not None else DASH,
+            }
+        )
+    return rows
+
+
+def calibration_rows(summary: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "name": r.label,
+            "recipe": r.recipe,
+            "selected": fmt(r.selected_test_acc_mean, 2, True),
+            "nll": fmt(r.selected_test_loss, 3),
+            "ece": fmt(r.selected_ece, 2),
+            "final_ece": fmt(r.final_ece, 2),
+            "epoch": fmt(r.selected_epoch, 1),
+            "best_epoch": fmt(r.best_test_epoch, 1),
+            "optimism": fmt(r.optimism_pp, 2, sign=True),
+        }
+        for r in summary[summary.fraction == 1.0].itertuples()
+    ]
+
+
+def per_class_table(per_class: pd.DataFrame, names: dict[str, str]) -> dict:
+    classes = list(dict.fromkeys(per_class["class"]))
+    rows = []
+    for (model, recipe), g in per_class.groupby(["model", "recipe"], sort=False):
+        acc = g.set_index("class").acc_mean
+        rows.append({"name": names.get(model, model), "recipe": recipe, "cells": [fmt(acc.get(c), 1) for c in classes]})
+    return {"classes": classes, "rows": rows}
+
+
+def efficiency(summary: pd.DataFrame) -> list[dict]:
+    rows = []
+    for r in summary[summary.fraction == 1.0].itertuples():
+        pf = r.train_pflops
+        rows.append(
+            {
+                "name": r.label,
+                "recipe": r.recipe,
+                "params": fmt(r.params / 1e6, 2) + " M",
+                "gflops": fmt(r.flops_per_image / 1e9, 3),
+                "gmacs": fmt(r.flops_per_image / 2e9, 3),
+                "train_ips": f"{r.train_images_per_s:,.0f}",
+                "infer_ips": f"{r.infer_images_per_s:,.0f}",
+                "peak_mem": f"{r.peak_mem_mb:,.0f}",
+                "pflops": fmt(pf, 4),
+                "acc_per_pflop": fmt(r.selected_test_acc_mean / pf, 1) if pf and pf > 0 else DASH,
+            }
+        )
+    return rows
+
+
+def datasize_section(size: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> dict:
+    names = dict(zip(size.model, size.label, strict=False))
+    acc = f"{metric}_test_acc"
+    rows = [
+        {
+            "name": r["label"],
+            "recipe": r["recipe"],
+            "fraction": f"{r['fraction']:g}",
+            "images": fmt(r["train_images"], 0),
+            "mean": fmt(r[f"{acc}_mean"], 2, True),
+            "std": fmt(r[f"{acc}_std"], 2),
+            "ci": f"[{fmt(r[f'{acc}_ci_low'], 2)}, {fmt(r[f'{acc}_ci_high'], 2)}]",
+            "seeds": int(r["seeds"]),
+        }
+        for _, r in size.iterrows()
+    ]
+    crossings = []
+    if len(pairs):
+        for (a, b, recipe), g in pairs.groupby(["a", "b", "recipe"], sort=False):
+            crossings.append({"pair": f"{names[a]} vs {names[b]}", "recipe": recipe, "text": g.text.iloc[0]})
+    return {"rows": rows, "crossings": crossings, "fractions": sorted(set(size.fraction))}
