@@ -91,12 +91,14 @@ def test_code_dependencies_are_what_each_stage_imports():
         assert all((ROOT / f).is_file() for f in pipeline.code_deps(stage)), stage
 
 
-def test_set_overrides_are_canonical():
-    base = {"a": {"x": 1, "y": 2}, "b": 1}
-    one = smk.set_overrides(base, {"b": 2, "a": {"y": 3, "x": 1}}, ["a", "b"])
-    two = smk.set_overrides(base, {"a": {"x": 1, "y": 3}, "b": 2}, ["b", "a"])
-    assert one == two == ["a.y=3", "b=2"]
-    assert smk.set_overrides(base, {"a": {"x": 1, "y": 3}, "b": 2}, ["b"]) == ["b=2"]
+def test_every_snakemake_job_reads_the_config_snakemake_validated(tmp_path, monkeypatch):
+    """Issue 19.5: editing params.yaml during a run reached the jobs still to come. Jobs read a
+    snapshot written at Snakemake's start, which loads back to exactly the validated params."""
+    monkeypatch.chdir(tmp_path)
+    params = load_params(ROOT / "params.yaml", ["preset=quick", "recipes.paper.lr=1e-4"])
+    path = smk.write_snapshot(params)
+    assert str(path) == smk.PARAMS_SNAPSHOT and load_params(path) == params
+    assert smk.command("collect").endswith(f" --params {smk.PARAMS_SNAPSHOT}")
 
 
 def covered(dep: str, inputs: set[str]) -> bool:
@@ -139,7 +141,9 @@ def test_snakemake_and_dvc_run_exactly_the_jobs_the_pipeline_describes(fraction_
         assert len(matches) == 1, job["cmd"]
         want = expected[matches[0]]
         extra = words[len(shlex.split(matches[0])) :]
-        while extra and extra[0] in ("--threads", "--set"):
+        assert extra[:2] == ["--params", smk.PARAMS_SNAPSHOT], job["cmd"]  # the config validated at the start
+        extra = extra[2:]
+        while extra and extra[0] == "--threads":
             extra = extra[2:]
         assert extra[0] == ">" and extra[2:] == ["2>&1"], job["cmd"]  # only the log redirect is left
         assert set(job["outputs"]) == set(want.outs), job["rule"]

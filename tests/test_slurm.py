@@ -43,7 +43,8 @@ def slurm():
         unavailable("slurm-wlm is not installed and apt-get is not available to install it")
     proc = subprocess.run(["bash", str(BRINGUP)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        unavailable(f"tests/slurm/bringup.sh failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+        said = (proc.stderr.strip() or proc.stdout.strip())[-500:] or "no output"
+        unavailable(f"tests/slurm/bringup.sh exited {proc.returncode}: {said}")
     return JOBCOMP
 
 

@@ -193,7 +193,7 @@ def test_a_resume_under_another_thread_count_warns(params, prepared, tmp_path, c
 @pytest.mark.parametrize(
     ("change", "why"),
     [
-        ("params", "was made with other params"),
+        ("params", "was made with other params (recipe.lr: 0.001 -> 0.0005)"),
         ("data", "was made from other prepared data"),
         ("code", "was trained by other training code (models/vit.py changed)"),
     ],
@@ -216,7 +216,9 @@ def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
         real = checkpoint.code_hashes
         monkeypatch.setattr(checkpoint, "code_hashes", lambda: {**real(), "models/vit.py": "0" * 16})
     summary = train.train_run(cfg, data_dir, tmp_path / "out", tmp_path / "ckpt")
-    assert f"{why}; starting fresh" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{why}; kept it as " in out and "and starting fresh" in out
+    assert len(list((tmp_path / "ckpt").glob("convnext-paper-s0@*.pt"))) == 1  # kept, not overwritten
     assert summary.n_train == (130 if change == "data" else 80)  # the validation carve takes 20
 
 
@@ -240,7 +242,7 @@ def test_editing_models_py_retrains_a_finished_run(prepared, tmp_path):
         f.write("\n# a change to the model code\n")
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "was trained by other training code (models/vit.py changed); starting fresh" in second.stdout
+    assert "was trained by other training code (models/vit.py changed); kept it as" in second.stdout
     assert "epoch 1/1" in second.stdout
 
 

@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from cnnvit.errors import CnnvitError
+from cnnvit.errors import CnnvitError, raise_on_signals
 
 # subcommand -> (module with add_args() and run(args, params), help)
 COMMANDS = {
@@ -52,17 +52,21 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
-    try:
+    raise_on_signals()
+    try:  # everything, imports included: a Ctrl-C at any moment ends in one line
+        args = build_parser(argv).parse_args(argv)
         from cnnvit.config.load import load_params
+        from cnnvit.dag.tools import refuse_if_the_other_tool_runs
 
+        refuse_if_the_other_tool_runs()
         params = load_params(args.params, args.overrides)
         importlib.import_module(f"cnnvit.{COMMANDS[args.command][0]}").run(args, params)
     except CnnvitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        why = f" ({exc})" if str(exc) else ""
+        print(f"error: interrupted{why}; nothing half-written was left: run the same command again", file=sys.stderr)
         return 130
     return 0
 

@@ -8,6 +8,8 @@
 # start and end time), which is how the test checks that every job went through sbatch.
 # PID 1 is not systemd here, so munged, slurmctld and slurmd are started directly.
 set -euo pipefail
+# A failing step names itself (quiet installs and daemons would otherwise fail without a word).
+trap 'echo "bringup.sh: line $LINENO: \"$BASH_COMMAND\" failed (exit $?)" >&2' ERR
 
 CONF_DIR=/etc/slurm
 STATE=/var/spool/slurmctld

@@ -12,9 +12,8 @@ rule download:
         "../envs/cnnvit.yaml"
     params:
         values=S.param_values("download", PARAMS),
-        sets=S.set_flags("download", BASE, PARAMS),
     shell:
-        S.command("download") + " {params.sets} > {log} 2>&1"
+        S.command("download") + " > {log} 2>&1"
 
 
 rule prepare:
@@ -28,6 +27,5 @@ rule prepare:
         "../envs/cnnvit.yaml"
     params:
         values=S.param_values("prepare", PARAMS),
-        sets=S.set_flags("prepare", BASE, PARAMS),
     shell:
-        S.command("prepare") + " {params.sets} > {log} 2>&1"
+        S.command("prepare") + " > {log} 2>&1"

@@ -12,9 +12,8 @@ rule collect:
         "../envs/cnnvit.yaml"
     params:
         values=S.param_values("collect", PARAMS),
-        sets=S.set_flags("collect", BASE, PARAMS),
     shell:
-        S.command("collect") + " {params.sets} > {log} 2>&1"
+        S.command("collect") + " > {log} 2>&1"
 
 
 rule figures:
@@ -27,9 +26,9 @@ rule figures:
     conda:
         "../envs/cnnvit.yaml"
     params:
-        sets=S.set_flags("figures", BASE, PARAMS),
+        values=S.param_values("figures", PARAMS),
     shell:
-        S.command("figures") + " {params.sets} > {log} 2>&1"
+        S.command("figures") + " > {log} 2>&1"
 
 
 rule report:
@@ -43,6 +42,5 @@ rule report:
         "../envs/cnnvit.yaml"
     params:
         values=S.param_values("report", PARAMS),
-        sets=S.set_flags("report", BASE, PARAMS),
     shell:
-        S.command("report") + " {params.sets} > {log} 2>&1"
+        S.command("report") + " > {log} 2>&1"

@@ -20,9 +20,9 @@ rule train:
     resources:
         gpu=GPUS,
         runtime=lambda w: S.slurm_minutes(PARAMS, RUNS[w.run]),
+        mem_mb=PARAMS.active.mem_mb,
     params:
         cmd=lambda w: S.command("train", RUNS[w.run]),
         values=lambda w: S.param_values("train", PARAMS, RUNS[w.run]),
-        sets=lambda w: S.set_flags("train", BASE, PARAMS, RUNS[w.run]),
     shell:
-        "{params.cmd} --threads {threads} {params.sets} > {log} 2>&1"
+        "{params.cmd} --threads {threads} > {log} 2>&1"

@@ -74,6 +74,7 @@ class RunSummary:
     selected_ece: float | None = None  # expected calibration error (15 bins), percent
     final_ece: float | None = None
     best_test_epoch: int | None = None
+    diverged: str | None = None  # why the run is taken as diverged (cnnvit.analysis.records.diverged), or None
     preset: str | None = None
     epochs: int | None = None
     n_train: int | None = None
@@ -137,6 +138,17 @@ class RunSummary:
             return cls(**kw)
         except TypeError as exc:
             raise CnnvitError(f"{where}: malformed summary ({exc}): delete it and train the run again") from None
+
+
+def diverged(rows: list[dict], num_classes: int) -> str | None:
+    """Why a finished run should be read as diverged, or None: an exploding test loss (over ten
+    times that of a uniform guess), or a model still at chance on the data it trained on."""
+    last, chance_loss, chance_acc = rows[-1], math.log(num_classes), 100 / num_classes
+    if not math.isfinite(last["test_loss"]) or last["test_loss"] > 10 * chance_loss:
+        return f"test loss {last['test_loss']:.3g} at the last epoch (a uniform guess scores {chance_loss:.2f})"
+    if last["train_acc"] <= chance_acc * 1.05 and last["train_loss"] >= chance_loss:
+        return f"training accuracy {last['train_acc']:.1f}% at the last epoch: still at chance ({chance_acc:g}%)"
+    return None
 
 
 # ----------------------------------------------------------------------------- a run's files

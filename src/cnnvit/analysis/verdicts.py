@@ -335,6 +335,7 @@ def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
                 f"{what}_test_acc_ci_high": s.ci_high,
             }
         row["optimism_pp"] = float((g.best_test_acc - g.selected_test_acc).mean())
+        row["diverged_runs"] = int(g["diverged"].notna().sum()) if "diverged" in g else 0
         row["n_test"] = g["n_test"].mean() if "n_test" in g else NAN
         row["binomial_se_pp"] = binomial_se(row["selected_test_acc_mean"], row["n_test"])
         for col in (

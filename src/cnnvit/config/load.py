@@ -29,7 +29,8 @@ import jsonschema
 import yaml
 
 from cnnvit.config.types import Analysis, Data, Params, Preset, Recipe, Runs, Runtime
-from cnnvit.errors import CnnvitError
+from cnnvit.dataset import subset_size
+from cnnvit.errors import CnnvitError, first_line
 
 __all__ = ["Params", "load_params", "params_from_dict"]
 
@@ -62,13 +63,42 @@ def _unshare(node: Any) -> Any:
     return node
 
 
+MAX_VALUES = 100_000  # a params file has a few hundred; an alias bomb ("billion laughs") has billions
+
+
+def expanded_size(node: Any) -> int:
+    """How many values ``node`` holds once every alias is written out, without writing them out:
+    shared subtrees are counted once each and multiplied by their uses."""
+    memo: dict[int, int] = {}
+
+    def size(n: Any) -> int:
+        if not isinstance(n, dict | list):
+            return 1
+        if id(n) not in memo:
+            memo[id(n)] = 0  # a cycle (a recursive alias) counts as nothing more, and stops here
+            children = n.values() if isinstance(n, dict) else n
+            memo[id(n)] = 1 + sum(size(c) for c in children)
+        return memo[id(n)]
+
+    return size(node)
+
+
 def yaml_load(text: str, source: str) -> Any:
     try:
-        return _unshare(yaml.load(text, Loader=_Yaml12Loader))
+        tree = yaml.load(text, Loader=_Yaml12Loader)
+        n = expanded_size(tree)
+        if n > MAX_VALUES:
+            raise CnnvitError(
+                f"{source}: its aliases expand to {n:,} values, more than any params file needs ({MAX_VALUES:,}): "
+                "an alias bomb? write the values out or use fewer nested aliases"
+            )
+        return _unshare(tree)
+    except RecursionError:
+        raise CnnvitError(f"{source}: nested too deeply (or a recursive alias): simplify it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise CnnvitError(f"{source}: not valid YAML{where} ({problem}): fix the syntax") from None
 
 
@@ -77,7 +107,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise CnnvitError(f"bad override {item!r}: write it as --set dotted.key=value")
-    return key.split("."), (yaml_load(raw, f"override {item!r}") if raw != "" else "")
+    return key.split("."), (yaml_load(raw, f"override {short(item, 80)!r}") if raw != "" else "")
 
 
 def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
@@ -205,7 +235,12 @@ def _message(err: jsonschema.ValidationError, source: str) -> str:
         if len(missing) > 1:
             return f"{source}: {where}: missing required keys {', '.join(missing)}: add them"
         return f"{source}: {where}: {err.message}: add it"
-    return f"{source}: {where}: {err.message}: fix this value"
+    return f"{source}: {where}: {short(err.message)}: fix this value"
+
+
+def short(text: str, limit: int = 160) -> str:
+    """A schema message quotes the offending value: keep an error line a line, whatever the value."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
 
 
 def check(cfg: dict, source: str = "params.yaml") -> None:
@@ -235,6 +270,25 @@ def check(cfg: dict, source: str = "params.yaml") -> None:
                 f"{source}: runs.models: model {model!r} is not defined in preset {preset!r}; define "
                 f"presets.{preset}.models.{model} or use one of {', '.join(sorted(models))}"
             )
+    check_fractions(cfg, source)
+
+
+def check_fractions(cfg: dict, source: str) -> None:
+    """Two fractions that round to the same number of images would train the same subset twice
+    under two names (the subsets are nested), and a report would show one point twice."""
+    data, preset = cfg["data"], cfg["presets"][cfg["preset"]]
+    pool = preset["train_size"] or (data["expect_train"] - data["val_size"] if data["expect_train"] else 0)
+    if not pool:
+        return  # the training-set size is known only once prepared; cnnvit train names each run's size
+    seen: dict[int, float] = {}
+    for f in sorted(cfg["runs"].get("train_fractions", [1.0])):
+        n = subset_size(pool, 0, f)
+        if n in seen:
+            raise CnnvitError(
+                f"{source}: runs.train_fractions: {seen[n]:g} and {f:g} both train the same {n:,} images (of "
+                f"{pool:,}): keep one of them"
+            )
+        seen[n] = f
 
 
 def _build(cls, d: dict):

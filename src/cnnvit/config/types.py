@@ -107,6 +107,7 @@ class Preset:
     epochs: int
     models: dict[str, dict] = field(hash=False)  # model name -> its checked params.yaml entry
     minutes_per_epoch: float = 10.0  # a scheduling estimate for a cluster's time limit
+    mem_mb: int = 16000  # what a training job asks a cluster for
 
 
 @dataclass(frozen=True, order=True)

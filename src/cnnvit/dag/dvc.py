@@ -9,7 +9,9 @@ So each per-run stage becomes two matrix stages, ``<stage>`` and ``<stage>_fract
 fraction list is written out from ``runs.train_fractions`` (regenerate after changing it); models,
 recipes and seeds stay ``${runs.*}`` references, so ``dvc exp run -S runs.seeds=[0]`` or
 ``-S preset=quick`` need no regeneration. Nothing here names a stage: outs, metrics, plots and
-cache settings come from each output's description.
+cache settings come from each output's description. Every output is ``persist: true``: DVC leaves
+it in place before running its stage, which replaces it atomically (or, refused or failing,
+leaves it as it was).
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ def _dvc_stage(s: Stage, fractions: list[float] | None = None) -> dict:
         stage["params"] = params
     for o in s.outs:
         path = o.path.format(**fields) if s.per_run else o.path
-        flags = {} if o.cache else {"cache": False}
+        # persist: DVC does not delete an output before running its stage. Every stage replaces its
+        # outputs atomically itself, so a stage that fails or is refused (cnnvit.dag.tools) loses nothing.
+        flags = {"persist": True} | ({} if o.cache else {"cache": False})
         if o.metric:
-            stage.setdefault("metrics", []).append({path: flags} if flags else path)
+            stage.setdefault("metrics", []).append({path: flags})
         elif o.plot:
             stage.setdefault("plots", []).append({path: {**o.plot, **flags}})
         else:
-            stage.setdefault("outs", []).append({path: flags} if flags else path)
+            stage.setdefault("outs", []).append({path: flags})
     return stage
 
 

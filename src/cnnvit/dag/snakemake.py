@@ -3,24 +3,27 @@
     input:  S.inputs("collect", PARAMS, RUNS)
     output: **S.outputs("collect")           # marked with report() and directory() as described
     log:    S.log("collect")
-    params: values=S.param_values("collect", PARAMS), sets=S.set_flags("collect", BASE, PARAMS)
+    params: values=S.param_values("collect", PARAMS)   # what the params trigger compares
+    shell:  S.command("collect") + " > {log} 2>&1"
 
-Overrides given to Snakemake (``--config``) reach each command as ``--set`` flags, limited to the
-keys that command reads, so the outputs always match the config Snakemake validated. Also here:
-the GPU a training job asks for, and its time limit on a cluster.
+Every job reads the config Snakemake validated at its start, written once (in ``onstart``) to
+:data:`PARAMS_SNAPSHOT`, with the overrides given to Snakemake (``--config``) in it: editing
+params.yaml during a run changes nothing for the jobs still to come. Also here: the GPU a training
+job asks for, its memory and its time limit on a cluster.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from snakemake.io import directory, report
 
 from cnnvit.dag import stages as S
+
+PARAMS_SNAPSHOT = ".snakemake/cnnvit/params.yaml"
 
 if TYPE_CHECKING:
     from cnnvit.config.types import Params, RunSpec
@@ -48,40 +51,25 @@ def log(stage: str) -> str:
 
 
 def command(stage: str, run: RunSpec | None = None) -> str:
-    return S.command(stage, run)
+    """The stage's command, reading the config snapshot Snakemake wrote at its start."""
+    return f"{S.command(stage, run)} --params {PARAMS_SNAPSHOT}"
 
 
 def param_values(stage: str, params: Params, run: RunSpec | None = None) -> dict:
     return S.job_params(stage, params.raw, run)
 
 
-def set_overrides(base: dict, cfg: dict, keys: list[str]) -> list[str]:
-    """``--set`` items (sorted, so the same config always gives the same command) that turn the
-    params file ``base`` into ``cfg`` for the dotted ``keys`` a stage reads."""
+def write_snapshot(params: Params) -> Path:
+    """The config Snakemake validated at its start, as the one file every job reads: editing
+    params.yaml during a run cannot reach the jobs still to come (they would mix configs)."""
+    from cnnvit.artifacts import write_text
 
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict) or not d:
-            return {prefix: d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-
-    fb, fc = flat(base), flat(cfg)
-    items = [f"{k}=null" for k in fb if k not in fc]
-    items += [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in fc.items() if k not in fb or fb[k] != v]
-
-    def touches(item: str, key: str) -> bool:
-        name = item.split("=", 1)[0]
-        return name == key or name.startswith(key + ".") or key.startswith(name + ".")
-
-    return sorted(i for i in items if any(touches(i, k) for k in keys))
-
-
-def set_flags(stage: str, base: dict, params: Params, run: RunSpec | None = None) -> str:
-    """The ``--set`` flags, shell-quoted, that pass Snakemake's config overrides to a command."""
-    keys = list(S.job_params(stage, params.raw, run))
-    return " ".join(f"--set {shlex.quote(item)}" for item in set_overrides(base, params.raw, keys))
+    write_text(
+        PARAMS_SNAPSHOT,
+        "# written by Snakemake at its start; every job of the run reads it\n"
+        + yaml.safe_dump(params.raw, sort_keys=False),
+    )
+    return Path(PARAMS_SNAPSHOT)
 
 
 def run_pattern(names) -> str:

@@ -23,7 +23,7 @@ import timm
 import torch
 
 from cnnvit.dataset import NUM_CLASSES
-from cnnvit.errors import CnnvitError, refused_pickle
+from cnnvit.errors import CnnvitError, first_line, refused_pickle
 from cnnvit.models import ArchSpec
 
 HUB_PREFIX = "hf-hub:"
@@ -85,7 +85,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _first_mismatch(exc: Exception) -> str:
     text = str(exc)
     m = re.search(r"size mismatch for ([\w.]+)", text) or re.search(r'key\(s\) in state_dict: "([^"]+)"', text)
-    return m.group(1) if m else text.strip().splitlines()[-1][:160]
+    return m.group(1) if m else (text.strip().splitlines() or [type(exc).__name__])[-1][:160]
 
 
 def create(variant: str, spec: ArchSpec, **kwargs) -> torch.nn.Module:
@@ -113,7 +113,7 @@ def create(variant: str, spec: ArchSpec, **kwargs) -> torch.nn.Module:
         ) from None
     except Exception as exc:  # huggingface_hub's offline / not-found errors have no common base
         if os.environ.get("HF_HUB_OFFLINE") or "hub" in type(exc).__module__ or isinstance(exc, OSError):
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc, 160)
             raise CnnvitError(
                 f"cannot fetch {name} ({type(exc).__name__}: {reason}): no network? download it once and "
                 "set pretrained to the local .safetensors file"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnvit.errors import CnnvitError
+from cnnvit.errors import CnnvitError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +36,7 @@ def weights_metadata(path: str | Path) -> dict[str, str]:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
         raise CnnvitError(
-            f"{path} is not a safetensors file ({str(exc).splitlines()[0][:80]}): delete it and train the run again"
+            f"{path} is not a safetensors file ({first_line(exc, 80)}): delete it and train the run again"
         ) from None
 
 

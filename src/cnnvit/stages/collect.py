@@ -27,6 +27,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cnnvit.analysis import predictions as P
@@ -87,6 +88,14 @@ def read_metrics(path: Path) -> pd.DataFrame:
         ) from None
     if "epoch" not in m.columns or "test_acc" not in m.columns:
         raise CnnvitError(f"{path} has no epoch/test_acc columns: delete its run directory and train it again")
+    values = m.drop(columns=[c for c in m.columns if m[c].dtype == object])
+    bad = ~np.isfinite(values.to_numpy(dtype=float))
+    if bad.any():
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise CnnvitError(
+            f"{path}: {values.columns[col]} is {values.iloc[row, col]} at row {row + 1}, not a finite number: "
+            "delete its run directory and train it again"
+        )
     return m
 
 
@@ -96,9 +105,10 @@ def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame
         hint = " (for DVC, runs.train_fractions changed: run `uv run cnnvit dvc-yaml`, then `dvc repro`)" * (
             run.fraction < 1
         )
+        fraction = f" --fraction {run.fraction}" if run.fraction < 1 else ""
         raise CnnvitError(
             f"run {run.name} has no results in {d}: train it first (cnnvit train --model {run.model} "
-            f"--recipe {run.recipe} --seed {run.seed}){hint}"
+            f"--recipe {run.recipe} --seed {run.seed}{fraction}){hint}"
         )
     raw = read_json(d / SUMMARY_FILE, "delete its run directory and train it again")
     base = {"run": run.name, "model": run.model, "recipe": run.recipe, "seed": run.seed, "fraction": run.fraction}

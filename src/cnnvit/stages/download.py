@@ -34,7 +34,10 @@ from cnnvit.errors import CnnvitError
 CHUNK = 1 << 20
 RETRIES = 3
 BACKOFF_S = 1.0  # doubled after each failed attempt
-TIMEOUT_S = 30
+TIMEOUT_S = 30  # no byte at all for this long: the socket gives up
+STALL_WINDOW_S = 60.0  # a transfer slower than MIN_RATE over this long is given up on too
+MIN_RATE = 10 * 1024  # bytes/s: CIFAR-10 (170 MB) would take over four hours below it
+PROGRESS_EVERY_S = 10.0
 
 
 def local_path(url: str) -> Path | None:
@@ -54,13 +57,33 @@ def file_digest(path: Path, algo: str) -> str:
     return h.hexdigest()
 
 
+class Stalled(Exception):
+    """The transfer went on, but slower than MIN_RATE over STALL_WINDOW_S."""
+
+
 def _stream(src: io.BufferedIOBase, dst: Path, algo: str, total: int | None, label: str) -> str:
+    """Copy ``src`` to ``dst``, hashing it. ``read1`` returns whatever has arrived, so a transfer
+    that trickles (bytes too slowly for the socket timeout to fire) is measured and given up on,
+    and a progress line goes to the log every PROGRESS_EVERY_S when nothing draws a bar."""
     h = hashlib.new(algo)
+    start = window = last_line = time.monotonic()
+    done = window_bytes = 0
     with open(dst, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=None) as bar:
-        while chunk := src.read(CHUNK):
+        while chunk := src.read1(CHUNK):
             h.update(chunk)
             out.write(chunk)
             bar.update(len(chunk))
+            done += len(chunk)
+            window_bytes += len(chunk)
+            now = time.monotonic()
+            if now - window >= STALL_WINDOW_S:
+                if window_bytes < MIN_RATE * (now - window):
+                    raise Stalled(f"{window_bytes:,} bytes in the last {now - window:.0f} s")
+                window, window_bytes = now, 0
+            if bar.disable and now - last_line >= PROGRESS_EVERY_S:
+                of = f" of {total / 2**20:,.1f}" if total else ""
+                print(f"{label}: {done / 2**20:,.1f}{of} MB ({done / 2**20 / (now - start):.2f} MB/s)", flush=True)
+                last_line = now
     return h.hexdigest()
 
 
@@ -101,6 +124,11 @@ def _http_fetch(url: str, tmp: Path, algo: str) -> str:
                     "fix data.url or point it at a mirror or a local copy"
                 ) from None
             reason = f"HTTP {exc.code}"
+        except Stalled as exc:
+            raise CnnvitError(
+                f"the transfer from {host} stalled ({exc}, under {MIN_RATE // 1024} kB/s): check the network, or "
+                "point data.url at a mirror or a local copy; the partial file was removed"
+            ) from None
         except (urllib.error.URLError, OSError, ConnectionError) as exc:
             reason = str(getattr(exc, "reason", exc))
             if attempt == RETRIES:

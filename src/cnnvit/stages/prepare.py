@@ -23,8 +23,9 @@ import pickle
 import re
 import tarfile
 import time
+import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
@@ -32,15 +33,16 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cnnvit.artifacts import atomic_dir, cpu_name, provenance, write_json
+from cnnvit.artifacts import atomic_dir, cpu_name, provenance, write_failure, write_json
 from cnnvit.config.types import Params
 from cnnvit.dag import paths
 from cnnvit.dataset import IMG_SIZE, NUM_CLASSES, validation_problem, validation_split
-from cnnvit.errors import CnnvitError
+from cnnvit.errors import CnnvitError, first_line
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+BATCH_FILES = {*TRAIN_BATCHES, "test_batch", "batches.meta"}
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
 
 
@@ -60,15 +62,30 @@ def _safe_member(name: str, member: tarfile.TarInfo | None, archive: Path) -> No
         )
 
 
-def iter_members(raw: Path) -> Iterator[tuple[str, bytes | None]]:
-    """(relative posix path, bytes) for each file of an archive or directory; (path, None) for
-    each directory."""
+def _too_big(name: str, size: int, limit: int, raw: Path) -> CnnvitError:
+    return CnnvitError(
+        f"{raw}: {name} is {size / 2**20:,.1f} MB, more than any file of a CIFAR-10 archive ({limit / 2**20:g} MB): "
+        "not a genuine CIFAR-10 archive; fix data.url"
+    )
+
+
+def iter_members(
+    raw: Path, wanted: Callable[[str], bool] = lambda name: True, max_bytes: int = 64 * 2**20
+) -> Iterator[tuple[str, bytes | None]]:
+    """(relative posix path, bytes) for each wanted file of an archive or directory; (path, None)
+    for each directory. Files that are not wanted are skipped unread, and no file larger than
+    ``max_bytes`` is read: an archive cannot make this hold more than one such file in memory."""
     if raw.is_dir():
         for path in sorted(raw.rglob("*")):
             rel = path.relative_to(raw).as_posix()
             if path.is_symlink():
                 raise CnnvitError(f"unsafe member {rel!r} in {raw} (a link): remove it")
-            yield rel, (path.read_bytes() if path.is_file() else None)
+            if not path.is_file():
+                yield rel, None
+            elif wanted(rel):
+                if (size := path.stat().st_size) > max_bytes:
+                    raise _too_big(rel, size, max_bytes, raw)
+                yield rel, path.read_bytes()
         return
     if not raw.exists():
         raise CnnvitError(f"no archive at {raw}: run `cnnvit download` first")
@@ -83,10 +100,12 @@ def iter_members(raw: Path) -> Iterator[tuple[str, bytes | None]]:
             for member in tar:
                 name = member.name.removeprefix("./")
                 _safe_member(name, member, raw)
-                if member.isfile():
+                if member.isfile() and wanted(name):
+                    if member.size > max_bytes:
+                        raise _too_big(name, member.size, max_bytes, raw)
                     blob = tar.extractfile(member)
                     yield name, blob.read() if blob else b""
-                elif name:
+                elif member.isdir() and name:
                     yield name, None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise CnnvitError(
@@ -167,6 +186,11 @@ def _decode(name_blob: tuple[str, bytes]) -> np.ndarray:
             return np.asarray(im, dtype=np.uint8)
     except UnidentifiedImageError:
         raise CnnvitError(f"{name}: not a readable image (PIL cannot identify it): replace or remove it") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CnnvitError(
+            f"{name}: a decompression bomb ({first_line(exc, 80)}), not a 32x32 CIFAR-10 image: "
+            "remove it or fix data.url"
+        ) from None
     except OSError as exc:
         raise CnnvitError(f"{name}: not a readable image ({exc}): replace or remove it") from None
 
@@ -218,8 +242,13 @@ def prepare(raw: str | Path, fmt: str, expect_train: int = 0, expect_test: int =
     raw = Path(raw)
     if fmt not in READERS:
         raise CnnvitError(f"unknown data.format {fmt!r}: use one of {', '.join(READERS)}")
-    wanted = (lambda n: f"{BATCH_DIR}/" in n) if fmt == "cifar10-python" else (lambda n: True)
-    members = {name: blob for name, blob in iter_members(raw) if wanted(name)}
+    # An image over PIL's pixel limit is a decompression bomb, never a CIFAR-10 image: refuse it (the
+    # decoder threads share this filter; it is set once, here, not per thread).
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    if fmt == "cifar10-python":  # the batches are ~31 MB each; anything else in the archive is not read
+        members = dict(iter_members(raw, lambda n: f"{BATCH_DIR}/" in n and PurePosixPath(n).name in BATCH_FILES))
+    else:  # a 32x32 image is a few kB; only images are read
+        members = dict(iter_members(raw, lambda n: PurePosixPath(n).suffix.lower() in IMAGE_EXTS, 2**20))
     result = READERS[fmt](members, raw)
     if len(result["classes"]) != NUM_CLASSES:
         raise CnnvitError(
@@ -288,8 +317,11 @@ def write_prepared(result: dict, out_dir: str | Path, params: dict, val_seed: in
     with atomic_dir(out_dir, owned=lambda name: name in PREPARED_FILES) as tmp:
         for split in SPLITS:
             x, y = result[split]
-            with open(tmp / f"{split}.npz", "wb") as f:
-                np.savez(f, images=x, labels=y, classes=classes, provenance=np.array(json.dumps(prov)))
+            try:
+                with open(tmp / f"{split}.npz", "wb") as f:
+                    np.savez(f, images=x, labels=y, classes=classes, provenance=np.array(json.dumps(prov)))
+            except OSError as exc:  # name the file that failed, not the folder it was going into
+                raise write_failure(out_dir / f"{split}.npz", exc) from None
         write_json(tmp / "stats.json", stats)
     return stats
 

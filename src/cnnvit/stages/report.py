@@ -103,6 +103,7 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
         metric=params.analysis.metric,
         recipes=recipes,
         claims=claim_rows(t["claims"]),
+        diverged=[(r.run, r.diverged) for r in t["runs"].itertuples() if isinstance(getattr(r, "diverged", None), str)],
         variants=claim_rows(t["variants"]),
         single_seed=bool((t["claims"][["seeds_winner", "seeds_loser"]] < 2).any().any()) if len(t["claims"]) else True,
         deviations=deviations(params, t["runs"]),

@@ -33,6 +33,7 @@ from cnnvit.analysis.records import (
     SUMMARY_FILE,
     WEIGHTS_FILE,
     RunSummary,
+    diverged,
     write_metrics,
     write_predictions,
 )
@@ -40,7 +41,8 @@ from cnnvit.artifacts import atomic_dir, provenance, write_json
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
 from cnnvit.dag import paths
-from cnnvit.errors import CnnvitError
+from cnnvit.dataset import NUM_CLASSES
+from cnnvit.errors import CnnvitError, positive_int
 from cnnvit.models import count_params, flops_per_image
 from cnnvit.models.pretrained import weights_source
 from cnnvit.models.weights import save_weights
@@ -77,6 +79,7 @@ def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: di
         selected_val_acc=chosen["val_acc"],
         selected_test_loss=chosen["test_loss"],
         best_test_epoch=best["epoch"],
+        diverged=diverged(rows, NUM_CLASSES),
         preset=cfg.preset,
         epochs=rows[-1]["epoch"],
         n_train=len(data.train),
@@ -197,7 +200,7 @@ def add_args(p) -> None:
     p.add_argument("--data-dir", default=paths.PREPARED_DIR)
     p.add_argument("--out-dir", default=None, help=f"default {paths.RUNS_DIR}/<run name>")
     p.add_argument("--ckpt-dir", default=paths.CHECKPOINT_DIR)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default runtime.threads)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default runtime.threads)")
 
 
 def run(args, params: Params) -> None:
@@ -208,6 +211,8 @@ def run(args, params: Params) -> None:
     cfg = run_config(params, RunSpec(args.model, args.recipe, args.seed, args.fraction))
     out_dir = args.out_dir or f"{paths.RUNS_DIR}/{cfg.name}"
     s = train_run(cfg, args.data_dir, out_dir, args.ckpt_dir, args.threads)
+    if s.diverged:
+        print(f"warning: {cfg.name} diverged: {s.diverged}; lower recipes.{cfg.run.recipe}.lr or set a grad_clip")
     print(
         f"{cfg.name}: test acc {s.selected_test_acc:.2f}% at epoch {s.selected_epoch} (chosen on validation), "
         f"final {s.final_test_acc:.2f}%, {s.train_seconds:.0f}s of training ({s.wall_seconds:.0f}s with "

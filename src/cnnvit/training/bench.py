@@ -21,6 +21,7 @@ from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec
 from cnnvit.dag import paths
 from cnnvit.dataset import IMG_SIZE, NUM_CLASSES
+from cnnvit.errors import positive_int
 from cnnvit.models import count_params, flops_per_image
 from cnnvit.training.data import load_prepared
 from cnnvit.training.device import select_device
@@ -106,8 +107,8 @@ def add_args(p) -> None:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--data-dir", default=paths.PREPARED_DIR)
     p.add_argument("--recipe", default="modern", help="recipe whose batch size and augmentation to use")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=10, help="timed steps per repeat")
+    p.add_argument("--threads", type=positive_int, default=None)
 
 
 def run(args, params: Params) -> None:

@@ -32,7 +32,7 @@ import torch
 
 from cnnvit.artifacts import atomic_path
 from cnnvit.dag.code import PACKAGE_DIR, SRC, code_files, module_file, relative
-from cnnvit.errors import CnnvitError, refused_pickle
+from cnnvit.errors import CnnvitError, first_line, refused_pickle
 
 # The code that decides the trained weights: the train stage's epoch loop and everything the
 # engine imports (model builders, data path, config types). A change to any of it retrains.
@@ -51,21 +51,40 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def identity(config: dict, data_id: dict) -> dict:
     import timm
 
     return {
         "config": digest(config),
+        "settings": json.loads(json.dumps(flat(config), default=str)),  # to name what changed
         "data": digest(data_id),
         "code": code_hashes(),
         "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},  # not TorchVersion objects
     }
 
 
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    old, new = saved.get("settings") or {}, current["settings"]
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def mismatch(saved: dict, current: dict) -> str | None:
     """Why a checkpoint with identity ``saved`` cannot serve a run with ``current``; None if it can."""
     if saved.get("config") != current["config"]:
-        return "was made with other params"
+        changed = changed_settings(saved, current)
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        return (
+            f"was made with other params ({'; '.join(changed[:3])}{more})" if changed else "was made with other params"
+        )
     if saved.get("data") != current["data"]:
         return "was made from other prepared data"
     old_code = saved.get("code") or {}
@@ -77,6 +96,20 @@ def mismatch(saved: dict, current: dict) -> str | None:
     return None
 
 
+def extends(saved: dict, current: dict) -> bool:
+    """True when ``current`` only asks for more epochs of a run whose LR does not depend on how many
+    epochs there are (a constant schedule): its first epochs are exactly those ``saved`` trained."""
+    old, new = saved.get("settings") or {}, current["settings"]
+    if saved.get("data") != current["data"] or saved.get("code") != current["code"]:
+        return False
+    if saved.get("versions") != current["versions"] or {k for k in set(old) | set(new) if old.get(k) != new.get(k)} != {
+        "epochs"
+    }:
+        return False
+    same_evaluations = new.get("run.fraction", 1.0) == 1.0 or min(old["epochs"], new["epochs"]) > 1
+    return new["epochs"] > old["epochs"] and new.get("recipe.schedule") == "constant" and same_evaluations
+
+
 def save(path: Path, ckpt: dict) -> None:
     with atomic_path(path) as tmp:
         try:
@@ -84,7 +117,7 @@ def save(path: Path, ckpt: dict) -> None:
         except RuntimeError as exc:  # torch reports a short write (a full disk, a quota) as a RuntimeError
             free = shutil.disk_usage(path.parent).free / 2**20
             raise CnnvitError(
-                f"cannot write checkpoint {path}: the write stopped short ({str(exc).splitlines()[0][:80]}); is the "
+                f"cannot write checkpoint {path}: the write stopped short ({first_line(exc, 80)}); is the "
                 f"disk full? {free:,.0f} MB free there: free some space (or pass another --ckpt-dir) and run again"
             ) from None
 
@@ -97,10 +130,13 @@ def set_aside(path: Path, why: str) -> Path:
     return aside
 
 
-def load(path: Path, current: dict, runtime: dict) -> dict | None:
-    """The checkpoint at ``path`` if it matches ``current`` identity; else None (and says why)."""
-    if not path.exists():
-        return None
+def kept_name(path: Path, ident: dict) -> Path:
+    """Where a checkpoint made under another identity is kept: beside the run's, named by it."""
+    return path.with_name(f"{path.stem}@{digest(ident)}{path.suffix}")
+
+
+def _read(path: Path) -> dict | None:
+    """The checkpoint at ``path`` if it is one (else set aside, and None)."""
     try:
         with warnings.catch_warnings():  # torch warns of the pickle protocol; the error line says it all
             warnings.simplefilter("ignore")
@@ -109,14 +145,43 @@ def load(path: Path, current: dict, runtime: dict) -> dict | None:
         set_aside(path, f"holds more than tensors and plain data ({refused_pickle(exc)}, refused by weights_only)")
         return None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        set_aside(path, f"is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+        set_aside(path, f"is unreadable ({type(exc).__name__}: {first_line(exc)})")
         return None
     if not isinstance(ckpt, dict) or not {"identity", "epoch", "rows", "state"} <= set(ckpt):
         set_aside(path, f"is not a cnnvit checkpoint (a {type(ckpt).__name__})")
         return None
-    why = mismatch(ckpt["identity"], current)
-    if why:
-        print(f"checkpoint {path} {why}; starting fresh", flush=True)
+    if "kept" not in ckpt:
+        set_aside(path, "was written by an older cnnvit (before runs were selected on a validation split)")
+        return None
+    return ckpt
+
+
+def load(path: Path, current: dict, runtime: dict) -> dict | None:
+    """The checkpoint for ``current`` identity: the one at ``path``, or one kept earlier for exactly
+    these params, data and code; None to start fresh (and it says why). A checkpoint made under
+    another identity is never overwritten: it is kept beside, named by its identity, so that going
+    back to those params finds it again. A finished run asked for more epochs of a constant LR
+    continues from where it stopped (``ckpt["extended"]``)."""
+    ckpt = _read(path) if path.exists() else None
+    if ckpt is not None and (why := mismatch(ckpt["identity"], current)):
+        if extends(ckpt["identity"], current):
+            print(
+                f"checkpoint {path} {why}: a constant LR does not depend on the number of epochs, so the run "
+                f"continues after epoch {ckpt['epoch']} (its first epochs are exactly those it trained)",
+                flush=True,
+            )
+            return ckpt | {"summary": None, "extended": True}
+        kept = kept_name(path, ckpt["identity"])
+        os.replace(path, kept)
+        print(f"checkpoint {path} {why}; kept it as {kept} and starting fresh", flush=True)
+        ckpt = None
+    if ckpt is None:
+        earlier = kept_name(path, current)
+        if earlier.exists() and (found := _read(earlier)) is not None and not mismatch(found["identity"], current):
+            os.replace(earlier, path)
+            print(f"checkpoint {earlier} was kept for exactly these params, data and code: using it", flush=True)
+            ckpt = found
+    if ckpt is None:
         return None
     old = ckpt.get("runtime") or {}
     changed = [f"{k} {old.get(k)} -> {runtime[k]}" for k in RUNTIME_KEYS if old.get(k) != runtime[k]]
