@@ -210,6 +210,8 @@ def tiny_params(
     cfg["data"].update(expect_train=5 * per_batch, expect_test=per_batch, val_size=VAL_SIZE, val_seed=0)
     cfg["runs"].update(models=models or list(TINY_MODELS), recipes=recipes or ["paper", "modern"], seeds=seeds or [0])
     cfg["runtime"]["eval_batch_size"] = 64
+    cfg["robustness"].update(corruptions=["gaussian_noise", "contrast"], severities=[1, 5])
+    cfg["cost"].update(sizes=[32, 64], batch=8)
     for recipe in cfg["recipes"].values():
         recipe["batch_size"] = 32
     cfg["preset"] = "tiny"
@@ -217,6 +219,8 @@ def tiny_params(
         "train_size": 0,
         "val_size": 0,
         "test_size": 0,
+        "robustness_images": 10,
+        "attention_images": 4,
         "epochs": epochs,
         "minutes_per_epoch": 1,
         "models": dict(TINY_MODELS),

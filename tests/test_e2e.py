@@ -66,8 +66,11 @@ def assert_report(project: Path) -> None:
         "wall-clock",
     ]:
         assert needle in html, needle
-    # curves and a confusion matrix per model, + Figure 6, the accuracy bars, data size, cost
-    assert html.count('src="data:image/png;base64,') == 2 * len(MODELS) + 4
+    # curves and a confusion matrix per model, + Figure 6, the accuracy bars, data size, cost; robustness,
+    # attention for the ViT and the hybrid, cost by input size
+    assert html.count('src="data:image/png;base64,') == 2 * len(MODELS) + 4 + 4
+    for needle in ("Robustness to corrupted inputs", "mCE", "Where attention looks", "What each model costs to run"):
+        assert needle in html, needle
     for needle in ("epoch chosen on the validation split", "paired t", "p (Holm)", "exploratory", "ECE", "§2.3"):
         assert needle in html, needle
     assert "Test accuracy at the selected epoch against training images" in html
@@ -119,10 +122,15 @@ def snakemake_plan(project: Path) -> dict[str, int]:
 def test_a_params_change_reruns_only_that_model(sm_project, dvc_project):
     for project in (sm_project, dvc_project):
         edit_params(project, "presets.tiny.models.vit.depth", 2)
-    assert snakemake_plan(sm_project) == {"train": 2, "collect": 1, "figures": 1, "report": 1, "all": 1, "total": 6}
+    # its two runs train and are evaluated again; cost measures every model of the preset
+    plan = {"train": 2, "evaluate": 2, "cost": 1, "collect": 1, "figures": 1, "report": 1, "all": 1, "total": 9}
+    assert snakemake_plan(sm_project) == plan
     status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
     # collect and report read the preset too: collect checks each run's config, report prints it
-    assert set(status) == {"train@vit-paper-0", "train_fraction@vit-paper-0.2-0", "collect", "report"}, status
+    vit = {f"{s}@vit-paper-0" for s in ("train", "evaluate")} | {
+        f"{s}_fraction@vit-paper-0.2-0" for s in ("train", "evaluate")
+    }
+    assert set(status) == vit | {"cost", "collect", "report"}, status
     for project in (sm_project, dvc_project):
         edit_params(project, "presets.tiny.models.vit.depth", 1)
 
@@ -134,16 +142,19 @@ def test_a_code_change_makes_exactly_its_stages_stale(sm_project, dvc_project):
     runs = len(MODELS) * 2  # every training (the engine imports every model family), at two training-set sizes
     assert snakemake_plan(sm_project) == {
         "train": runs,
+        "evaluate": runs,  # it builds the models too
+        "cost": 1,
         "collect": 1,
         "figures": 1,
         "report": 1,
         "all": 1,
-        "total": runs + 4,
+        "total": 2 * runs + 5,
     }
     status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
     # collect and report read the specs too (display names, descriptions, run identities)
-    assert {s.split("@")[0] for s in status} == {"train", "train_fraction", "collect", "report"}, status
-    assert len(status) == runs + 2, status
+    per_run = {"train", "train_fraction", "evaluate", "evaluate_fraction"}
+    assert {s.split("@")[0] for s in status} == per_run | {"cost", "collect", "report"}, status
+    assert len(status) == 2 * runs + 3, status
     for project in (sm_project, dvc_project):
         sh("git checkout -q src/cnnvit/models/vit.py", project)
     assert "Nothing to be done" in sh("snakemake -n --cores 2", sm_project).stdout  # same content again
@@ -161,7 +172,9 @@ def test_config_overrides_reach_the_commands_canonically(sm_project):
     assert "Nothing to be done" in sh("snakemake -n --cores 2 --configfile shuffled.yaml", sm_project).stdout
     dry = sh('snakemake -n -p --cores 2 --config "recipes={paper: {lr: 1e-4}}"', sm_project).stdout
     trains = re.findall(r"^Shell command: (cnnvit train .*)$", dry, flags=re.M)
-    assert len(trains) == len(MODELS) * 2 and all("--set recipes.paper.lr=0.0001" in c for c in trains), dry[-2000:]
+    # every training reruns, and reads the config Snakemake validated (with the override) from its snapshot
+    snapshot = "--params .snakemake/cnnvit/params.yaml"
+    assert len(trains) == len(MODELS) * 2 and all(snapshot in c for c in trains), dry[-2000:]
     bad = sh('snakemake -n --cores 2 --config "recipes={paper: {lr: -1}}"', sm_project, check=False)
     assert bad.returncode == 1 and "error: config: recipes.paper.lr: -1" in bad.stderr and "minimum of 0" in bad.stderr
 

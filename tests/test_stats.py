@@ -226,6 +226,16 @@ def fabricate(tmp_path, accs=ACCS, seeds=(0, 1, 2), extra: dict | None = None, p
             }
             (d / "summary.json").write_text(json.dumps({**summary, **(extra or {})}))
             (d / "metrics.csv").write_text(f"epoch,val_acc,test_acc\n1,{acc - 2},{acc - 1}\n2,{acc},{acc}\n")
+            e = tmp_path / f"results/eval/{model}-paper-s{seed}"
+            e.mkdir(parents=True)
+            cells = [("clean", 0, acc)] + [(c, s, acc - 5 * s) for c in ("fog", "contrast") for s in (1, 2)]
+            (e / "robustness.csv").write_text(
+                "corruption,severity,acc,images\n" + "".join(f"{c},{s},{a},100\n" for c, s, a in cells)
+            )
+            heads = [(layer, head, 2.0 + layer + head) for layer in (1, 2) for head in (1, 2)] if "vit" in model else []
+            (e / "attention.csv").write_text(
+                "layer,head,distance_px\n" + "".join(f"{la},{h},{d}\n" for la, h, d in heads)
+            )
             if predictions:
                 logits = rng.normal(size=(200, 10)).astype(np.float16)
                 right = rng.random(200) < acc / 100
@@ -234,6 +244,12 @@ def fabricate(tmp_path, accs=ACCS, seeds=(0, 1, 2), extra: dict | None = None, p
                     d / "predictions.npz", labels=labels, indices=np.arange(200), classes=np.array(list("abcdefghij")),
                     selected_logits=logits, final_logits=logits, selected_epoch=2, final_epoch=2,
                 )  # fmt: skip
+    columns = "model,arch,size,params,flops_per_image,latency_ms_median,latency_ms_p95,throughput_images_per_s,batch,"
+    (tmp_path / "cost.csv").write_text(
+        columns
+        + "inference_peak_mb,inference_step_mb,training_peak_mb,training_step_mb,device,threads\n"
+        + "".join(f"{m},x,32,1000,2000,1.0,1.2,500,8,10,1,20,2,cpu,1\n" for m in accs)
+    )
     return cfg
 
 
@@ -247,6 +263,10 @@ def collect(tmp_path, *sets: str) -> int:
             str(tmp_path / "results/runs"),
             "--out-dir",
             str(tmp_path / "tables"),
+            "--eval-dir",
+            str(tmp_path / "results/eval"),
+            "--cost",
+            str(tmp_path / "cost.csv"),
             *[a for s in sets for a in ("--set", s)],
         ]
     )

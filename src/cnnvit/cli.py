@@ -20,7 +20,10 @@ from cnnvit.errors import CnnvitError, raise_on_signals
 COMMANDS = {
     "download": ("stages.download", "fetch and verify the archive"),
     "prepare": ("stages.prepare", "archive -> train/test .npz + stats"),
+    "corrupt": ("stages.corrupt", "the runs' test images -> CIFAR-10-C's corruptions of them"),
     "train": ("stages.train", "train one model/recipe/fraction/seed run"),
+    "evaluate": ("stages.evaluate", "a trained run -> its accuracy under corruption, and where it attends"),
+    "cost": ("stages.cost", "latency, throughput, memory and FLOPs of each model, by input size"),
     "collect": ("stages.collect", "per-run results -> tidy tables, statistics and verdicts"),
     "figures": ("stages.figures", "tables -> PNG figures"),
     "report": ("stages.report", "tables + figures -> report/index.html"),

@@ -29,3 +29,18 @@ rule prepare:
         values=S.param_values("prepare", PARAMS),
     shell:
         S.command("prepare") + " > {log} 2>&1"
+
+
+rule corrupt:
+    input:
+        S.inputs("corrupt", PARAMS),
+    output:
+        **S.outputs("corrupt"),
+    log:
+        S.log("corrupt"),
+    conda:
+        "../envs/cnnvit.yaml"
+    params:
+        values=S.param_values("corrupt", PARAMS),
+    shell:
+        S.command("corrupt") + " > {log} 2>&1"

@@ -26,3 +26,39 @@ rule train:
         values=lambda w: S.param_values("train", PARAMS, RUNS[w.run]),
     shell:
         "{params.cmd} --threads {threads} > {log} 2>&1"
+
+
+# The corruption benchmark and the attention distances of one trained run: a change to their
+# settings re-runs these, never the training.
+rule evaluate:
+    input:
+        S.inputs("evaluate", PARAMS),
+    output:
+        **S.outputs("evaluate"),
+    log:
+        S.log("evaluate"),
+    conda:
+        "../envs/cnnvit.yaml"
+    threads: PARAMS.runtime.threads
+    params:
+        cmd=lambda w: S.command("evaluate", RUNS[w.run]),
+        values=lambda w: S.param_values("evaluate", PARAMS, RUNS[w.run]),
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+# Timings: it claims every core, so that nothing else runs while it measures.
+rule cost:
+    input:
+        S.inputs("cost", PARAMS),
+    output:
+        **S.outputs("cost"),
+    log:
+        S.log("cost"),
+    conda:
+        "../envs/cnnvit.yaml"
+    threads: S.all_cores(workflow)
+    params:
+        values=S.param_values("cost", PARAMS),
+    shell:
+        S.command("cost") + " > {log} 2>&1"

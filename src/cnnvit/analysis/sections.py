@@ -203,3 +203,65 @@ def datasize_section(size: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> di
         for (a, b, recipe), g in pairs.groupby(["a", "b", "recipe"], sort=False):
             crossings.append({"pair": f"{names[a]} vs {names[b]}", "recipe": recipe, "text": g.text.iloc[0]})
     return {"rows": rows, "crossings": crossings, "fractions": sorted(set(size.fraction))}
+
+
+def robustness_rows(summary: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "name": r.label,
+            "recipe": r.recipe,
+            "clean": fmt(r.clean_acc_mean, 2, True),
+            "corrupted": fmt(r.corrupted_acc_mean, 2, True),
+            "ci": f"[{fmt(r.corrupted_acc_ci_low, 2)}, {fmt(r.corrupted_acc_ci_high, 2)}]",
+            "drop": fmt(r.relative_drop_pct_mean, 1) + "%",
+            "drop_ci": f"[{fmt(r.relative_drop_pct_ci_low, 1)}, {fmt(r.relative_drop_pct_ci_high, 1)}]",
+            "mce": fmt(r.mce_pct, 1),
+            "rel_mce": fmt(r.relative_mce_pct, 1),
+            "seeds": int(r.seeds),
+        }
+        for r in summary.itertuples()
+    ]
+
+
+def robustness_pair_rows(pairs: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "comparison": c.comparison,
+            "recipe": c.recipe,
+            "diff": fmt(c.diff_pp, 2, sign=True),
+            "ci": f"[{fmt(c.ci_low_pp, 2, sign=True)}, {fmt(c.ci_high_pp, 2, sign=True)}]",
+            "test": c.test,
+            "p": fmt_p(c.p_value),
+            "verdict": c.verdict,
+        }
+        for c in pairs.itertuples()
+    ]
+
+
+def attention_sentences(attention: pd.DataFrame) -> list[str]:
+    """Per model and recipe, where the first and the last layer's heads look, in words."""
+    out = []
+    for (model, recipe), g in attention.groupby(["label", "recipe"], sort=False):
+        first, last = g[g.layer == g.layer.min()].distance_px, g[g.layer == g.layer.max()].distance_px
+        out.append(
+            f"{model} ({recipe}): in layer 1 the heads attend over {first.min():.1f} to {first.max():.1f} pixels "
+            f"(mean {first.mean():.1f}); in layer {g.layer.max()} over {last.min():.1f} to {last.max():.1f} "
+            f"(mean {last.mean():.1f})."
+        )
+    return out
+
+
+def cost_rows(cost: pd.DataFrame) -> list[dict]:
+    return [
+        {
+            "name": r.label,
+            "size": int(r.size),
+            "params": fmt(r.params / 1e6, 2) + " M",
+            "gflops": fmt(r.flops_per_image / 1e9, 3),
+            "latency": f"{r.latency_ms_median:.2f} / {r.latency_ms_p95:.2f}",
+            "throughput": fmt(r.throughput_images_per_s, 0),
+            "infer_mb": fmt(r.inference_step_mb, 0),  # measured at the training size only: DASH elsewhere
+            "train_mb": fmt(r.training_step_mb, 0),
+        }
+        for r in cost.itertuples()
+    ]

@@ -28,7 +28,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from cnnvit.config.types import Analysis, Data, Params, Preset, Recipe, Runs, Runtime
+from cnnvit.config.types import Analysis, Cost, Data, Params, Preset, Recipe, Robustness, Runs, Runtime
 from cnnvit.dataset import subset_size
 from cnnvit.errors import CnnvitError, first_line
 
@@ -317,6 +317,8 @@ def params_from_dict(cfg: dict, source: str = "params.yaml") -> Params:
         runs=_build(Runs, cfg["runs"]),
         runtime=_build(Runtime, cfg["runtime"]),
         analysis=_build(Analysis, cfg["analysis"]),
+        robustness=_build(Robustness, cfg["robustness"]),
+        cost=_build(Cost, cfg["cost"]),
         recipes={name: _build(Recipe, r) for name, r in cfg["recipes"].items()},
         presets={name: _build(Preset, p) for name, p in cfg["presets"].items()},
     )

@@ -4,7 +4,7 @@
     RunSpec     # one point of models x recipes x train_fractions x seeds; .name is its directory
     RunConfig   # everything one training reads (see cnnvit.config.runs); .identity() is what makes
                 # its numbers what they are
-    Recipe, Preset, Runtime, Data, Runs, Analysis
+    Recipe, Preset, Runtime, Data, Runs, Analysis, Robustness, Cost
 
 Optional keys take their defaults here and nowhere else; the values a key allows are the
 ``Literal`` of its field (a test holds the schema's enums to them). Model entries stay the
@@ -29,6 +29,12 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine", "linear"]
 Normalize = Literal["meanstd", "unit"]
 VerdictMetric = Literal["selected", "final"]
+# cnnvit.analysis.corruptions.CORRUPTIONS, in CIFAR-10-C's order (a test holds the three lists together)
+Corruption = Literal[
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+]  # fmt: skip
+Severity = Literal[1, 2, 3, 4, 5]
 
 # A run's name, which is also its directory under results/runs/. The DVC generator fills the same
 # patterns with ${item.*}, so the two tools cannot name a run differently.
@@ -83,6 +89,19 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class Robustness:
+    corruptions: tuple[Corruption, ...]
+    severities: tuple[Severity, ...]
+    seed: int  # draws every corruption's noise, the same for every run
+
+
+@dataclass(frozen=True)
+class Cost:
+    sizes: tuple[int, ...]  # input sizes the latency and FLOPs are measured at (upsampled)
+    batch: int  # the large batch of the throughput and memory measurements
+
+
+@dataclass(frozen=True)
 class Recipe:
     optimizer: Optimizer
     lr: float
@@ -106,6 +125,8 @@ class Preset:
     test_size: int
     epochs: int
     models: dict[str, dict] = field(hash=False)  # model name -> its checked params.yaml entry
+    robustness_images: int = 0  # test images the corruption benchmark uses (0 = all of the preset's)
+    attention_images: int = 64  # test images the attention distances are averaged over
     minutes_per_epoch: float = 10.0  # a scheduling estimate for a cluster's time limit
     mem_mb: int = 16000  # what a training job asks a cluster for
 
@@ -166,6 +187,8 @@ class Params:
     runs: Runs
     runtime: Runtime
     analysis: Analysis
+    robustness: Robustness
+    cost: Cost
     recipes: dict[str, Recipe] = field(hash=False)
     presets: dict[str, Preset] = field(hash=False)
 

@@ -51,7 +51,7 @@ def _dvc_stage(s: Stage, fractions: list[float] | None = None) -> dict:
             "run": run_name(ITEM["model"], ITEM["recipe"], ITEM["seed"], ITEM["fraction"] if fraction else None),
         }
     stage["cmd"] = s.cmd.format(**fields)
-    stage["deps"] = [*deps(s.name), *code_deps(s.name)]
+    stage["deps"] = [d.format(**fields) if s.per_run else d for d in deps(s.name)] + list(code_deps(s.name))
     keys = list(s.params) + (list(s.fraction_params) if fraction else [])
     params = [k.format(preset="${preset}", model=ITEM["model"], recipe=ITEM["recipe"]) for k in keys]
     if params:

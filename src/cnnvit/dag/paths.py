@@ -23,11 +23,20 @@ TABLES = tuple(
         "datasize_pairs.csv",
         "per_class.csv",
         "confusion.csv",
+        "robustness.csv",
+        "robustness_detail.csv",
+        "robustness_pairs.csv",
+        "attention.csv",
+        "cost.csv",
         "provenance.json",
         "metrics.json",
     )
 )
 METRICS = f"{TABLES_DIR}/metrics.json"  # for `dvc metrics show`: mean accuracies and every verdict
+CORRUPTED = "data/corrupted/test.npz"  # CIFAR-10-C's corruptions of the runs' test images
+EVAL_DIR = "results/eval"  # per run: robustness.csv and attention.csv
+EVAL_FILES = ("robustness.csv", "attention.csv")
+COST = "results/cost/cost.csv"  # per model: latency, throughput, memory and FLOPs by input size
 FIGURES_DIR = "results/figures"
 TEMPLATE = "report/template.html.j2"
 REPORT = "report/index.html"

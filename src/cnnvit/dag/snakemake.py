@@ -72,6 +72,13 @@ def write_snapshot(params: Params) -> Path:
     return Path(PARAMS_SNAPSHOT)
 
 
+def all_cores(workflow) -> int:
+    """Every core Snakemake was given (a job asking for them runs alone), or 1 where no count is
+    given (--report, --lint)."""
+    cores = getattr(workflow.resource_settings, "cores", None)
+    return int(cores) if isinstance(cores, int) and cores > 0 else 1
+
+
 def run_pattern(names) -> str:
     """A wildcard constraint that matches exactly these run names."""
     return "|".join(re.escape(name) for name in names)

@@ -1,6 +1,7 @@
 """The pipeline, described once: every stage's command, inputs, outputs, log, params and code.
 
-    download -> prepare -> train (one job per run) -> collect -> figures -> report
+    download -> prepare -> corrupt -> train, evaluate (one job each per run) -> cost -> collect
+             -> figures -> report
 
 The Snakemake rules (``workflow/rules/*.smk``) read their inputs, outputs, logs, commands and
 params from here (through :mod:`cnnvit.dag.snakemake`), and ``dvc.yaml`` is generated from here
@@ -18,11 +19,15 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cnnvit.analysis.records import METRICS_FILE, RUN_FILES
+from cnnvit.analysis.records import METRICS_FILE, RUN_FILES, WEIGHTS_FILE
 from cnnvit.config.types import run_name
 from cnnvit.dag.code import code_files
 from cnnvit.dag.paths import (
     CHECKPOINT_DIR,
+    CORRUPTED,
+    COST,
+    EVAL_DIR,
+    EVAL_FILES,
     FIGURES_DIR,
     METRICS,
     PREPARED,
@@ -62,7 +67,7 @@ class Stage:
     params: tuple[str, ...]  # dotted keys read; {preset}, {model} and {recipe} are filled in
     per_run: bool = False
     fraction_params: tuple[str, ...] = ()  # what a run on a fraction of the training set reads too
-    reads_all_runs: bool = False  # depends on every run's outputs (DVC: the runs directory)
+    reads_all_runs: tuple[str, ...] = ()  # per-run stages whose outputs, for every run, it reads
     local_input: str | None = None  # a params key naming a file; when it is a local path, an input too
 
     @property
@@ -93,6 +98,13 @@ STAGES: dict[str, Stage] = {
             ("data.format", "data.expect_train", "data.expect_test", "data.val_size", "data.val_seed"),
         ),
         Stage(
+            "corrupt",
+            f"cnnvit corrupt --data-dir {PREPARED_DIR} --out {CORRUPTED}",
+            PREPARED,
+            (Out(CORRUPTED),),
+            ("preset", "presets.{preset}.test_size", "presets.{preset}.robustness_images", "robustness"),
+        ),
+        Stage(
             "train",
             "cnnvit train --model {model} --recipe {recipe} --seed {seed}{fraction_arg} "
             f"--data-dir {PREPARED_DIR} --out-dir {RUNS_DIR}/{RUN} --ckpt-dir {CHECKPOINT_DIR}",
@@ -115,12 +127,36 @@ STAGES: dict[str, Stage] = {
             fraction_params=("runs.fraction_budget",),
         ),
         Stage(
-            "collect",
-            f"cnnvit collect --runs-dir {RUNS_DIR} --out-dir {TABLES_DIR}",
+            "evaluate",
+            "cnnvit evaluate --model {model} --recipe {recipe} --seed {seed}{fraction_arg} "
+            f"--data-dir {PREPARED_DIR} --corrupted {CORRUPTED} --runs-dir {RUNS_DIR} --out-dir {EVAL_DIR}/{RUN}",
+            (*PREPARED, CORRUPTED, f"{RUNS_DIR}/{RUN}/{WEIGHTS_FILE}"),
+            tuple(Out(f"{EVAL_DIR}/{RUN}/{f}") for f in EVAL_FILES),
+            (
+                "preset",
+                "presets.{preset}.test_size",
+                "presets.{preset}.robustness_images",
+                "presets.{preset}.attention_images",
+                "presets.{preset}.models.{model}",
+                "recipes.{recipe}.normalize",
+                "robustness",
+            ),
+            per_run=True,
+        ),
+        Stage(
+            "cost",
+            f"cnnvit cost --out {COST}",
             (),
+            (Out(COST, report="Tables"),),
+            ("preset", "runs.models", "presets.{preset}.models", "cost", "runtime.device", "runtime.threads"),
+        ),
+        Stage(
+            "collect",
+            f"cnnvit collect --runs-dir {RUNS_DIR} --eval-dir {EVAL_DIR} --cost {COST} --out-dir {TABLES_DIR}",
+            (COST,),
             tuple(Out(t, report="Tables") if t != METRICS else Out(t, cache=False, metric=True) for t in TABLES),
             ("preset", "runs", "presets.{preset}", "recipes", "runtime.precision", "analysis"),
-            reads_all_runs=True,
+            reads_all_runs=("train", "evaluate"),
         ),
         Stage(
             "figures",
@@ -194,17 +230,23 @@ def outputs(stage: str, run: RunSpec | None = None) -> list[str]:
     return [_fill(o.path, run) for o in STAGES[stage].outs]
 
 
-def run_outputs(runs: list[RunSpec]) -> list[str]:
-    """Every output of every run: what a stage that reads all runs depends on (in Snakemake)."""
-    return [path for run in runs for path in outputs("train", run)]
+def run_outputs(stage: str, runs: list[RunSpec]) -> list[str]:
+    """Every output of every run of a per-run stage."""
+    return [path for run in runs for path in outputs(stage, run)]
 
 
-def deps(stage: str, runs: list[RunSpec] | None = None) -> list[str]:
-    """The data a job of ``stage`` reads: for a stage that reads all runs, the runs' outputs when
-    ``runs`` is given (Snakemake), else the runs directory (DVC)."""
+def run_folder(stage: str) -> str:
+    """The folder a per-run stage writes its runs' folders into (results/runs for train)."""
+    return STAGES[stage].outs[0].path.split(f"/{RUN}/")[0]
+
+
+def deps(stage: str, runs: list[RunSpec] | None = None, run: RunSpec | None = None) -> list[str]:
+    """The data a job of ``stage`` (for ``run``, if it is per run) reads. A stage that reads every
+    run's outputs depends on each of them when ``runs`` is given (Snakemake), else on the folders
+    that hold them (DVC)."""
     s = STAGES[stage]
-    extra = ([RUNS_DIR] if runs is None else run_outputs(runs)) if s.reads_all_runs else []
-    return [*s.deps, *extra]
+    extra = [p for st in s.reads_all_runs for p in (run_outputs(st, runs) if runs is not None else [run_folder(st)])]
+    return [_fill(d, run) for d in s.deps] + extra
 
 
 @dataclass(frozen=True)
@@ -225,7 +267,7 @@ def jobs(params: Params) -> list[Job]:
                 Job(
                     name,
                     command(name, run),
-                    (*deps(name), *code_deps(name)),
+                    (*deps(name, run=run), *code_deps(name)),
                     tuple(outputs(name, run)),
                     tuple(job_params(name, params.raw, run)),
                 )

@@ -53,7 +53,8 @@ class ArchSpec:
             if len(getattr(self, a)) != len(getattr(self, b)):
                 raise ValueError(f"{a} and {b} must have the same length (one entry per stage)")
 
-    def build(self) -> nn.Module:
+    def build(self, img_size: int = IMG_SIZE) -> nn.Module:
+        """The timm network for ``img_size`` x ``img_size`` inputs and NUM_CLASSES classes."""
         raise NotImplementedError
 
     def describe(self) -> str:

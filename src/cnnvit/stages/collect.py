@@ -1,6 +1,7 @@
 """Collect stage: every run's files -> tidy tables, statistics, verdicts.
 
-    cnnvit collect --runs-dir results/runs --out-dir results/tables
+    cnnvit collect --runs-dir results/runs --eval-dir results/eval --cost results/cost/cost.csv \
+        --out-dir results/tables
 
 The runs collected are exactly those params.yaml lists, and each must have been trained with the
 config params.yaml now gives it: a run trained under another preset or recipe is refused, naming
@@ -17,6 +18,10 @@ warning). Writes, in ``--out-dir`` (replaced as a whole, so the tables always be
 - ``datasize.csv`` and ``datasize_pairs.csv``: accuracy against training-set size, and every pair
   of models at every size (exploratory);
 - ``per_class.csv`` and ``confusion.csv``: per-class accuracy and confusion counts, pooled over seeds;
+- ``robustness.csv`` (per model: clean and corrupted accuracy, relative drop, mCE against ResNet50),
+  ``robustness_detail.csv`` (per run, corruption and severity) and ``robustness_pairs.csv`` (is the
+  ViT more robust than ResNet50 / the hybrid? exploratory), from ``--eval-dir`` (cnnvit evaluate);
+- ``attention.csv``: mean attention distance per head and layer; ``cost.csv``: cost to run (cnnvit cost);
 - ``provenance.json``: params, the devices the runs trained on, versions, commits;
 - ``metrics.json``: for ``dvc metrics show``, mean accuracies and every verdict.
 """
@@ -31,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from cnnvit.analysis import predictions as P
+from cnnvit.analysis import robustness as R
 from cnnvit.analysis.paper import CLAIMS, PAPER_NAME, paper_gaps
 from cnnvit.analysis.records import (
     METRICS,
@@ -218,7 +224,49 @@ def dvc_metrics(summary: pd.DataFrame, claims: pd.DataFrame) -> dict:
 TABLE_NAMES = {Path(t).name for t in paths.TABLES}
 
 
-def collect(params: Params, runs_dir, out_dir) -> pd.DataFrame:
+def read_table(path: Path, run: str) -> pd.DataFrame:
+    if not path.exists():
+        raise CnnvitError(f"{path} not found: evaluate run {run} first (cnnvit evaluate, or the pipeline)")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CnnvitError(f"{path} is corrupt ({type(exc).__name__}): run `cnnvit evaluate` for {run} again") from None
+
+
+def evaluations(params: Params, eval_dir: Path, names: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """The evaluation stage's tables of every run on the whole training set."""
+    long, attention = [], []
+    for run in params.all_runs():
+        if run.fraction < 1:
+            continue
+        keys = {"model": run.model, "recipe": run.recipe, "seed": run.seed}
+        long.append(read_table(eval_dir / run.name / "robustness.csv", run.name).assign(**keys))
+        attention.append(read_table(eval_dir / run.name / "attention.csv", run.name).assign(**keys))
+    detail = pd.concat(long, ignore_index=True) if long else pd.DataFrame(columns=["model", "recipe", "seed"])
+    per_run = R.robustness_runs(detail) if long else pd.DataFrame()
+    summary = R.robustness_summary(detail, per_run) if long else pd.DataFrame(columns=["model"])
+    summary.insert(1, "label", summary.model.map(names))
+    attn = R.attention_summary(pd.concat(attention, ignore_index=True) if attention else pd.DataFrame())
+    attn.insert(1, "label", attn.model.map(names))
+    return {
+        "robustness.csv": summary,
+        "robustness_detail.csv": detail,
+        "robustness_pairs.csv": R.robustness_pairs(per_run)
+        if long
+        else R.robustness_pairs(pd.DataFrame(columns=["model", "recipe", "seed", "relative_drop_pct"])),
+        "attention.csv": attn,
+    }
+
+
+def cost_table(path: Path, names: dict[str, str]) -> pd.DataFrame:
+    if not path.exists():
+        raise CnnvitError(f"{path} not found: run `cnnvit cost` first (or the pipeline)")
+    cost = pd.read_csv(path)
+    cost.insert(1, "label", cost.model.map(names))
+    return cost
+
+
+def collect(params: Params, runs_dir, out_dir, eval_dir=paths.EVAL_DIR, cost=paths.COST) -> pd.DataFrame:
     out_dir, runs_dir = Path(out_dir), Path(runs_dir)
     metric = params.analysis.metric
     loaded = [load_run(params, run, runs_dir) for run in params.all_runs()]
@@ -252,6 +300,8 @@ def collect(params: Params, runs_dir, out_dir) -> pd.DataFrame:
         "datasize_pairs.csv": pairs,
         "per_class.csv": P.per_class(whole, metric),
         "confusion.csv": P.confusion(whole, metric),
+        **evaluations(params, Path(eval_dir), names),
+        "cost.csv": cost_table(Path(cost), names),
     }
     assert set(tables) | {"provenance.json", "metrics.json"} == TABLE_NAMES, TABLE_NAMES
     with atomic_dir(out_dir, owned=lambda name: name in TABLE_NAMES) as tmp:
@@ -264,11 +314,13 @@ def collect(params: Params, runs_dir, out_dir) -> pd.DataFrame:
 
 def add_args(p) -> None:
     p.add_argument("--runs-dir", default=paths.RUNS_DIR)
+    p.add_argument("--eval-dir", default=paths.EVAL_DIR)
+    p.add_argument("--cost", default=paths.COST)
     p.add_argument("--out-dir", default=paths.TABLES_DIR)
 
 
 def run(args, params: Params) -> None:
-    claims = collect(params, args.runs_dir, args.out_dir)
+    claims = collect(params, args.runs_dir, args.out_dir, args.eval_dir, args.cost)
     for c in claims.itertuples():
         print(
             f"{c.verdict:>12}  {c.claim} [{c.recipe}]: {c.diff_pp:+.2f} pp, 95% CI [{c.ci_low_pp:+.2f}, "

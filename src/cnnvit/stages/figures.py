@@ -12,7 +12,9 @@
   panel per recipe;
 - ``datasize.png`` (when two or more training-set sizes ran): test accuracy against training
   images (log x), one panel per recipe;
-- ``cost.png``: test accuracy against training compute (PFLOPs, log x).
+- ``cost.png``: test accuracy against training compute (PFLOPs, log x);
+- ``robustness.png``: accuracy against corruption severity per model; ``attention_{model}.png``:
+  mean attention distance per head and layer; ``cost_size.png``: FLOPs and latency by input size.
 
 All of them are drawn into a temporary directory that replaces ``--out-dir`` only when complete.
 """
@@ -213,28 +215,89 @@ def read_table(tables_dir: Path, name: str) -> pd.DataFrame:
         raise CnnvitError(f"{path} is corrupt ({type(exc).__name__}): run `cnnvit collect` again") from None
 
 
-def figure_list(epochs, summary, per_run, confusion) -> dict[str, tuple]:
-    """Every figure these tables give: file name -> (drawing function, its arguments). The report
-    asks for exactly these (cnnvit.stages.report), so a missing one is an error there."""
+def robustness_plot(detail: pd.DataFrame, labels: dict[str, str]) -> plt.Figure:
+    """Accuracy against severity (0 = clean), averaged over corruptions; one line per model."""
+    recipes = list(dict.fromkeys(detail.recipe))
+    fig, axes = plt.subplots(1, len(recipes), figsize=(5.5 * len(recipes), 4.2), squeeze=False, sharey=True)
+    per_seed = detail.groupby(["model", "recipe", "seed", "severity"], sort=False).acc.mean().reset_index()
+    per_seed["model"] = per_seed.model.map(labels)
+    for ax, recipe in zip(axes[0], recipes, strict=True):
+        d = per_seed[per_seed.recipe == recipe]
+        sns.lineplot(data=d, x="severity", y="acc", hue="model", errorbar="sd", marker="o", ax=ax)
+        ax.set(xlabel="severity (0 = clean)", ylabel="test accuracy (%)", title=f"recipe {recipe}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, title=None)
+    fig.suptitle("Accuracy under corruption, mean over corruptions (band: +-1 s.d. over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def attention_plot(attention: pd.DataFrame, label: str) -> plt.Figure:
+    """Mean attention distance per head (dots) against layer, one panel per recipe (as ViT Fig. 7)."""
+    recipes = list(dict.fromkeys(attention.recipe))
+    fig, axes = plt.subplots(1, len(recipes), figsize=(5.5 * len(recipes), 4.0), squeeze=False, sharey=True)
+    for ax, recipe in zip(axes[0], recipes, strict=True):
+        d = attention[attention.recipe == recipe]
+        sns.stripplot(data=d, x="layer", y="distance_px", hue="head", palette="viridis", jitter=0.15, size=6, ax=ax,
+                      legend=False)  # fmt: skip
+        ax.set(xlabel="layer", ylabel="mean attention distance (input pixels)", title=f"{label}, recipe {recipe}")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Where each head attends: mean distance per head and layer (mean over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def cost_size_plot(cost: pd.DataFrame) -> plt.Figure:
+    """Forward FLOPs and batch-1 latency against input size (log-log): attention's quadratic term."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+    d = cost.rename(columns={"model": "name", "label": "model"})
+    for ax, col, ylabel in zip(axes, ["flops_per_image", "latency_ms_median"],
+                               ["forward GFLOPs per image", "batch-1 latency (ms, median)"], strict=True):  # fmt: skip
+        data = d.assign(value=d[col] / (1e9 if col == "flops_per_image" else 1))
+        sns.lineplot(data=data, x="size", y="value", hue="model", marker="o", ax=ax)
+        ax.set(xscale="log", yscale="log", xlabel="input size (pixels, upsampled)", ylabel=ylabel)
+        sizes = sorted(d["size"].unique())
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, title=None)
+    fig.suptitle(f"What each model costs to run, by input size ({d.device.iloc[0]}, {d.threads.iloc[0]} thread(s))")
+    fig.tight_layout()
+    return fig
+
+
+FIGURE_TABLES = ("epochs", "summary", "runs", "confusion", "robustness_detail", "attention", "cost")
+
+
+def figure_list(t: dict[str, pd.DataFrame]) -> dict[str, tuple]:
+    """Every figure these tables (FIGURE_TABLES, by name) give: file name -> (drawing function,
+    its arguments). The report asks for exactly these, so a missing one is an error there."""
+    epochs, summary = t["epochs"], t["summary"]
     whole = epochs[epochs.fraction == 1.0]
     drawn: dict[str, tuple] = {f"curves_{m}.png": (curves, epochs, m) for m in dict.fromkeys(whole.model)}
     if len(whole):
         drawn |= {"test_acc.png": (test_acc_all, epochs), "accuracy.png": (accuracy_bars, summary)}
     labels = dict(zip(summary.model, summary.label, strict=False))
-    for m in dict.fromkeys(confusion.model):
-        drawn[f"confusion_{m}.png"] = (confusion_plot, confusion[confusion.model == m], labels.get(m, m))
-    if per_run.fraction.nunique() >= 2:
-        drawn["datasize.png"] = (datasize_plot, per_run)
+    for m in dict.fromkeys(t["confusion"].model):
+        drawn[f"confusion_{m}.png"] = (confusion_plot, t["confusion"][t["confusion"].model == m], labels.get(m, m))
+    if t["runs"].fraction.nunique() >= 2:
+        drawn["datasize.png"] = (datasize_plot, t["runs"])
     drawn["cost.png"] = (cost_plot, summary)
+    if len(t["robustness_detail"]):
+        drawn["robustness.png"] = (robustness_plot, t["robustness_detail"], labels)
+    for m in dict.fromkeys(t["attention"].model):
+        drawn[f"attention_{m}.png"] = (attention_plot, t["attention"][t["attention"].model == m], labels.get(m, m))
+    if len(t["cost"]):
+        drawn["cost_size.png"] = (cost_size_plot, t["cost"])
     return drawn
 
 
 def figures(tables_dir, out_dir) -> list[str]:
     tables_dir = Path(tables_dir)
-    names = ("epochs.csv", "summary.csv", "runs.csv", "confusion.csv")
-    epochs, summary, per_run, confusion = (read_table(tables_dir, n) for n in names)
+    t = {n: read_table(tables_dir, f"{n}.csv") for n in FIGURE_TABLES}
     sns.set_theme(style="whitegrid", context="notebook")
-    drawn = figure_list(epochs, summary, per_run, confusion)
+    drawn = figure_list(t)
     with atomic_dir(out_dir, owned=lambda name: name.endswith(".png")) as tmp:
         for name, (fn, *args) in drawn.items():
             fig = fn(*args)

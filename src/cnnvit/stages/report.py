@@ -21,26 +21,27 @@ import yaml
 from cnnvit.analysis.deviations import deviations
 from cnnvit.analysis.paper import NOTES, PAPER_NAME, TABLE_NUMBER
 from cnnvit.analysis.sections import (
+    attention_sentences,
     calibration_rows,
     claim_rows,
+    cost_rows,
     datasize_section,
     efficiency,
     epoch_table,
     per_class_table,
+    robustness_pair_rows,
+    robustness_rows,
     table4,
 )
 from cnnvit.artifacts import read_json, write_text
 from cnnvit.config.types import Params
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
-from cnnvit.stages.figures import figure_list, read_table
+from cnnvit.stages.figures import FIGURE_TABLES, figure_list, read_table
 
 
 def inline_png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-FIGURE_TABLES = ("epochs", "summary", "runs", "confusion")
 
 
 def figure_captions(names: dict[str, str], models: list[str], drawn: list[str]) -> list[tuple[str, str]]:
@@ -69,12 +70,12 @@ def figure_captions(names: dict[str, str], models: list[str], drawn: list[str]) 
 
 def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
-    tables = ("epochs", "runs", "summary", "claims", "variants", "datasize", "datasize_pairs", "per_class", "confusion")
-    t = {n: read_table(tables_dir, f"{n}.csv") for n in tables}
+    tables = ("claims", "variants", "datasize", "datasize_pairs", "per_class", "robustness", "robustness_pairs")
+    t = {n: read_table(tables_dir, f"{n}.csv") for n in (*tables, *FIGURE_TABLES)}
     prov = read_json(tables_dir / "provenance.json", "run `cnnvit collect` again")
     if not template.exists():
         raise CnnvitError(f"report template {template} not found: pass --template")
-    drawn = list(figure_list(*(t[n] for n in FIGURE_TABLES)))  # what `cnnvit figures` draws from these tables
+    drawn = list(figure_list(t))  # what `cnnvit figures` draws from these tables
     for name in drawn:
         if not (figures_dir / name).exists():
             raise CnnvitError(f"{figures_dir / name} not found: run `cnnvit figures` again")
@@ -113,6 +114,14 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
         epoch_tables=[epoch_table(t["epochs"], m, r) for m in models for r in recipes],
         general_notes=NOTES["all"],
         efficiency=efficiency(t["summary"]),
+        robustness=robustness_rows(t["robustness"]),
+        robustness_pairs=robustness_pair_rows(t["robustness_pairs"]),
+        robustness_fig=inline("robustness.png"),
+        attention=attention_sentences(t["attention"]),
+        attention_figs=[inline(f"attention_{m}.png") for m in dict.fromkeys(t["attention"].model)],
+        cost=cost_rows(t["cost"]),
+        cost_device=f"{t['cost'].device.iloc[0]}, {t['cost'].threads.iloc[0]} thread(s)" if len(t["cost"]) else "",
+        cost_size_fig=inline("cost_size.png"),
         datasize=datasize_section(t["datasize"], t["datasize_pairs"], params.analysis.metric),
         budget=params.runs.fraction_budget,
         figures=[(caption, inline_png(figures_dir / f)) for caption, f in figure_captions(names, models, drawn)],

@@ -1,0 +1,82 @@
+"""Corrupt stage: the test images every run is scored on -> CIFAR-10-C's corruptions of them.
+
+    cnnvit corrupt --data-dir data/prepared --out data/corrupted/test.npz
+
+Takes the preset's test subset (the images every run is scored on), a stratified subset of
+``presets.<p>.robustness_images`` of them (0 = all), and writes each corruption of
+``robustness.corruptions`` at each of ``robustness.severities`` (:mod:`cnnvit.analysis.corruptions`,
+seeded by ``robustness.seed``): uint8 images shaped corruptions x severities x N x 32 x 32 x 3,
+with the labels and the images' positions in the prepared test split. Made once; every run's
+evaluation reads it, so a change here re-runs the evaluations, never the trainings.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnnvit.analysis.corruptions import corrupt
+from cnnvit.artifacts import atomic_path
+from cnnvit.config.types import Params
+from cnnvit.dag import paths
+from cnnvit.dataset import stratified_indices, subset_size
+from cnnvit.errors import CnnvitError
+from cnnvit.training.data import PREPARE_AGAIN, load_stats
+
+KEYS = ("images", "labels", "indices", "corruptions", "severities")
+
+
+def robustness_subset(data_dir: Path, test_size: int, images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images N x 32 x 32 x 3, labels, positions in the prepared test split): the preset's test
+    subset, as every run draws it, then a stratified subset of ``images`` of it, with the same seed."""
+    stats = load_stats(data_dir / "stats.json")
+    seed = int(stats.get("val_seed", 0))
+    try:
+        with np.load(data_dir / "test.npz", allow_pickle=False) as z:
+            labels = z["labels"]
+            test = stratified_indices(labels, subset_size(len(labels), test_size), seed)
+            pick = test[stratified_indices(labels[test], subset_size(len(test), images), seed)]
+            return z["images"][pick], labels[pick], pick
+    except FileNotFoundError:
+        raise CnnvitError(f"{data_dir / 'test.npz'} not found: {PREPARE_AGAIN}") from None
+
+
+def make_corrupted(params: Params, data_dir, out) -> dict:
+    data_dir, out = Path(data_dir), Path(out)
+    preset, r = params.active, params.robustness
+    images, labels, indices = robustness_subset(data_dir, preset.test_size, preset.robustness_images)
+    shape = (len(r.corruptions), len(r.severities), *images.shape)
+    stack = np.empty(shape, dtype=np.uint8)
+    for i, name in enumerate(r.corruptions):
+        for j, severity in enumerate(r.severities):
+            stack[i, j] = corrupt(images, name, severity, r.seed)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=stack, labels=labels, indices=indices, corruptions=np.array(r.corruptions),
+                 severities=np.array(r.severities))  # fmt: skip
+    return {"images": len(labels), "sets": len(r.corruptions) * len(r.severities)}
+
+
+def read_corrupted(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in KEYS}
+    except FileNotFoundError:
+        raise CnnvitError(f"{path} not found: run `cnnvit corrupt` first (or the pipeline)") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise CnnvitError(
+            f"{path} is corrupt or not a cnnvit corrupted set ({type(exc).__name__}): run `cnnvit corrupt` again"
+        ) from None
+
+
+def add_args(p) -> None:
+    p.add_argument("--data-dir", default=paths.PREPARED_DIR)
+    p.add_argument("--out", default=paths.CORRUPTED)
+
+
+def run(args, params: Params) -> None:
+    start = time.perf_counter()
+    made = make_corrupted(params, args.data_dir, args.out)
+    took = time.perf_counter() - start
+    print(f"corrupted {made['images']} test images {made['sets']} ways in {took:.1f}s -> {args.out}")

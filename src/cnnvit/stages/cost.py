@@ -1,0 +1,59 @@
+"""Cost stage: what each model of the preset costs to run, measured on this machine.
+
+    cnnvit cost --out results/cost/cost.csv
+
+One row per model and input size (``cost.sizes``, upsampled): parameters, forward FLOPs per
+image, batch-1 latency (median and 95th percentile after a warm-up) and, at CIFAR-10's 32 pixels,
+throughput at ``cost.batch`` and the peak memory of an inference pass and of a training step,
+measured apart (:mod:`cnnvit.training.cost`). The device and thread count are in every row. The
+numbers are this machine's: they are measured, not derived, and differ from machine to machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import torch
+
+from cnnvit.artifacts import atomic_path
+from cnnvit.config.types import Params
+from cnnvit.dag import paths
+from cnnvit.dataset import IMG_SIZE
+from cnnvit.errors import CnnvitError
+from cnnvit.models import spec_from_dict
+from cnnvit.training.cost import measure
+from cnnvit.training.device import select_device
+
+COLUMNS = ["model", "arch", "size", "params", "flops_per_image", "latency_ms_median", "latency_ms_p95",
+           "throughput_images_per_s", "batch", "inference_peak_mb", "inference_step_mb", "training_peak_mb",
+           "training_step_mb", "device", "threads"]  # fmt: skip
+
+
+def cost_table(params: Params) -> list[dict]:
+    if IMG_SIZE not in params.cost.sizes:
+        raise CnnvitError(f"cost.sizes: {list(params.cost.sizes)} leaves out {IMG_SIZE}, the training size: add it")
+    device, device_name = select_device(params.runtime.device)
+    rows = []
+    for name in params.runs.models:
+        spec = spec_from_dict(params.active.models[name])
+        for row in measure(spec, device, tuple(params.cost.sizes), params.cost.batch):
+            rows.append({"model": name, "arch": spec.arch, **row, "device": device_name,
+                         "threads": torch.get_num_threads()})  # fmt: skip
+        print(f"{name}: {rows[-len(params.cost.sizes)]['latency_ms_median']:.2f} ms at batch 1", flush=True)
+    return rows
+
+
+def add_args(p) -> None:
+    p.add_argument("--out", default=paths.COST)
+
+
+def run(args, params: Params) -> None:
+    torch.set_num_threads(params.runtime.threads)
+    start = time.perf_counter()
+    rows = cost_table(params)
+    with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n", restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"measured {len(rows)} model x size cells in {time.perf_counter() - start:.0f}s -> {args.out}")

@@ -1,0 +1,128 @@
+"""Evaluate stage: one trained run's weights -> its accuracy under corruption, and where it attends.
+
+    cnnvit evaluate --model vit --recipe paper --seed 0 [--fraction 0.2] --data-dir data/prepared \
+        --corrupted data/corrupted/test.npz --runs-dir results/runs --out-dir results/eval/vit-paper-s0
+
+Loads the run's ``weights.safetensors`` (the epoch chosen on the validation split) into the
+model its params describe (strictly: another shape is refused) and writes, together:
+
+- ``robustness.csv``: accuracy (%) on the clean robustness images (severity 0) and on every
+  corruption and severity of ``--corrupted`` (cnnvit corrupt), inputs scaled as in training;
+- ``attention.csv``: for a ViT or the hybrid, the mean attention distance in input pixels of every
+  head of every layer over ``presets.<p>.attention_images`` clean test images
+  (:mod:`cnnvit.analysis.attention`); for a convnet, the header only.
+
+A change to the corruptions or their settings re-runs this stage, never the training.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnvit.analysis.attention import attention_maps, mean_distance
+from cnnvit.analysis.records import WEIGHTS_FILE
+from cnnvit.artifacts import atomic_dir
+from cnnvit.config.runs import run_config
+from cnnvit.config.types import Params, RunConfig, RunSpec
+from cnnvit.dag import paths
+from cnnvit.dataset import IMG_SIZE
+from cnnvit.errors import CnnvitError
+from cnnvit.models.weights import load_weights
+from cnnvit.stages.corrupt import read_corrupted, robustness_subset
+from cnnvit.training.data import Augment, load_stats
+from cnnvit.training.device import select_device
+
+ROBUSTNESS_COLUMNS = ["corruption", "severity", "acc", "images"]
+ATTENTION_COLUMNS = ["layer", "head", "distance_px"]
+
+
+def _accuracy(model, augment: Augment, images: np.ndarray, labels: np.ndarray, device, batch: int) -> float:
+    right = 0
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            logits = model(augment(x[i : i + batch].to(device)))
+            right += int((logits.argmax(1).cpu().numpy() == labels[i : i + batch]).sum())
+    return 100.0 * right / len(labels)
+
+
+def evaluate_run(
+    cfg: RunConfig, data_dir, corrupted, weights: Path, out_dir, batch: int, attention_images: int
+) -> dict:
+    if not weights.exists():
+        run = cfg.run
+        fraction = f" --fraction {run.fraction}" if run.fraction < 1 else ""
+        raise CnnvitError(
+            f"run {cfg.name} has no weights ({weights} not found): it has not finished training; train it first "
+            f"(cnnvit train --model {run.model} --recipe {run.recipe} --seed {run.seed}{fraction})"
+        )
+    device, device_name = select_device(cfg.runtime.device)
+    model = cfg.model.build()
+    meta = load_weights(model, weights)
+    if meta.get("run") not in (None, cfg.name):
+        raise CnnvitError(f"{weights} holds the weights of run {meta['run']}, not {cfg.name}: train {cfg.name} again")
+    model = model.to(device).eval()
+    stats = load_stats(Path(data_dir) / "stats.json")
+    augment = Augment(stats["mean"], stats["std"], cfg.recipe.normalize, 0, False, device, cfg.model.convnet)
+    sets = read_corrupted(Path(corrupted))
+    labels = sets["labels"]
+    clean, clean_labels, indices = robustness_subset(Path(data_dir), cfg.test_size, len(labels))
+    if not np.array_equal(indices, sets["indices"]):
+        raise CnnvitError(f"{corrupted} was made from other test images than this run's: run `cnnvit corrupt` again")
+    rows = [{"corruption": "clean", "severity": 0, "acc": _accuracy(model, augment, clean, clean_labels, device, batch),
+             "images": len(labels)}]  # fmt: skip
+    for i, name in enumerate(sets["corruptions"]):
+        for j, severity in enumerate(sets["severities"]):
+            acc = _accuracy(model, augment, sets["images"][i, j], labels, device, batch)
+            rows.append({"corruption": str(name), "severity": int(severity), "acc": acc, "images": len(labels)})
+    attention = []
+    if hasattr(cfg.model, "token_pixels"):  # a ViT or the hybrid: both have the timm encoder's blocks
+        n = min(attention_images, len(clean))
+        x = augment(torch.from_numpy(np.ascontiguousarray(clean[:n].transpose(0, 3, 1, 2))).to(device))
+        cell = cfg.model.token_pixels
+        for layer, maps in enumerate(attention_maps(model, x)):
+            for head, dist in enumerate(mean_distance(maps, IMG_SIZE // cell, cell)):
+                attention.append({"layer": layer + 1, "head": head + 1, "distance_px": float(dist)})
+    with atomic_dir(out_dir, owned=lambda name: name in paths.EVAL_FILES) as tmp:
+        write_rows(tmp / "robustness.csv", ROBUSTNESS_COLUMNS, rows)
+        write_rows(tmp / "attention.csv", ATTENTION_COLUMNS, attention)
+    return {"device": device_name, "clean": rows[0]["acc"], "mean": float(np.mean([r["acc"] for r in rows[1:]]))}
+
+
+def write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def add_args(p) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", type=float, default=1.0)
+    p.add_argument("--data-dir", default=paths.PREPARED_DIR)
+    p.add_argument("--corrupted", default=paths.CORRUPTED)
+    p.add_argument("--runs-dir", default=paths.RUNS_DIR)
+    p.add_argument("--out-dir", default=None, help=f"default {paths.EVAL_DIR}/<run name>")
+
+
+def run(args, params: Params) -> None:
+    if not 0 < args.fraction <= 1:
+        raise CnnvitError(f"--fraction {args.fraction:g} is not in (0, 1]: give a fraction of the training set")
+    cfg = run_config(params, RunSpec(args.model, args.recipe, args.seed, args.fraction))
+    torch.set_num_threads(params.runtime.threads)
+    start = time.perf_counter()
+    weights = Path(args.runs_dir) / cfg.name / WEIGHTS_FILE
+    out_dir = args.out_dir or f"{paths.EVAL_DIR}/{cfg.name}"
+    batch, attention = params.runtime.eval_batch_size, params.active.attention_images
+    got = evaluate_run(cfg, args.data_dir, args.corrupted, weights, out_dir, batch, attention)
+    print(
+        f"{cfg.name}: clean {got['clean']:.2f}%, corrupted {got['mean']:.2f}% on average, "
+        f"{time.perf_counter() - start:.1f}s on {got['device']} -> {out_dir}"
+    )
