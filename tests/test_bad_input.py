@@ -99,7 +99,7 @@ def test_every_key_a_dvc_stage_reads_is_required_by_the_schema():
     def resolve(node):
         return resolve(root["$defs"][node["$ref"].split("/")[-1]]) if "$ref" in node else node
 
-    keys = {k for job in S.jobs(params) for k in job.params}
+    keys = {k for tool in ("snakemake", "dvc") for job in S.jobs(params, tool) for k in job.params}
     assert keys and all(required(k) for k in keys), sorted(k for k in keys if not required(k))
 
 
@@ -298,7 +298,7 @@ def test_a_signal_leaves_no_temporary_files_and_no_traceback(prepared, tmp_path,
     archive, data = prepared
     params = write_yaml(tmp_path / "params.yaml", tiny_params(str(archive), md5(archive), epochs=200))
     argv = [sys.executable, "-m", "cnnvit.cli", "train", "--model", "vit", "--recipe", "paper"]
-    argv += ["--params", str(params), "--data-dir", str(data), "--out-dir", str(tmp_path / "out")]
+    argv += ["--params", str(params), "--data-dir", str(data), "--runs-dir", str(tmp_path / "out")]
     argv += ["--ckpt-dir", str(tmp_path / "ck")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
@@ -308,7 +308,7 @@ def test_a_signal_leaves_no_temporary_files_and_no_traceback(prepared, tmp_path,
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err and err.strip().startswith("error: interrupted"), err
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
-    assert not leftovers and not (tmp_path / "out").exists()
+    assert not leftovers and not (tmp_path / "out/vit-paper-s0").exists()
     early = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)  # during the imports
     early.send_signal(signal.SIGINT)

@@ -161,7 +161,7 @@ def trained(tmp_path_factory):
 
 def evaluate_argv(d, model="vit"):
     return ["evaluate", "--model", model, "--recipe", "paper", "--data-dir", str(d / "prepared"), "--corrupted",
-            str(d / "test_c.npz"), "--runs-dir", str(d / "runs"), "--out-dir", str(d / f"eval/{model}")]  # fmt: skip
+            str(d / "test_c.npz"), "--runs-dir", str(d / "runs"), "--out-dir", str(d / "eval")]  # fmt: skip
 
 
 def test_a_trained_run_is_evaluated_from_its_weights(trained, tmp_path, capsys):
@@ -171,13 +171,13 @@ def test_a_trained_run_is_evaluated_from_its_weights(trained, tmp_path, capsys):
     for model in ("vit", "resnet50"):
         code, err = run_cli(tmp_path, capsys, evaluate_argv(d, model), raw)
         assert code == 0, err
-    rob = pd.read_csv(d / "eval/vit/robustness.csv")
+    rob = pd.read_csv(d / "eval/vit-paper-s0/robustness.csv")
     assert len(rob) == 1 + 2 * 2 and rob.iloc[0].corruption == "clean" and rob.images.eq(10).all()
     preds = np.load(d / "runs/vit-paper-s0/predictions.npz")
     assert rob.iloc[0].acc >= 0 and set(rob.corruption) == {"clean", "gaussian_noise", "contrast"}
-    attn = pd.read_csv(d / "eval/vit/attention.csv")
+    attn = pd.read_csv(d / "eval/vit-paper-s0/attention.csv")
     assert len(attn) == 1 * 2 and (attn.distance_px > 0).all()  # depth 1, 2 heads
-    assert pd.read_csv(d / "eval/resnet50/attention.csv").empty  # a convnet: the header only
+    assert pd.read_csv(d / "eval/resnet50-paper-s0/attention.csv").empty  # a convnet: the header only
     assert len(preds["labels"]) == 20
 
 

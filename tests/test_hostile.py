@@ -39,7 +39,7 @@ def train_argv(d, tmp_path, model="vit") -> list[str]:
         "paper",
         "--data-dir",
         str(d / "prepared"),
-        "--out-dir",
+        "--runs-dir",
         str(tmp_path / "out"),
         "--ckpt-dir",
         str(tmp_path / "ckpt"),
@@ -74,7 +74,7 @@ def test_a_bad_checkpoint_is_set_aside_never_run(project, tmp_path, capsys, kind
     assert not marker.exists()
     rejected = list(ckpt.parent.glob("vit-paper-s0.pt.rejected-*"))
     assert len(rejected) == 1 and f"moved it to {rejected[0]}" in out and "starting fresh" in out
-    assert (tmp_path / "out/summary.json").exists()
+    assert (tmp_path / "out/vit-paper-s0/summary.json").exists()
     assert main(train_argv(project, tmp_path)) == 0  # and the next run reuses the good checkpoint
     assert "finished; not retraining" in capsys.readouterr().out
 
@@ -91,7 +91,7 @@ def test_a_full_disk_while_checkpointing_is_one_line(project, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert_one_line_error(proc.returncode, proc.stderr, "cannot write", "vit-paper-s0.pt", "space")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out/vit-paper-s0").exists()
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.suffix == ".tmp"]
 
 
@@ -114,7 +114,7 @@ def test_a_second_process_for_the_same_run_is_refused(project, tmp_path, capsys)
     with checkpoint.run_lock(tmp_path / "ckpt", "vit-paper-s0"):
         code = main(train_argv(project, tmp_path))
     assert_one_line_error(code, capsys.readouterr().err, "run vit-paper-s0 is already training", f"pid {os.getpid()}")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out/vit-paper-s0").exists()
 
 
 @pytest.mark.slow

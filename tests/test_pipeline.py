@@ -116,24 +116,7 @@ def fraction_project(tmp_path_factory):
     return make_project(d / "project", params), params_from_dict(params)
 
 
-@pytest.mark.slow
-def test_snakemake_and_dvc_run_exactly_the_jobs_the_pipeline_describes(fraction_project):
-    project, params = fraction_project
-    expected = {j.cmd: j for j in pipeline.jobs(params)}
-    assert (
-        len([j for j in expected.values() if j.stage == "train"]) == 2 * 2 * 2 * 2
-    )  # models x recipes x fractions x seeds
-    assert any("--fraction 0.2" in c and "vit-paper-f0.2-s1" in c for c in expected)
-
-    dvc = {s["cmd"]: s for s in dvc_stages(project)}
-    assert set(dvc) == set(expected), set(dvc) ^ set(expected)
-    for cmd, stage in dvc.items():
-        job = expected[cmd]
-        assert stage["outs"] == set(job.outs), stage["name"]  # metrics and plots are outputs too
-        assert stage["deps"] == set(job.deps), (stage["name"], stage["deps"] ^ set(job.deps))
-        assert stage["params"] == sorted(job.params), stage["name"]
-
-    sm = snakemake_jobs(project)
+def check_snakemake_jobs(sm: list[dict], expected: dict) -> None:
     assert len(sm) == len(expected)
     for job in sm:
         words = shlex.split(job["cmd"])
@@ -152,25 +135,58 @@ def test_snakemake_and_dvc_run_exactly_the_jobs_the_pipeline_describes(fraction_
 
 
 @pytest.mark.slow
+def test_snakemake_and_dvc_run_exactly_the_jobs_the_pipeline_describes(fraction_project):
+    project, params = fraction_project
+    expected = {j.cmd: j for j in pipeline.jobs(params, "snakemake")}
+    trains = [j for j in expected.values() if j.stage == "train"]
+    assert len(trains) == 2 * 2 * 2  # models x recipes x fractions: one job trains both seeds
+    assert sum(len(j.outs) for j in trains) == 2 * 2 * 2 * 2 * len(pipeline.STAGES["train"].outs)
+    assert any("--fraction 0.2" in c and "--model vit --recipe paper --seeds 0 1" in c for c in expected)
+    check_snakemake_jobs(snakemake_jobs(project), expected)
+
+    # DVC runs one stage at a time: each per-run stage is one stage over every run, a worker per slot
+    expected = {j.cmd: j for j in pipeline.jobs(params, "dvc")}
+    dvc = {s["cmd"]: s for s in dvc_stages(project)}
+    assert set(dvc) == set(expected), set(dvc) ^ set(expected)
+    assert len(dvc) == len(pipeline.STAGES) and any("train --all-runs --workers auto" in c for c in dvc)
+    for cmd, stage in dvc.items():
+        job = expected[cmd]
+        assert stage["outs"] == set(job.outs), stage["name"]  # metrics are outputs too
+        assert stage["deps"] == set(job.deps), (stage["name"], stage["deps"] ^ set(job.deps))
+        assert stage["params"] == sorted(job.params), stage["name"]
+    assert dvc[pipeline.command("train")]["outs"] == {"results/runs"}
+    assert "runs" in dvc[pipeline.command("train")]["params"]  # the runs it trains are params it reads
+
+
+@pytest.mark.slow
+def test_one_snakemake_job_per_run_when_seeds_are_not_grouped(fraction_project):
+    project, params = fraction_project
+    raw = json.loads(json.dumps(params.raw))
+    raw["runtime"]["group_seeds"] = False
+    expected = {j.cmd: j for j in pipeline.jobs(params_from_dict(raw), "snakemake")}
+    assert len([j for j in expected.values() if j.stage == "train"]) == 2 * 2 * 2 * 2
+    check_snakemake_jobs(snakemake_jobs(project, {"runtime": {"group_seeds": False}}), expected)
+
+
+@pytest.mark.slow
 def test_gpus_are_requested_only_where_a_job_can_use_one(fraction_project):
     project, _ = fraction_project
     for device, gpu in (("cpu", 0), ("auto", 0), ("cuda", 1)):  # auto, here: no NVIDIA GPU on this machine
         jobs = snakemake_jobs(project, {"runtime": {"device": device}})
-        trains = [j for j in jobs if j["rule"] == "train"]
-        assert trains and all(j["resources"].get("gpu", 0) == gpu for j in trains), device
-        assert all(j["resources"].get("runtime", 0) > 0 for j in trains)
-        assert all("gpu" not in j["resources"] or j["resources"]["gpu"] == 0 for j in jobs if j["rule"] != "train")
+        models = [j for j in jobs if j["rule"] in ("train", "evaluate", "cost")]  # the jobs that run a model
+        assert len(models) == 17 and all(j["resources"].get("gpu", 0) == gpu for j in models), device
+        assert all(j["resources"].get("runtime", 0) > 0 for j in jobs if j["rule"] == "train")
+        assert all(j["resources"].get("gpu", 0) == 0 for j in jobs if j not in models)
 
 
 @pytest.mark.slow
-def test_a_new_fraction_without_regenerating_dvc_yaml_says_what_to_do(fraction_project, tmp_path):
+def test_dvc_yaml_needs_no_regeneration_for_new_runs_and_says_when_it_is_stale(fraction_project, tmp_path):
     _, params = fraction_project
     raw = json.loads(json.dumps(params.raw))
-    raw["runs"]["train_fractions"] = [0.2, 0.5, 1.0]
-    stale = dvcgen.dvc_yaml(params)
-    assert stale != dvcgen.dvc_yaml(params_from_dict(raw))
+    raw["runs"].update(train_fractions=[0.2, 0.5, 1.0], seeds=[0, 1, 2], models=["vit"])
+    assert dvcgen.dvc_yaml(params) == dvcgen.dvc_yaml(params_from_dict(raw))  # the stages read runs.* themselves
     (tmp_path / "params.yaml").write_text(json.dumps(raw))
-    (tmp_path / "dvc.yaml").write_text(stale)
+    (tmp_path / "dvc.yaml").write_text(dvcgen.dvc_yaml(params).replace("--workers auto", "--workers 1"))
     proc = sh(
         f"cnnvit dvc-yaml --check --params {tmp_path / 'params.yaml'} --out {tmp_path / 'dvc.yaml'}",
         tmp_path,

@@ -94,10 +94,10 @@ def seconds_per_epoch(project: Path, tmp_path: Path) -> float:
     )
     sh(
         f"cnnvit train --params {calib} --model vit --recipe paper --data-dir {tmp_path}/prep "
-        f"--out-dir {tmp_path}/calib --ckpt-dir {tmp_path}/ck",
+        f"--runs-dir {tmp_path}/calib --ckpt-dir {tmp_path}/ck",
         project,
     )
-    return json.loads((tmp_path / "calib/summary.json").read_text())["wall_seconds"] / 40
+    return json.loads((tmp_path / "calib/vit-paper-s0/summary.json").read_text())["wall_seconds"] / 40
 
 
 def run_until_killed(cmd: str, project: Path, jobcomp: Path, kills: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -49,7 +50,7 @@ def cfg_for(params, model="vit", recipe="modern", seed=0, **profile):
 
 def train_cmd(params_file, data_dir, out_dir, ckpt_dir) -> list[str]:
     """`cnnvit train` of vit/paper/seed 0 as a separate process."""
-    args = f"train --model vit --recipe paper --params {params_file} --data-dir {data_dir} --out-dir {out_dir}"
+    args = f"train --model vit --recipe paper --params {params_file} --data-dir {data_dir} --runs-dir {out_dir}"
     return [sys.executable, "-m", "cnnvit.cli", *args.split(), "--ckpt-dir", str(ckpt_dir)]
 
 
@@ -64,7 +65,9 @@ def test_a_run_writes_its_metrics_and_summary(params, prepared, tmp_path):
     assert list(m.columns) == METRIC_COLUMNS and list(m.epoch) == [1, 2]
     on_disk = json.loads((tmp_path / "out/summary.json").read_text())
     assert on_disk["best_test_acc"] == s.best_test_acc == m.test_acc.max()
-    assert on_disk["config"] == json.loads(json.dumps(cfg.identity()))
+    assert cfg.runtime.precision == "auto" and cfg.identity()["precision"] == "auto"
+    resolved = dataclasses.replace(cfg, precision="fp32")  # auto on a CPU: fp32, and that is the identity
+    assert on_disk["config"] == json.loads(json.dumps(resolved.identity()))
     assert on_disk["threads"] == 1 and on_disk["device"].startswith("cpu") and on_disk["precision"] == "fp32"
     assert on_disk["train_seconds"] <= on_disk["wall_seconds"]
     prov = on_disk["provenance"]
@@ -78,10 +81,10 @@ def test_a_fraction_run_needs_only_its_own_params(prepared, tmp_path, capsys):
     raw = tiny_params(str(archive), md5(archive), epochs=1)
     assert raw["runs"]["train_fractions"] == [1.0]
     argv = ["train", "--model", "vit", "--recipe", "paper", "--data-dir", str(data), "--ckpt-dir", str(tmp_path / "c")]
-    code, err = run_cli(tmp_path, capsys, [*argv, "--fraction", "0.5", "--out-dir", str(tmp_path / "r")], raw)
+    code, err = run_cli(tmp_path, capsys, [*argv, "--fraction", "0.5", "--runs-dir", str(tmp_path / "r")], raw)
     assert code == 0, err
-    assert json.loads((tmp_path / "r/summary.json").read_text())["fraction"] == 0.5
-    code, err = run_cli(tmp_path, capsys, [*argv, "--fraction", "1.5", "--out-dir", str(tmp_path / "x")], raw)
+    assert json.loads((tmp_path / "r/vit-paper-f0.5-s0/summary.json").read_text())["fraction"] == 0.5
+    code, err = run_cli(tmp_path, capsys, [*argv, "--fraction", "1.5", "--runs-dir", str(tmp_path / "x")], raw)
     assert code == 1 and "--fraction 1.5 is not in (0, 1]" in err and not (tmp_path / "x").exists()
 
 
@@ -401,12 +404,12 @@ def test_a_prepared_folder_from_before_the_validation_split_is_one_line(prepared
     (old / "val.npz").unlink()
     argv = ["train", "--model", "vit", "--recipe", "paper", "--data-dir", str(old), "--ckpt-dir", str(tmp_path / "c")]
     code, err = run_cli(
-        tmp_path, capsys, [*argv, "--out-dir", str(tmp_path / "r")], tiny_params(str(archive), md5(archive))
+        tmp_path, capsys, [*argv, "--runs-dir", str(tmp_path / "r")], tiny_params(str(archive), md5(archive))
     )
     assert code == 1 and err.count("\n") == 0 and "has no validation split" in err and "cnnvit prepare" in err
     raw = tiny_params(str(archive), md5(archive))
     raw["presets"]["tiny"]["val_size"] = 500
     argv[argv.index("--data-dir") + 1] = str(data)
-    code, err = run_cli(tmp_path, capsys, [*argv, "--out-dir", str(tmp_path / "r")], raw)
+    code, err = run_cli(tmp_path, capsys, [*argv, "--runs-dir", str(tmp_path / "r")], raw)
     assert code == 1 and "presets.tiny.val_size: 500 is more than the 20 images" in err
     assert not (tmp_path / "r").exists()

@@ -62,14 +62,18 @@ def _umask() -> int:
     return mask
 
 
+CARRIED = (".gitignore",)  # what a tool keeps in an output folder: kept when the folder is replaced
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, owned: Callable[[str], bool] | None = None) -> Iterator[Path]:
     """Yield a temp directory beside ``path``; it replaces ``path`` (whole) only on success, so
     the stage's outputs appear together or not at all. ``owned(name)`` says which entries of an
-    existing ``path`` the stage wrote: anything else there is refused, never deleted."""
+    existing ``path`` the stage wrote: anything else there is refused, never deleted, but for
+    the ``.gitignore`` DVC writes beside its outputs, which is carried over."""
     path = Path(path)
     if owned is not None and path.is_dir():
-        foreign = sorted(p.name for p in path.iterdir() if not owned(p.name))
+        foreign = sorted(p.name for p in path.iterdir() if not owned(p.name) and p.name not in CARRIED)
         if foreign:
             raise CnnvitError(
                 f"{path} holds files this stage did not write ({', '.join(foreign[:3])}"
@@ -88,6 +92,9 @@ def atomic_dir(path: str | Path, owned: Callable[[str], bool] | None = None) -> 
             raise write_failure(path, exc) from None
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
+        for name in CARRIED:
+            if (path / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(path / name, tmp / name)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)

@@ -1,6 +1,7 @@
-"""The ``cnnvit`` command: one subcommand per pipeline stage, plus ``bench``, ``dvc-yaml`` and ``schema``.
+"""The ``cnnvit`` command: one subcommand per pipeline stage, plus ``plan``, ``bench``, ``dvc-yaml``, ``schema``.
 
-    cnnvit download|prepare|train|collect|figures|report|bench|dvc-yaml|schema [--params FILE] [--set k=v ...]
+    cnnvit download|prepare|corrupt|train|evaluate|cost|collect|figures|report|plan|bench|dvc-yaml|schema \
+        [--params FILE] [--set k=v ...]
 
 Every subcommand loads params.yaml through :mod:`cnnvit.config.load` (``--set`` applies dotted
 overrides first) and takes every path as an argument, defaulting to the paths of
@@ -21,9 +22,10 @@ COMMANDS = {
     "download": ("stages.download", "fetch and verify the archive"),
     "prepare": ("stages.prepare", "archive -> train/test .npz + stats"),
     "corrupt": ("stages.corrupt", "the runs' test images -> CIFAR-10-C's corruptions of them"),
-    "train": ("stages.train", "train one model/recipe/fraction/seed run"),
+    "train": ("stages.train", "train model/recipe/fraction/seed runs"),
     "evaluate": ("stages.evaluate", "a trained run -> its accuracy under corruption, and where it attends"),
     "cost": ("stages.cost", "latency, throughput, memory and FLOPs of each model, by input size"),
+    "plan": ("plan", "the runs' PFLOP, a measured step per model, and a forecast of the wall time here"),
     "collect": ("stages.collect", "per-run results -> tidy tables, statistics and verdicts"),
     "figures": ("stages.figures", "tables -> PNG figures"),
     "report": ("stages.report", "tables + figures -> report/index.html"),

@@ -4,6 +4,7 @@
 import shutil
 import sys
 
+from cnnvit.batch import batches
 from cnnvit.config.load import params_from_dict
 from cnnvit.dag import snakemake as S
 from cnnvit.dag.paths import REPORT
@@ -15,13 +16,15 @@ try:
 except CnnvitError as exc:
     sys.exit(f"error: {exc}")
 RUNS = {run.name: run for run in PARAMS.all_runs()}
+BATCHES = {batch.name: batch for batch in batches(PARAMS)}
 # The executor (local or SLURM) is known when the DAG is built, after this file is read: the GPU
 # request is a callable, and the SLURM check runs when the workflow starts.
 GPUS = lambda wildcards: S.gpu_request(PARAMS.runtime.device, workflow.local_exec)
 
 
-# In the main process only, before any job: refuse while DVC runs here, hold the project, and
-# write the validated config every job reads (cnnvit.dag.snakemake.PARAMS_SNAPSHOT).
+# In the main process only, before any job: refuse while DVC runs here, hold the project, write
+# the validated config every job reads (cnnvit.dag.snakemake.PARAMS_SNAPSHOT), and print the
+# forecast (`cnnvit plan`), which also refuses a precision or device this machine lacks.
 onstart:
     if not workflow.local_exec and not shutil.which("sbatch"):
         sys.exit(
@@ -33,3 +36,5 @@ onstart:
     except CnnvitError as exc:
         sys.exit(f"error: {exc}")
     S.write_snapshot(PARAMS)
+    if why := S.print_plan(workflow, PARAMS):
+        sys.exit(f"error: {why}")

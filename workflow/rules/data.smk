@@ -5,7 +5,7 @@ rule download:
     input:
         S.inputs("download", PARAMS),
     output:
-        **S.outputs("download"),
+        **S.outputs("download", PARAMS),
     log:
         S.log("download"),
     conda:
@@ -20,7 +20,7 @@ rule prepare:
     input:
         S.inputs("prepare", PARAMS),
     output:
-        **S.outputs("prepare"),
+        **S.outputs("prepare", PARAMS),
     log:
         S.log("prepare"),
     conda:
@@ -35,7 +35,7 @@ rule corrupt:
     input:
         S.inputs("corrupt", PARAMS),
     output:
-        **S.outputs("corrupt"),
+        **S.outputs("corrupt", PARAMS),
     log:
         S.log("corrupt"),
     conda:

@@ -5,7 +5,7 @@ rule collect:
     input:
         S.inputs("collect", PARAMS, list(RUNS.values())),
     output:
-        **S.outputs("collect"),
+        **S.outputs("collect", PARAMS),
     log:
         S.log("collect"),
     conda:
@@ -20,7 +20,7 @@ rule figures:
     input:
         S.inputs("figures", PARAMS),
     output:
-        **S.outputs("figures"),
+        **S.outputs("figures", PARAMS),
     log:
         S.log("figures"),
     conda:
@@ -35,7 +35,7 @@ rule report:
     input:
         S.inputs("report", PARAMS),
     output:
-        **S.outputs("report"),
+        **S.outputs("report", PARAMS),
     log:
         S.log("report"),
     conda:

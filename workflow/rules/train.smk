@@ -1,17 +1,18 @@
-# One training job per run (models x recipes x train_fractions x seeds). params.values holds
-# exactly the params the run reads, so a change re-runs only that run. Threads come from
-# runtime.threads; a GPU is requested only where a job can use one (cnnvit.dag.snakemake).
+# One training job per batch: the seeds of one model x recipe x fraction, trained in turn in one
+# process (runtime.group_seeds: false, one job per run). params.values holds exactly the params
+# the batch reads, so a change re-runs only that batch. Threads come from runtime.threads; a GPU
+# slot is requested only where a job can use one (cnnvit.dag.snakemake).
 
 
 wildcard_constraints:
-    run=S.run_pattern(RUNS),
+    batch=S.name_pattern(BATCHES),
 
 
 rule train:
     input:
         S.inputs("train", PARAMS),
     output:
-        **S.outputs("train"),
+        **S.outputs("train", PARAMS),
     log:
         S.log("train"),
     conda:
@@ -19,30 +20,32 @@ rule train:
     threads: PARAMS.runtime.threads
     resources:
         gpu=GPUS,
-        runtime=lambda w: S.slurm_minutes(PARAMS, RUNS[w.run]),
+        runtime=lambda w: S.slurm_minutes(PARAMS, BATCHES[w.batch]),
         mem_mb=PARAMS.active.mem_mb,
     params:
-        cmd=lambda w: S.command("train", RUNS[w.run]),
-        values=lambda w: S.param_values("train", PARAMS, RUNS[w.run]),
+        cmd=lambda w: S.command("train", BATCHES[w.batch]),
+        values=lambda w: S.param_values("train", PARAMS, BATCHES[w.batch]),
     shell:
         "{params.cmd} --threads {threads} > {log} 2>&1"
 
 
-# The corruption benchmark and the attention distances of one trained run: a change to their
-# settings re-runs these, never the training.
+# The corruption benchmark and the attention distances of a batch's trained runs: a change to
+# their settings re-runs these, never the training.
 rule evaluate:
     input:
-        S.inputs("evaluate", PARAMS),
+        lambda w: S.inputs("evaluate", PARAMS, batch=BATCHES[w.batch]),
     output:
-        **S.outputs("evaluate"),
+        **S.outputs("evaluate", PARAMS),
     log:
         S.log("evaluate"),
     conda:
         "../envs/cnnvit.yaml"
     threads: PARAMS.runtime.threads
+    resources:
+        gpu=GPUS,
     params:
-        cmd=lambda w: S.command("evaluate", RUNS[w.run]),
-        values=lambda w: S.param_values("evaluate", PARAMS, RUNS[w.run]),
+        cmd=lambda w: S.command("evaluate", BATCHES[w.batch]),
+        values=lambda w: S.param_values("evaluate", PARAMS, BATCHES[w.batch]),
     shell:
         "{params.cmd} > {log} 2>&1"
 
@@ -52,12 +55,14 @@ rule cost:
     input:
         S.inputs("cost", PARAMS),
     output:
-        **S.outputs("cost"),
+        **S.outputs("cost", PARAMS),
     log:
         S.log("cost"),
     conda:
         "../envs/cnnvit.yaml"
     threads: S.all_cores(workflow)
+    resources:
+        gpu=GPUS,
     params:
         values=S.param_values("cost", PARAMS),
     shell:

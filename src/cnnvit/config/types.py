@@ -23,8 +23,10 @@ if TYPE_CHECKING:  # the annotation only: importing the models here would make e
 
 Format = Literal["cifar10-python", "imagefolder"]
 FractionBudget = Literal["steps", "epochs"]
-Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["fp32", "bf16"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+# torch.compile's modes; true is "default", false is eager
+Compile = Literal[False, True, "default", "reduce-overhead", "max-autotune"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine", "linear"]
 Normalize = Literal["meanstd", "unit"]
@@ -36,16 +38,28 @@ Corruption = Literal[
 ]  # fmt: skip
 Severity = Literal[1, 2, 3, 4, 5]
 
-# A run's name, which is also its directory under results/runs/. The DVC generator fills the same
-# patterns with ${item.*}, so the two tools cannot name a run differently.
-RUN_NAME = "{model}-{recipe}-s{seed}"
-RUN_NAME_FRACTION = "{model}-{recipe}-f{fraction}-s{seed}"
+
+def resolves_to(setting: str, precision: str | None) -> bool:
+    """Whether a run trained in ``precision`` (as resolved on its device) is what the setting
+    ``runtime.precision`` asks for: auto is any, fp32 includes TF32 on CUDA."""
+    return setting == "auto" or precision == setting or (setting, precision) == ("fp32", "tf32")
+
+
+# A run's name, which is also its directory under results/runs/: its group's (the runs that
+# differ only in the seed, which a Snakemake job trains together) and the seed.
+GROUP_NAME = "{model}-{recipe}"
+GROUP_NAME_FRACTION = "{model}-{recipe}-f{fraction}"
+SEED_SUFFIX = "-s{seed}"
+
+
+def group_name(model: str, recipe: str, fraction: object = None) -> str:
+    """``fraction`` None (or 1.0) names a group on the whole training set."""
+    whole = fraction is None or fraction == 1.0
+    return (GROUP_NAME if whole else GROUP_NAME_FRACTION).format(model=model, recipe=recipe, fraction=fraction)
 
 
 def run_name(model: str, recipe: str, seed: object, fraction: object = None) -> str:
-    """``fraction`` None (or 1.0) names a run on the whole training set."""
-    whole = fraction is None or fraction == 1.0
-    return (RUN_NAME if whole else RUN_NAME_FRACTION).format(model=model, recipe=recipe, seed=seed, fraction=fraction)
+    return group_name(model, recipe, fraction) + SEED_SUFFIX.format(seed=seed)
 
 
 @dataclass(frozen=True)
@@ -78,9 +92,11 @@ class Runs:
 class Runtime:
     device: Device = "auto"
     threads: int = 1
-    precision: Precision = "fp32"
-    compile: bool = False
+    precision: Precision = "auto"  # a run's config holds it resolved (fp32, tf32, bf16 or fp16)
+    compile: Compile = False
     eval_batch_size: int = 1000
+    runs_per_gpu: int = 1
+    group_seeds: bool = True
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,9 @@ class RunConfig:
     val_size: int  # the preset's subset of the validation split (0 = all), the same for every run
     test_size: int
     runtime: Runtime
+    # runtime.precision as resolved for the device the run trains on (fp32, tf32, bf16, fp16),
+    # set by the train stage (cnnvit.training.device.resolve_precision); None until then
+    precision: str | None = None
 
     @property
     def name(self) -> str:
@@ -172,7 +191,8 @@ class RunConfig:
         """The run's config without the runtime settings that do not change its numbers."""
         out = dataclasses.asdict(self)
         out["model"] = self.model.to_dict()
-        out["precision"] = out.pop("runtime")["precision"]
+        out["precision"] = self.precision or out.pop("runtime")["precision"]
+        out.pop("runtime", None)
         return out
 
     def to_dict(self) -> dict:

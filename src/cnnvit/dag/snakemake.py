@@ -1,10 +1,14 @@
 """What the Snakemake rules (``workflow/rules/*.smk``) take from the pipeline description.
 
     input:  S.inputs("collect", PARAMS, RUNS)
-    output: **S.outputs("collect")           # marked with report() and directory() as described
+    output: **S.outputs("collect", PARAMS)    # marked with report() and directory() as described
     log:    S.log("collect")
     params: values=S.param_values("collect", PARAMS)   # what the params trigger compares
     shell:  S.command("collect") + " > {log} 2>&1"
+
+A per-run stage's job is a batch of runs (:func:`cnnvit.dag.stages.batches`), the ``{batch}``
+wildcard: the seeds of one model x recipe x fraction, whose outputs are ``<batch>-s<seed>/...``
+for every seed, or one run (``runtime.group_seeds: false``), whose outputs are ``<batch>/...``.
 
 Every job reads the config Snakemake validated at its start, written once (in ``onstart``) to
 :data:`PARAMS_SNAPSHOT`, with the overrides given to Snakemake (``--config``) in it: editing
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from snakemake.io import directory, report
 
+from cnnvit.config.types import SEED_SUFFIX
 from cnnvit.dag import stages as S
 
 PARAMS_SNAPSHOT = ".snakemake/cnnvit/params.yaml"
@@ -29,20 +34,30 @@ if TYPE_CHECKING:
     from cnnvit.config.types import Params, RunSpec
 
 
-def inputs(stage: str, params: Params, runs: list[RunSpec] | None = None) -> list[str]:
+def inputs(stage: str, params: Params, runs: list[RunSpec] | None = None, batch: S.Batch | None = None) -> list[str]:
     s = S.STAGES[stage]
     extra = local_source(S.get_key(params.raw, s.local_input)) if s.local_input else []
-    return [*S.deps(stage, runs if s.reads_all_runs else None), *extra, *S.code_deps(stage)]
+    return [*S.deps(stage, runs if s.reads_all_runs else None, batch), *extra, *S.code_deps(stage)]
 
 
-def outputs(stage: str) -> dict[str, Any]:
-    """Named outputs (a per-run stage's hold the ``{run}`` wildcard), marked for ``--report``."""
+def _run_patterns(params: Params) -> list[str]:
+    """How a batch's runs are named from the ``{batch}`` wildcard."""
+    if not params.runtime.group_seeds:
+        return ["{batch}"]
+    return ["{batch}" + SEED_SUFFIX.format(seed=seed) for seed in params.runs.seeds]
+
+
+def outputs(stage: str, params: Params) -> dict[str, Any]:
+    """Named outputs (a per-run stage's hold the ``{batch}`` wildcard), marked for ``--report``."""
     out = {}
-    for o in S.STAGES[stage].outs:
-        value: Any = directory(o.path) if o.directory else o.path
-        if o.report:
-            value = report(value, category=o.report, patterns=["{name}.png"] if o.directory else [])
-        out[re.sub(r"\W", "_", Path(o.path).stem)] = value
+    runs = _run_patterns(params) if S.STAGES[stage].per_run else [""]
+    for i, name in enumerate(runs):
+        for o in S.STAGES[stage].outs:
+            path = o.path.replace(S.RUN, name)
+            value: Any = directory(path) if o.directory else path
+            if o.report:
+                value = report(value, category=o.report, patterns=["{name}.png"] if o.directory else [])
+            out[re.sub(r"\W", "_", Path(o.path).stem) + (f"_{i}" if name else "")] = value
     return out
 
 
@@ -50,13 +65,13 @@ def log(stage: str) -> str:
     return S.STAGES[stage].log
 
 
-def command(stage: str, run: RunSpec | None = None) -> str:
+def command(stage: str, batch: S.Batch | None = None) -> str:
     """The stage's command, reading the config snapshot Snakemake wrote at its start."""
-    return f"{S.command(stage, run)} --params {PARAMS_SNAPSHOT}"
+    return f"{S.command(stage, batch)} --params {PARAMS_SNAPSHOT}"
 
 
-def param_values(stage: str, params: Params, run: RunSpec | None = None) -> dict:
-    return S.job_params(stage, params.raw, run)
+def param_values(stage: str, params: Params, batch: S.Batch | None = None) -> dict:
+    return S.job_params(stage, params.raw, batch)
 
 
 def write_snapshot(params: Params) -> Path:
@@ -79,8 +94,8 @@ def all_cores(workflow) -> int:
     return int(cores) if isinstance(cores, int) and cores > 0 else 1
 
 
-def run_pattern(names) -> str:
-    """A wildcard constraint that matches exactly these run names."""
+def name_pattern(names) -> str:
+    """A wildcard constraint that matches exactly these names."""
     return "|".join(re.escape(name) for name in names)
 
 
@@ -104,9 +119,39 @@ def local_source(url: Any) -> list[str]:
     return [str(path)] if path is not None and path.exists() else []
 
 
-def slurm_minutes(params: Params, run: RunSpec) -> int:
-    """A time limit for a run: the preset's per-epoch estimate times its epochs, plus 20%."""
+def slurm_minutes(params: Params, batch: S.Batch) -> int:
+    """A time limit for a batch: the preset's per-epoch estimate times its runs' epochs, plus 20%."""
     from cnnvit.config.runs import epochs_for
 
-    epochs = epochs_for(params, run) * (run.fraction if run.fraction < 1 else 1.0)
+    epochs = sum(epochs_for(params, run) * (run.fraction if run.fraction < 1 else 1.0) for run in batch.runs)
     return max(5, round(params.active.minutes_per_epoch * epochs * 1.2) + 5)
+
+
+def _resource(workflow, name: str) -> int | None:
+    value = workflow.global_resources.get(name)
+    value = getattr(value, "value", value)  # Snakemake 9 wraps each in a Resource
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def plan_slots(workflow, params: Params) -> int:
+    """Training jobs Snakemake runs at once: its ``gpu`` resource where the jobs use a GPU,
+    else its cores over runtime.threads."""
+    if gpu_request(params.runtime.device, workflow.local_exec):
+        return max(1, _resource(workflow, "gpu") or 1)
+    return max(1, all_cores(workflow) // max(1, params.runtime.threads))
+
+
+def print_plan(workflow, params: Params) -> str | None:
+    """Print ``cnnvit plan``'s forecast for this run (measurements cached under .snakemake/);
+    the error line, if the settings cannot run here (a precision or device this machine lacks)."""
+    import subprocess
+
+    if not workflow.local_exec:
+        print("plan: the jobs go to a cluster; for a forecast, run `uv run cnnvit plan` on one of its nodes")
+        return None
+    cmd = ["cnnvit", "plan", "--params", PARAMS_SNAPSHOT, "--cache", str(Path(PARAMS_SNAPSHOT).parent)]
+    proc = subprocess.run([*cmd, "--slots", str(plan_slots(workflow, params))], stderr=subprocess.PIPE, text=True)
+    if proc.returncode:
+        lines = proc.stderr.strip().splitlines() or [f"cnnvit plan failed (exit {proc.returncode})"]
+        return lines[-1].removeprefix("error: ")
+    return None

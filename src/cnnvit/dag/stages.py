@@ -1,7 +1,6 @@
 """The pipeline, described once: every stage's command, inputs, outputs, log, params and code.
 
-    download -> prepare -> corrupt -> train, evaluate (one job each per run) -> cost -> collect
-             -> figures -> report
+    download -> prepare -> corrupt -> train, evaluate (per run) -> cost -> collect -> figures -> report
 
 The Snakemake rules (``workflow/rules/*.smk``) read their inputs, outputs, logs, commands and
 params from here (through :mod:`cnnvit.dag.snakemake`), and ``dvc.yaml`` is generated from here
@@ -9,8 +8,13 @@ by ``cnnvit dvc-yaml`` (:mod:`cnnvit.dag.dvc`, which names no stage). A test bui
 DAGs and checks each runs exactly the jobs :func:`jobs` lists.
 
 A stage's code dependencies are the source files it runs (:mod:`cnnvit.dag.code`), so a code
-change re-runs exactly the stages that run that code. A per-run stage becomes one job per run,
-named by :func:`cnnvit.config.types.run_name`.
+change re-runs exactly the stages that run that code. A per-run stage writes a folder per run,
+named by :func:`cnnvit.config.types.run_name`; its jobs are :class:`Batch`es of runs, because a
+process's start-up (imports, CUDA, compilation) costs as much as a small run: Snakemake runs one
+job per group of seeds (:func:`batches`; ``runtime.group_seeds: false``, one per run), and DVC,
+which runs one stage at a time, one job for every run with a worker per slot (:data:`ALL_RUNS`).
+A run whose params, data and code are unchanged is re-emitted from its checkpoint, not
+retrained, so a batch re-runs only what changed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cnnvit.analysis.records import METRICS_FILE, RUN_FILES, WEIGHTS_FILE
+from cnnvit.analysis.records import RUN_FILES, WEIGHTS_FILE
+from cnnvit.batch import Batch, batches
 from cnnvit.config.types import run_name
 from cnnvit.dag.code import code_files
 from cnnvit.dag.paths import (
@@ -44,6 +49,9 @@ if TYPE_CHECKING:
     from cnnvit.config.types import Params, RunSpec
 
 RUN = "{run}"  # stands for a run's name in a per-run stage's paths
+BATCH = "{batch}"  # stands for a batch's name in a per-run stage's log
+RUNS = "{runs}"  # stands for the options that name a batch's runs in a per-run stage's command
+ALL_RUNS = "--all-runs --workers auto"
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,6 @@ class Out:
     path: str
     cache: bool = True  # DVC keeps a copy in its cache
     metric: bool = False  # `dvc metrics show` lists it
-    plot: dict[str, str] | None = None  # `dvc plots show` draws it with these properties
     report: str | None = None  # its category in `snakemake --report`
     directory: bool = False
 
@@ -61,7 +68,7 @@ class Out:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    cmd: str  # a per-run stage's holds {model}, {recipe}, {seed}, {fraction_arg} and {run}
+    cmd: str  # a per-run stage's holds {runs}
     deps: tuple[str, ...]  # data it reads; code and params are added from `params` and the module
     outs: tuple[Out, ...]
     params: tuple[str, ...]  # dotted keys read; {preset}, {model} and {recipe} are filled in
@@ -76,7 +83,7 @@ class Stage:
 
     @property
     def log(self) -> str:
-        return f"logs/{self.name}/{RUN}.log" if self.per_run else f"logs/{self.name}.log"
+        return f"logs/{self.name}/{BATCH}.log" if self.per_run else f"logs/{self.name}.log"
 
 
 STAGES: dict[str, Stage] = {
@@ -106,13 +113,9 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "train",
-            "cnnvit train --model {model} --recipe {recipe} --seed {seed}{fraction_arg} "
-            f"--data-dir {PREPARED_DIR} --out-dir {RUNS_DIR}/{RUN} --ckpt-dir {CHECKPOINT_DIR}",
+            f"cnnvit train {RUNS} --data-dir {PREPARED_DIR} --runs-dir {RUNS_DIR} --ckpt-dir {CHECKPOINT_DIR}",
             PREPARED,
-            tuple(
-                Out(f"{RUNS_DIR}/{RUN}/{f}", plot={"x": "epoch", "y": "val_acc"} if f == METRICS_FILE else None)
-                for f in RUN_FILES
-            ),
+            tuple(Out(f"{RUNS_DIR}/{RUN}/{f}") for f in RUN_FILES),
             (
                 "preset",
                 "presets.{preset}.train_size",
@@ -128,8 +131,8 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "evaluate",
-            "cnnvit evaluate --model {model} --recipe {recipe} --seed {seed}{fraction_arg} "
-            f"--data-dir {PREPARED_DIR} --corrupted {CORRUPTED} --runs-dir {RUNS_DIR} --out-dir {EVAL_DIR}/{RUN}",
+            f"cnnvit evaluate {RUNS} --data-dir {PREPARED_DIR} --corrupted {CORRUPTED} --runs-dir {RUNS_DIR} "
+            f"--out-dir {EVAL_DIR}",
             (*PREPARED, CORRUPTED, f"{RUNS_DIR}/{RUN}/{WEIGHTS_FILE}"),
             tuple(Out(f"{EVAL_DIR}/{RUN}/{f}") for f in EVAL_FILES),
             (
@@ -199,38 +202,39 @@ def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def job_params(stage: str, cfg: dict, run: RunSpec | None = None) -> dict[str, Any]:
-    """The dotted keys one job of ``stage`` reads, with their values in ``cfg`` (the raw params):
-    what Snakemake's params trigger compares, what DVC lists, and what --set passes on."""
+def job_keys(stage: str, whole: bool = False, fraction: bool = False) -> list[str]:
+    """The dotted params keys a job of ``stage`` reads, {preset}, {model} and {recipe} unfilled.
+    ``whole``: a job of every run, which reads each key cut before its first {model} or {recipe}
+    (all models, all recipes), and ``runs``, which lists the runs."""
     s = STAGES[stage]
-    keys = list(s.params) + (list(s.fraction_params) if run is not None and run.fraction < 1 else [])
+    keys = list(s.params) + (list(s.fraction_params) if fraction or whole else [])
+    if whole and s.per_run:
+        cut = list(dict.fromkeys(k.split(".{model}")[0].split(".{recipe}")[0] for k in [*keys, "runs"]))
+        keys = [k for k in cut if not any(k.startswith(other + ".") for other in cut)]
+    return keys
+
+
+def job_params(stage: str, cfg: dict, batch: Batch | None = None) -> dict[str, Any]:
+    """The dotted keys one job of ``stage`` reads (every run's, without ``batch``), with their
+    values in ``cfg`` (the raw params): what Snakemake's params trigger compares, what DVC lists,
+    and what --set passes on."""
+    run = batch.runs[0] if batch else None
+    keys = job_keys(stage, whole=batch is None, fraction=run is not None and run.fraction < 1)
     fill = {"preset": cfg["preset"], "model": run.model if run else "", "recipe": run.recipe if run else ""}
     return {k.format(**fill): _canonical(get_key(cfg, k.format(**fill))) for k in keys}
 
 
-def run_fields(run: RunSpec) -> dict[str, Any]:
-    return {
-        "model": run.model,
-        "recipe": run.recipe,
-        "seed": run.seed,
-        "fraction_arg": f" --fraction {run.fraction}" if run.fraction < 1 else "",
-        "run": run.name,
-    }
-
-
-def _fill(text: str, run: RunSpec | None) -> str:
-    return text.format(**run_fields(run)) if run else text
-
-
-def command(stage: str, run: RunSpec | None = None) -> str:
-    return _fill(STAGES[stage].cmd, run)
+def command(stage: str, batch: Batch | None = None) -> str:
+    """The stage's command; a per-run stage's for ``batch``, or for every run without one."""
+    cmd = STAGES[stage].cmd
+    return cmd.replace(RUNS, batch.args if batch else ALL_RUNS) if STAGES[stage].per_run else cmd
 
 
 def outputs(stage: str, run: RunSpec | None = None) -> list[str]:
-    return [_fill(o.path, run) for o in STAGES[stage].outs]
+    return [o.path.replace(RUN, run.name) if run else o.path for o in STAGES[stage].outs]
 
 
-def run_outputs(stage: str, runs: list[RunSpec]) -> list[str]:
+def run_outputs(stage: str, runs) -> list[str]:
     """Every output of every run of a per-run stage."""
     return [path for run in runs for path in outputs(stage, run)]
 
@@ -240,13 +244,21 @@ def run_folder(stage: str) -> str:
     return STAGES[stage].outs[0].path.split(f"/{RUN}/")[0]
 
 
-def deps(stage: str, runs: list[RunSpec] | None = None, run: RunSpec | None = None) -> list[str]:
-    """The data a job of ``stage`` (for ``run``, if it is per run) reads. A stage that reads every
-    run's outputs depends on each of them when ``runs`` is given (Snakemake), else on the folders
-    that hold them (DVC)."""
+def deps(stage: str, runs: list[RunSpec] | None = None, batch: Batch | None = None) -> list[str]:
+    """The data a job of ``stage`` reads: for a per-run stage, that of ``batch``'s runs, or of
+    every run (the folders that hold them) without one. A stage that reads every run's outputs
+    depends on each of them when ``runs`` is given (Snakemake), else on their folders (DVC)."""
     s = STAGES[stage]
     extra = [p for st in s.reads_all_runs for p in (run_outputs(st, runs) if runs is not None else [run_folder(st)])]
-    return [_fill(d, run) for d in s.deps] + extra
+    own: list[str] = []
+    for d in s.deps:
+        if RUN not in d:
+            own.append(d)
+        elif batch is not None:
+            own += [d.replace(RUN, run.name) for run in batch.runs]
+        else:
+            own.append(d.split(f"/{RUN}/")[0])  # the folder of every run's
+    return own + extra
 
 
 @dataclass(frozen=True)
@@ -258,21 +270,30 @@ class Job:
     params: tuple[str, ...]
 
 
-def jobs(params: Params) -> list[Job]:
-    """Every job of the DAG for these params, as both tools should run it (DVC's dependencies)."""
+def jobs(params: Params, tool: str = "snakemake") -> list[Job]:
+    """Every job of the DAG for these params, as ``tool`` should run it: a per-run stage is a
+    job per batch under Snakemake, one job for every run under DVC (whose outputs are then the
+    runs' folder, and whose dependencies the folders of the runs it reads)."""
     out = []
     for name, s in STAGES.items():
-        for run in params.all_runs() if s.per_run else [None]:
+        units: list[Batch | None] = [None]
+        if s.per_run and tool == "snakemake":
+            units = list(batches(params))
+        for batch in units:
+            outs = run_outputs(name, batch.runs) if batch else [run_folder(name)] if s.per_run else outputs(name)
             out.append(
                 Job(
                     name,
-                    command(name, run),
-                    (*deps(name, run=run), *code_deps(name)),
-                    tuple(outputs(name, run)),
-                    tuple(job_params(name, params.raw, run)),
+                    command(name, batch),
+                    (*deps(name, batch=batch), *code_deps(name)),
+                    tuple(outs),
+                    tuple(job_params(name, params.raw, batch)),
                 )
             )
     return out
 
 
-__all__ = ["RUN", "STAGES", "Job", "Out", "Stage", "code_deps", "command", "job_params", "jobs", "run_name"]
+__all__ = [
+    "ALL_RUNS", "BATCH", "RUN", "STAGES", "Batch", "Job", "Out", "Stage", "batches", "code_deps", "command",
+    "job_params", "jobs", "run_name",
+]  # fmt: skip

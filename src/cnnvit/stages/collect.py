@@ -50,7 +50,7 @@ from cnnvit.analysis.records import (
 from cnnvit.analysis.verdicts import claims_table, crossing, summarise
 from cnnvit.artifacts import atomic_dir, cpu_name, provenance, read_json, write_json
 from cnnvit.config.runs import run_config
-from cnnvit.config.types import Params, RunSpec
+from cnnvit.config.types import Params, RunSpec, resolves_to
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
 from cnnvit.models import spec_from_dict
@@ -74,6 +74,8 @@ def check_config(s: RunSummary, expected: dict, where: str) -> None:
         print(f"warning: {where} records no training config; cannot check it matches params.yaml")
         return
     want, got = _flat(json.loads(json.dumps(expected))), _flat(s.config)
+    if resolves_to(str(want.get("precision")), got.get("precision")):
+        want["precision"] = got.get("precision")  # the run's device resolved the setting to this
     first = ("preset", "epochs", "train_size", "test_size", "precision")  # the usual suspects lead
     keys = sorted(set(want) | set(got), key=lambda k: (first.index(k) if k in first else len(first), k))
     diff = [f"{k}: {got.get(k)!r} -> {want.get(k)!r}" for k in keys if want.get(k) != got.get(k)]

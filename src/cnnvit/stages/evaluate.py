@@ -1,10 +1,12 @@
-"""Evaluate stage: one trained run's weights -> its accuracy under corruption, and where it attends.
+"""Evaluate stage: trained runs' weights -> their accuracy under corruption, and where they attend.
 
-    cnnvit evaluate --model vit --recipe paper --seed 0 [--fraction 0.2] --data-dir data/prepared \
-        --corrupted data/corrupted/test.npz --runs-dir results/runs --out-dir results/eval/vit-paper-s0
+    cnnvit evaluate --model vit --recipe paper --seeds 0 1 2 [--fraction 0.2] --data-dir data/prepared \
+        --corrupted data/corrupted/test.npz --runs-dir results/runs --out-dir results/eval
+    cnnvit evaluate --all-runs --workers auto ...   # every run of params.yaml, N at a time
 
-Loads the run's ``weights.safetensors`` (the epoch chosen on the validation split) into the
-model its params describe (strictly: another shape is refused) and writes, together:
+For each run (chosen as :mod:`cnnvit.batch` says), loads its ``weights.safetensors`` (the epoch
+chosen on the validation split) into the model its params describe (strictly: another shape is
+refused) and writes, together, to ``--out-dir/<run>``:
 
 - ``robustness.csv``: accuracy (%) on the clean robustness images (severity 0) and on every
   corruption and severity of ``--corrupted`` (cnnvit corrupt), inputs scaled as in training;
@@ -18,6 +20,7 @@ A change to the corruptions or their settings re-runs this stage, never the trai
 from __future__ import annotations
 
 import csv
+import functools
 import time
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import torch
 from cnnvit.analysis.attention import attention_maps, mean_distance
 from cnnvit.analysis.records import WEIGHTS_FILE
 from cnnvit.artifacts import atomic_dir
+from cnnvit.batch import add_run_args, run_each, selected_runs, worker_count
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
 from cnnvit.dag import paths
@@ -61,7 +65,7 @@ def evaluate_run(
             f"run {cfg.name} has no weights ({weights} not found): it has not finished training; train it first "
             f"(cnnvit train --model {run.model} --recipe {run.recipe} --seed {run.seed}{fraction})"
         )
-    device, device_name = select_device(cfg.runtime.device)
+    device, device_name = select_device(cfg.runtime.device, cfg.runtime.runs_per_gpu)
     model = cfg.model.build()
     meta = load_weights(model, weights)
     if meta.get("run") not in (None, cfg.name):
@@ -102,27 +106,36 @@ def write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 def add_args(p) -> None:
-    p.add_argument("--model", required=True)
-    p.add_argument("--recipe", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fraction", type=float, default=1.0)
+    add_run_args(p)
     p.add_argument("--data-dir", default=paths.PREPARED_DIR)
     p.add_argument("--corrupted", default=paths.CORRUPTED)
     p.add_argument("--runs-dir", default=paths.RUNS_DIR)
-    p.add_argument("--out-dir", default=None, help=f"default {paths.EVAL_DIR}/<run name>")
+    p.add_argument("--out-dir", default=paths.EVAL_DIR, help="each run's files go to <out-dir>/<run name>")
+
+
+def evaluate_one(run: RunSpec, params: Params, data_dir, corrupted, runs_dir, out_dir) -> dict:
+    """Evaluate one run and say how it went (what each worker does)."""
+    cfg = run_config(params, run)
+    torch.set_num_threads(params.runtime.threads)
+    start = time.perf_counter()
+    weights = Path(runs_dir) / cfg.name / WEIGHTS_FILE
+    dest = Path(out_dir) / cfg.name
+    batch, attention = params.runtime.eval_batch_size, params.active.attention_images
+    got = evaluate_run(cfg, data_dir, corrupted, weights, dest, batch, attention)
+    print(
+        f"{cfg.name}: clean {got['clean']:.2f}%, corrupted {got['mean']:.2f}% on average, "
+        f"{time.perf_counter() - start:.1f}s on {got['device']} -> {dest}",
+        flush=True,
+    )
+    return got
 
 
 def run(args, params: Params) -> None:
-    if not 0 < args.fraction <= 1:
-        raise CnnvitError(f"--fraction {args.fraction:g} is not in (0, 1]: give a fraction of the training set")
-    cfg = run_config(params, RunSpec(args.model, args.recipe, args.seed, args.fraction))
-    torch.set_num_threads(params.runtime.threads)
-    start = time.perf_counter()
-    weights = Path(args.runs_dir) / cfg.name / WEIGHTS_FILE
-    out_dir = args.out_dir or f"{paths.EVAL_DIR}/{cfg.name}"
-    batch, attention = params.runtime.eval_batch_size, params.active.attention_images
-    got = evaluate_run(cfg, args.data_dir, args.corrupted, weights, out_dir, batch, attention)
-    print(
-        f"{cfg.name}: clean {got['clean']:.2f}%, corrupted {got['mean']:.2f}% on average, "
-        f"{time.perf_counter() - start:.1f}s on {got['device']} -> {out_dir}"
-    )
+    runs = selected_runs(args, params)
+    for run in runs:
+        run_config(params, run)  # an unknown model or recipe fails before any run starts
+    fn = functools.partial(
+        evaluate_one, params=params, data_dir=args.data_dir, corrupted=args.corrupted, runs_dir=args.runs_dir,
+        out_dir=args.out_dir,
+    )  # fmt: skip
+    run_each(fn, runs, worker_count(args.workers, params, len(runs)))

@@ -1,13 +1,17 @@
-"""Train stage: one model x recipe x fraction x seed run, resumable and deterministic.
+"""Train stage: model x recipe x fraction x seed runs, each resumable and deterministic.
 
-    cnnvit train --model vit --recipe paper --seed 0 [--fraction 0.2] --data-dir data/prepared \
-        --out-dir results/runs/vit-paper-s0 --ckpt-dir results/checkpoints [--threads 2]
+    cnnvit train --model vit --recipe paper --seeds 0 1 2 [--fraction 0.2] --data-dir data/prepared \
+        --runs-dir results/runs --ckpt-dir results/checkpoints [--threads 2]
+    cnnvit train --all-runs --workers auto ...     # every run of params.yaml, N at a time
+
+Which runs, and how many at once: :mod:`cnnvit.batch` (a Snakemake job trains the seeds of one
+model x recipe x fraction in turn; DVC's one train stage trains every run, a worker per slot).
 
 This module owns a run's epoch loop (as nanoGPT's train.py does): it loads the run's data, builds
 the engine (:class:`cnnvit.training.engine.Trainer`), trains and evaluates epoch by epoch, and
-checkpoints. It writes ``metrics.csv`` (one row per evaluated epoch, columns in
+checkpoints. It writes, for each run, ``metrics.csv`` (one row per evaluated epoch, columns in
 :data:`cnnvit.analysis.records.METRICS`) and ``summary.json``
-(:class:`cnnvit.analysis.records.RunSummary`) to ``--out-dir`` only when the run finishes. After
+(:class:`cnnvit.analysis.records.RunSummary`) to ``--runs-dir/<run>`` only when the run finishes. After
 every evaluated epoch a checkpoint goes to ``--ckpt-dir``, outside the DAG's declared outputs
 (Snakemake and DVC delete those before a re-run): the same command after a crash resumes from it,
 and a finished run is re-emitted, not retrained, unless its params, data or training code changed
@@ -16,6 +20,8 @@ and a finished run is re-emitted, not retrained, unless its params, data or trai
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import sys
@@ -38,18 +44,19 @@ from cnnvit.analysis.records import (
     write_predictions,
 )
 from cnnvit.artifacts import atomic_dir, provenance, write_json
+from cnnvit.batch import add_run_args, run_each, selected_runs, worker_count
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
 from cnnvit.dag import paths
 from cnnvit.dataset import NUM_CLASSES
-from cnnvit.errors import CnnvitError, positive_int
+from cnnvit.errors import positive_int
 from cnnvit.models import count_params, flops_per_image
 from cnnvit.models.pretrained import weights_source
 from cnnvit.models.weights import save_weights
 from cnnvit.training import checkpoint
 from cnnvit.training.data import load_prepared
-from cnnvit.training.device import select_device
-from cnnvit.training.engine import Trainer, peak_mem_mb
+from cnnvit.training.device import resolve_precision, select_device, use_precision
+from cnnvit.training.engine import Trainer, compile_mode, peak_mem_mb
 
 
 def fmt_eta(seconds: float) -> str:
@@ -94,7 +101,7 @@ def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: di
         peak_mem_mb=max(r["peak_mem_mb"] for r in rows),
         device=runtime["device"],
         threads=runtime["threads"],
-        precision=cfg.runtime.precision,
+        precision=cfg.precision,
         compile=runtime["compile"],
         config=cfg.identity(),
         pretrained=weights_source(cfg.model.pretrained) if cfg.model.pretrained else None,
@@ -109,11 +116,14 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
     ckpt_path = ckpt_dir / f"{cfg.name}.pt"
     threads = threads or cfg.runtime.threads
     with checkpoint.run_lock(ckpt_dir, cfg.name):
-        device, device_name = select_device(cfg.runtime.device)
-        runtime = {"device": device_name, "threads": threads, "compile": cfg.runtime.compile}
+        device, device_name = select_device(cfg.runtime.device, cfg.runtime.runs_per_gpu)
+        precision = resolve_precision(cfg.runtime.precision, device)
+        cfg = dataclasses.replace(cfg, precision=precision)
+        use_precision(precision, device)
+        runtime = {"device": device_name, "threads": threads, "compile": compile_mode(cfg.runtime.compile) or False}
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
-        print(f"{cfg.name}: on {device_name}, {threads} CPU thread(s){gpus}", flush=True)
+        print(f"{cfg.name}: on {device_name}, {cfg.precision}, {threads} CPU thread(s){gpus}", flush=True)
         torch.set_num_threads(threads)
         data = load_prepared(data_dir, cfg, device)
         trainer = Trainer(cfg, data, device)
@@ -193,28 +203,40 @@ def _checkpoint(trainer, ident, runtime, epoch, rows, summary, wall, kept) -> di
 
 
 def add_args(p) -> None:
-    p.add_argument("--model", required=True)
-    p.add_argument("--recipe", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fraction", type=float, default=1.0, help="of the preset's training set (default 1)")
+    add_run_args(p)
     p.add_argument("--data-dir", default=paths.PREPARED_DIR)
-    p.add_argument("--out-dir", default=None, help=f"default {paths.RUNS_DIR}/<run name>")
+    p.add_argument("--runs-dir", default=paths.RUNS_DIR, help="each run's files go to <runs-dir>/<run name>")
     p.add_argument("--ckpt-dir", default=paths.CHECKPOINT_DIR)
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default runtime.threads)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads a run (default runtime.threads)")
 
 
-def run(args, params: Params) -> None:
-    # Any fraction in (0, 1] is a valid run, listed in runs.train_fractions or not: the list only
-    # says which runs the DAG holds, so adding one to it must not change (and re-run) the others.
-    if not 0 < args.fraction <= 1:
-        raise CnnvitError(f"--fraction {args.fraction:g} is not in (0, 1]: give a fraction of the training set")
-    cfg = run_config(params, RunSpec(args.model, args.recipe, args.seed, args.fraction))
-    out_dir = args.out_dir or f"{paths.RUNS_DIR}/{cfg.name}"
-    s = train_run(cfg, args.data_dir, out_dir, args.ckpt_dir, args.threads)
+def train_one(run: RunSpec, params: Params, data_dir, runs_dir, ckpt_dir, threads: int | None) -> RunSummary:
+    """Train one run of ``params`` and say how it went (what each worker does)."""
+    cfg = run_config(params, run)
+    out_dir = Path(runs_dir) / cfg.name
+    s = train_run(cfg, data_dir, out_dir, ckpt_dir, threads)
     if s.diverged:
         print(f"warning: {cfg.name} diverged: {s.diverged}; lower recipes.{cfg.run.recipe}.lr or set a grad_clip")
     print(
         f"{cfg.name}: test acc {s.selected_test_acc:.2f}% at epoch {s.selected_epoch} (chosen on validation), "
         f"final {s.final_test_acc:.2f}%, {s.train_seconds:.0f}s of training ({s.wall_seconds:.0f}s with "
-        f"evaluation) -> {out_dir}"
+        f"evaluation) -> {out_dir}",
+        flush=True,
     )
+    return s
+
+
+def run(args, params: Params) -> None:
+    runs = selected_runs(args, params)
+    for run in runs:
+        run_config(params, run)  # an unknown model or recipe fails before any run starts
+    workers = worker_count(args.workers, params, len(runs))
+    if args.all_runs:
+        from cnnvit.plan import print_forecast
+
+        print_forecast(params, runs, workers)
+    fn = functools.partial(
+        train_one, params=params, data_dir=args.data_dir, runs_dir=args.runs_dir, ckpt_dir=args.ckpt_dir,
+        threads=args.threads,
+    )  # fmt: skip
+    run_each(fn, runs, workers)

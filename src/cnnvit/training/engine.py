@@ -9,10 +9,14 @@ The engine owns one optimizer step and one evaluation pass; the epoch loop, chec
 outputs belong to the train stage (:mod:`cnnvit.stages.train`).
 
 Numerics: on a CPU, the same run config and thread count give bit-identical numbers, resumed or
-not. ``runtime.precision: bf16`` autocasts forward passes to bfloat16 (CPU or CUDA) and
-``runtime.compile`` wraps the model in ``torch.compile`` (inductor); on a GPU, bf16, compile and
-cuDNN's algorithm choice make runs close but not bit-identical unless deterministic algorithms
-are switched on (``torch.use_deterministic_algorithms(True)``), which this engine does not do.
+not. The run config holds the precision resolved for its device
+(:func:`cnnvit.training.device.resolve_precision`): ``bf16`` autocasts forward passes to
+bfloat16, ``fp16`` to float16 with a gradient scaler (as the paper's ViT, §2.2), ``tf32`` is fp32
+with TF32 tensor-core matmuls on CUDA. ``runtime.compile`` wraps the model in ``torch.compile``
+with that mode (``reduce-overhead`` adds CUDA graphs, which remove the launch overhead of small
+steps). On a GPU, autocast, compile and cuDNN's algorithm choice make runs close but not
+bit-identical unless deterministic algorithms are switched on
+(``torch.use_deterministic_algorithms(True)``), which this engine does not do.
 """
 
 from __future__ import annotations
@@ -34,8 +38,17 @@ from cnnvit.dataset import NUM_CLASSES
 from cnnvit.errors import CnnvitError
 from cnnvit.models import build_model
 from cnnvit.training.data import Augment, Prepared, Split, epoch_generator
+from cnnvit.training.device import resolve_precision
 
 NAN_CHECK_EVERY = 25  # steps between host syncs that look for a non-finite loss
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compile_mode(setting) -> str | None:
+    """The torch.compile mode of ``runtime.compile``, None when it is off."""
+    if setting is False:
+        return None
+    return "default" if setting is True else str(setting)
 
 
 def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
@@ -92,7 +105,8 @@ class Trainer:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # What runs the batches: the model, or its torch.compile wrapper (same parameters).
-        self.net = torch.compile(self.model) if cfg.runtime.compile else self.model
+        mode = compile_mode(cfg.runtime.compile)
+        self.net = self.model if mode is None else torch.compile(self.model, mode=mode)
         extra: dict[str, Any] = {"momentum": r.momentum} if r.optimizer == "sgd" else {}
         if r.layer_decay is not None:
             extra["layer_decay"] = r.layer_decay
@@ -109,7 +123,12 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(r.schedule, s, total, warmup)
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
-        self.amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.runtime.precision == "bf16")
+        precision = cfg.precision or resolve_precision(cfg.runtime.precision, device)
+        self.amp = torch.autocast(
+            device.type, dtype=AUTOCAST.get(precision, torch.bfloat16), enabled=precision in AUTOCAST
+        )
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.infer_images_per_s = float("nan")  # set by evaluate()
 
     def _oom(self, what: str, size: int, key: str) -> CnnvitError:
@@ -140,11 +159,13 @@ class Trainer:
                     logits = self.net(x)
                     loss = self.criterion(logits, y)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.scaler.scale(loss).backward()
                 if clip:
+                    self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
                     nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
                 lr = max(g["lr"] for g in self.optimizer.param_groups)  # the LR this step used (the head's)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped (and the scale lowered) if fp16 overflowed
+                self.scaler.update()
                 self.scheduler.step()
                 losses[step] = loss.detach() * len(idx)
                 correct += (logits.argmax(1) == y).sum()
@@ -210,12 +231,15 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "scaler": self.scaler.state_dict(),
         }
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_torch"])
         if state["rng_cuda"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng_cuda"])

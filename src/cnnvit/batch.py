@@ -1,0 +1,164 @@
+"""Several runs in one command: which runs, and how many at once.
+
+    cnnvit train --model vit --recipe paper --seeds 0 1 2   # one Snakemake job: these seeds, in turn
+    cnnvit train --all-runs --workers auto                   # DVC's one stage: every run, N at once
+
+A per-run stage (train, evaluate) takes its runs from :func:`add_run_args`'s options and does
+them with :func:`run_each`: one after another in this process (``--workers 1``), or in
+``--workers`` worker processes forked from this one once it has imported torch and timm, so
+that the start-up (~5 s of imports a process on a CPU; CUDA and compilation on a GPU) is paid
+once per command, not once per run. ``auto`` is the slots of this machine: its cores over
+``runtime.threads`` on a CPU, its GPUs times ``runtime.runs_per_gpu`` on CUDA.
+
+A run that fails with a :class:`~cnnvit.errors.CnnvitError` does not stop the others; the
+command then fails with one line naming the failed runs and the first one's cause, and every
+run that finished has its outputs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cnnvit.config.types import Params, RunSpec, group_name
+from cnnvit.errors import CnnvitError, Interrupted
+
+
+def add_run_args(p) -> None:
+    p.add_argument("--model", help="the model (with --recipe: one group of runs)")
+    p.add_argument("--recipe")
+    p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=None, help="default: runs.seeds")
+    p.add_argument("--fraction", type=float, default=1.0, help="of the preset's training set (default 1)")
+    p.add_argument("--all-runs", action="store_true", help="every run params.yaml lists (runs.*)")
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="runs done at once, each in a worker process: a number, or auto (this machine's slots)",
+    )
+
+
+def selected_runs(args, params: Params) -> list[RunSpec]:
+    """The runs the options name: every run of params (--all-runs), or --model x --recipe x
+    --fraction x --seeds. Any fraction in (0, 1] is a valid run, listed in runs.train_fractions
+    or not: the list only says which runs the DAG holds."""
+    if args.all_runs:
+        if args.model or args.recipe:
+            raise CnnvitError("--all-runs takes no --model or --recipe: give one or the other")
+        return params.all_runs()
+    if not (args.model and args.recipe):
+        raise CnnvitError("give --model and --recipe (and --seeds), or --all-runs")
+    if not 0 < args.fraction <= 1:
+        raise CnnvitError(f"--fraction {args.fraction:g} is not in (0, 1]: give a fraction of the training set")
+    seeds = args.seeds if args.seeds is not None else params.runs.seeds
+    return [RunSpec(args.model, args.recipe, seed, args.fraction) for seed in seeds]
+
+
+def worker_count(setting: str, params: Params, runs: int) -> int:
+    """``--workers``: a number of at least 1, or ``auto``; never more than there are runs."""
+    if setting == "auto":
+        from cnnvit.training.device import slots
+
+        n = slots(params.runtime)
+    else:
+        try:
+            n = int(setting)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise CnnvitError(f"--workers {setting!r} is not a whole number of at least 1 or auto: give e.g. 2")
+    return max(1, min(n, runs))
+
+
+def _context():
+    # fork shares the parent's imports; CUDA is never initialised before it (each worker claims
+    # its own GPU slot), and torch's thread pools are started in the workers, not here.
+    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+_busy = False  # a worker is doing a run (and a signal must unwind it) or waiting for one
+
+
+def _worker_signal(signum, frame):
+    if _busy:
+        raise Interrupted(signal.Signals(signum).name)  # unwinds: no half-written outputs are left
+    os._exit(128 + signum)  # an idle worker has nothing to clean up, and no traceback to print
+
+
+def _init_worker() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _worker_signal)
+
+
+def _guarded(call: tuple[Callable[[RunSpec], Any], RunSpec]) -> tuple[RunSpec, Any, str | None]:
+    global _busy
+    fn, run = call
+    _busy = True
+    try:
+        return run, fn(run), None
+    except CnnvitError as exc:
+        return run, None, str(exc)
+    except KeyboardInterrupt as exc:  # the command is being stopped; its own process says so
+        return run, None, f"interrupted ({exc})"
+    finally:
+        _busy = False
+
+
+def run_each(fn: Callable[[RunSpec], Any], runs: Sequence[RunSpec], workers: int = 1) -> list[Any]:
+    """``fn(run)`` for every run, ``workers`` at a time; the results in the runs' order. ``fn``
+    must be a module-level function (or a partial of one) when the platform cannot fork."""
+    calls = [(fn, run) for run in runs]
+    if workers <= 1:
+        done = [_guarded(call) for call in calls]
+    else:
+        pool = _context().Pool(workers, initializer=_init_worker)
+        try:
+            done = list(pool.imap(_guarded, calls, chunksize=1))
+            pool.close()  # the workers finish and exit
+        except BaseException:
+            pool.terminate()  # stopped or failed: each busy worker unwinds its run, the idle ones exit
+            raise
+        finally:
+            pool.join()
+    failed = [(run, why) for run, _, why in done if why is not None]
+    if len(failed) == 1 and len(runs) == 1:
+        raise CnnvitError(failed[0][1])
+    if failed:
+        (run, why), others = failed[0], ", ".join(r.name for r, _ in failed[1:])
+        also = f" ({others} failed too)" if others else ""
+        raise CnnvitError(f"{len(failed)} of {len(runs)} runs failed{also}; {run.name}: {why}")
+    return [result for _, result, _ in done]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The runs one job of a per-run stage does, and the options that name them in its command."""
+
+    name: str
+    runs: tuple[RunSpec, ...]
+    args: str
+
+
+def group_batch(runs: list[RunSpec], grouped: bool = True) -> Batch:
+    """Runs that differ only in their seed, as one job named by their group (or, not
+    ``grouped``, one run named by itself): ``--model M --recipe R --seeds ...``."""
+    first = runs[0]
+    fraction = f" --fraction {first.fraction}" if first.fraction < 1 else ""
+    seeds = " ".join(str(r.seed) for r in runs)
+    name = group_name(first.model, first.recipe, first.fraction) if grouped else first.name
+    return Batch(name, tuple(runs), f"--model {first.model} --recipe {first.recipe} --seeds {seeds}{fraction}")
+
+
+def batches(params: Params) -> list[Batch]:
+    """Snakemake's jobs of a per-run stage: the seeds of each model x recipe x fraction together
+    (``runtime.group_seeds``), or one run each."""
+    if not params.runtime.group_seeds:
+        return [group_batch([run], grouped=False) for run in params.all_runs()]
+    groups: dict[tuple, list[RunSpec]] = {}
+    for run in params.all_runs():
+        groups.setdefault((run.model, run.recipe, run.fraction), []).append(run)
+    return [group_batch(runs) for runs in groups.values()]
