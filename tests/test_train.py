@@ -50,7 +50,8 @@ def cfg_for(params, model="vit", recipe="modern", seed=0, **profile):
 
 def train_cmd(params_file, data_dir, out_dir, ckpt_dir) -> list[str]:
     """`cnnvit train` of vit/paper/seed 0 as a separate process."""
-    args = f"train --model vit --recipe paper --params {params_file} --data-dir {data_dir} --runs-dir {out_dir}"
+    args = f"train --model vit --recipe paper --seeds 0 --params {params_file} --data-dir {data_dir}"
+    args += f" --runs-dir {out_dir}"
     return [sys.executable, "-m", "cnnvit.cli", *args.split(), "--ckpt-dir", str(ckpt_dir)]
 
 
@@ -143,7 +144,7 @@ def test_kill_9_then_the_same_command_resumes_bit_identically(params, prepared, 
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "out/metrics.csv").exists()
+    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "out/vit-paper-s0/metrics.csv").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "resuming after epoch" in again.stdout
     train.train_run(
@@ -152,7 +153,8 @@ def test_kill_9_then_the_same_command_resumes_bit_identically(params, prepared, 
         tmp_path / "full",
         tmp_path / "ckpt-full",
     )
-    pd.testing.assert_frame_equal(metrics(tmp_path / "full"), metrics(tmp_path / "out"), check_exact=True)
+    resumed = metrics(tmp_path / "out/vit-paper-s0")
+    pd.testing.assert_frame_equal(metrics(tmp_path / "full"), resumed, check_exact=True)
 
 
 def test_a_finished_run_is_re_emitted_not_retrained(params, prepared, tmp_path, capsys, monkeypatch):

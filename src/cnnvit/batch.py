@@ -94,16 +94,26 @@ def _init_worker() -> None:
         signal.signal(sig, _worker_signal)
 
 
+class _Stopped(Exception):
+    """A worker's run was interrupted: the parent stops the command (an exception that pickles,
+    unlike a KeyboardInterrupt, which would also kill the pool's result thread)."""
+
+
 def _guarded(call: tuple[Callable[[RunSpec], Any], RunSpec]) -> tuple[RunSpec, Any, str | None]:
-    global _busy
     fn, run = call
-    _busy = True
     try:
         return run, fn(run), None
     except CnnvitError as exc:
         return run, None, str(exc)
-    except KeyboardInterrupt as exc:  # the command is being stopped; its own process says so
-        return run, None, f"interrupted ({exc})"
+
+
+def _in_worker(call: tuple[Callable[[RunSpec], Any], RunSpec]) -> tuple[RunSpec, Any, str | None]:
+    global _busy
+    _busy = True
+    try:
+        return _guarded(call)
+    except KeyboardInterrupt as exc:  # its run has unwound; the command is being stopped
+        raise _Stopped(str(exc)) from None
     finally:
         _busy = False
 
@@ -113,12 +123,15 @@ def run_each(fn: Callable[[RunSpec], Any], runs: Sequence[RunSpec], workers: int
     must be a module-level function (or a partial of one) when the platform cannot fork."""
     calls = [(fn, run) for run in runs]
     if workers <= 1:
-        done = [_guarded(call) for call in calls]
+        done = [_guarded(call) for call in calls]  # an interrupt stops the command, not just a run
     else:
         pool = _context().Pool(workers, initializer=_init_worker)
         try:
-            done = list(pool.imap(_guarded, calls, chunksize=1))
+            done = list(pool.imap(_in_worker, calls, chunksize=1))
             pool.close()  # the workers finish and exit
+        except _Stopped as exc:
+            pool.terminate()
+            raise Interrupted(str(exc)) from None
         except BaseException:
             pool.terminate()  # stopped or failed: each busy worker unwinds its run, the idle ones exit
             raise

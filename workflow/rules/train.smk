@@ -60,7 +60,7 @@ rule cost:
         S.log("cost"),
     conda:
         "../envs/cnnvit.yaml"
-    threads: S.all_cores(workflow)
+    threads: S.alone_cores(workflow, PARAMS)
     resources:
         gpu=GPUS,
     params:

@@ -94,6 +94,16 @@ def all_cores(workflow) -> int:
     return int(cores) if isinstance(cores, int) and cores > 0 else 1
 
 
+def alone_cores(workflow, params: Params) -> int:
+    """The cores of a job that times the models (cost): all of them on one machine, so that it
+    runs alone; on a cluster a training job's runtime.threads. There the Snakemake that submits
+    the job and the one that runs it inside its allocation (started with --cores all) must
+    agree on the count, or srun asks for more cores than sbatch was given."""
+    if workflow.non_local_exec or workflow.remote_exec:
+        return max(1, params.runtime.threads)
+    return all_cores(workflow)
+
+
 def name_pattern(names) -> str:
     """A wildcard constraint that matches exactly these names."""
     return "|".join(re.escape(name) for name in names)
