@@ -93,6 +93,7 @@ def measure(params: Params, model: str, recipe: str, steps: int = 4) -> tuple[Me
 def measure_all(params: Params, runs: list[RunSpec], cache: Path | None = None) -> tuple[dict, str, float]:
     """(model -> Measured, the device's name, this process's start-up seconds), measuring only
     what ``cache`` does not hold for these settings and this machine."""
+    import cnnvit.stages.train  # noqa: F401  # what a training job imports first: torch, timm, the models
     from cnnvit import START
 
     startup = time.perf_counter() - START

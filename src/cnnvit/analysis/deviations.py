@@ -226,7 +226,9 @@ def deviations(params: Params, per_run: pd.DataFrame) -> list[dict]:
             "paper": "the ViT's loop calls scaler.step(): fp16 mixed precision with a GradScaler; not stated for the "
             "others",
             "this_run": ", ".join(precisions),
-            "why": "fp32 unless runtime.precision asks otherwise",
+            "why": f"runtime.precision {params.runtime.precision}: auto is bf16 autocast on a GPU that has it "
+            "(else fp32 with TF32 matmuls on CUDA) and fp32 on a CPU or MPS; fp16 with a GradScaler is the "
+            "paper's choice for its ViT, and a run's precision is part of its identity",
         },
         {
             "aspect": "hardware",

@@ -123,7 +123,7 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(r.schedule, s, total, warmup)
         )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
-        precision = cfg.precision or resolve_precision(cfg.runtime.precision, device)
+        self.precision = precision = cfg.precision or resolve_precision(cfg.runtime.precision, device)
         self.amp = torch.autocast(
             device.type, dtype=AUTOCAST.get(precision, torch.bfloat16), enabled=precision in AUTOCAST
         )
