@@ -38,7 +38,7 @@ def project(tmp_path) -> Path:
 
 
 def test_dvc_refuses_while_snakemake_holds_the_project_and_deletes_nothing(project):
-    sh("dvc repro", project)
+    sh("dvc repro prepare", project)  # download and prepare: what a refused repro must not delete
     prepared = sorted(p.name for p in (project / "data/prepared").iterdir())
     cfg = yaml.safe_load((project / "params.yaml").read_text())
     cfg["data"]["val_seed"] = 1  # prepare (and everything after it) is now stale
@@ -77,7 +77,7 @@ def test_editing_params_during_a_snakemake_run_changes_nothing_for_it(project):
     """Issue 19.5: epochs 1 -> 2 fourteen seconds in: some runs trained 2 epochs, collect refused,
     and reverting the edit did not help. Every job reads the config validated at the start."""
     run = subprocess.Popen(
-        ["snakemake", "--cores", "1"], cwd=project, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["snakemake", "--cores", "2"], cwd=project, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.time() + 300
     while not list((project / "results/runs").glob("*/summary.json")) and time.time() < deadline:
