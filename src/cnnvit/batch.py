@@ -58,6 +58,17 @@ def selected_runs(args, params: Params) -> list[RunSpec]:
     return [RunSpec(args.model, args.recipe, seed, args.fraction) for seed in seeds]
 
 
+def checked_runs(args, params: Params) -> list[RunSpec]:
+    """:func:`selected_runs`, each resolved once, so that an unknown model or recipe fails before
+    any run starts."""
+    from cnnvit.config.runs import run_config
+
+    runs = selected_runs(args, params)
+    for run in runs:
+        run_config(params, run)
+    return runs
+
+
 def worker_count(setting: str, params: Params, runs: int) -> int:
     """``--workers``: a number of at least 1, or ``auto``; never more than there are runs."""
     if setting == "auto":

@@ -210,11 +210,12 @@ def report_lines(plan: dict, params: Params) -> list[str]:
         lines.append(f"  {name:<16}{m['runs']:>5}{m['gflop_per_image']:>11.3g}{m['pflop']:>10.3g}{step:>20}{took:>12}")
     low, high = plan["forecast_s"][0], plan["forecast_s"][-1]
     span = fmt_duration(low) if low == high else f"{fmt_duration(low)} to {fmt_duration(high)}"
-    how = "a pool of workers per stage" if plan["jobs"] == "dvc" else "jobs"
-    lines.append(
-        f"  forecast: {span} for training and evaluation ({plan['job_count']} {plan['jobs']} {how}, "
-        f"{plan['slots']} at once, {plan['startup_s']:.0f} s start-up a job; the light stages are extra)"
-    )
+    start = f"{plan['startup_s']:.0f} s start-up a"
+    if plan["jobs"] == "dvc":
+        how = f"DVC's train and evaluate stages, {plan['slots']} workers each, {start} stage"
+    else:
+        how = f"{plan['job_count']} snakemake jobs, {plan['slots']} at once, {start} job"
+    lines.append(f"  forecast: {span} for training and evaluation ({how}; the light stages are extra)")
     if device.startswith("cpu") and high > CPU_WARNING_S:
         lines.append(
             f"warning: that is {fmt_duration(high)} on this machine's CPU. For a look at the whole pipeline in "

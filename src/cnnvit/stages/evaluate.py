@@ -30,7 +30,7 @@ import torch
 from cnnvit.analysis.attention import attention_maps, mean_distance
 from cnnvit.analysis.records import WEIGHTS_FILE
 from cnnvit.artifacts import atomic_dir
-from cnnvit.batch import add_run_args, run_each, selected_runs, worker_count
+from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
 from cnnvit.dag import paths
@@ -131,9 +131,7 @@ def evaluate_one(run: RunSpec, params: Params, data_dir, corrupted, runs_dir, ou
 
 
 def run(args, params: Params) -> None:
-    runs = selected_runs(args, params)
-    for run in runs:
-        run_config(params, run)  # an unknown model or recipe fails before any run starts
+    runs = checked_runs(args, params)
     fn = functools.partial(
         evaluate_one, params=params, data_dir=args.data_dir, corrupted=args.corrupted, runs_dir=args.runs_dir,
         out_dir=args.out_dir,

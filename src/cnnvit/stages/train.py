@@ -44,7 +44,7 @@ from cnnvit.analysis.records import (
     write_predictions,
 )
 from cnnvit.artifacts import atomic_dir, provenance, write_json
-from cnnvit.batch import add_run_args, run_each, selected_runs, worker_count
+from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
 from cnnvit.dag import paths
@@ -227,9 +227,7 @@ def train_one(run: RunSpec, params: Params, data_dir, runs_dir, ckpt_dir, thread
 
 
 def run(args, params: Params) -> None:
-    runs = selected_runs(args, params)
-    for run in runs:
-        run_config(params, run)  # an unknown model or recipe fails before any run starts
+    runs = checked_runs(args, params)
     workers = worker_count(args.workers, params, len(runs))
     if args.all_runs:
         from cnnvit.plan import print_forecast
