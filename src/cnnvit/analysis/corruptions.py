@@ -14,6 +14,9 @@ here, following the published code, with these differences, each documented wher
   Wand; this uses the numpy kernel of ``imagecorruptions`` (a Gaussian-weighted line of shifts);
 - frost is left out: it blends photographs of frost shipped with the original code, which cannot
   be fetched here;
+- glass blur keeps the published code's behaviour, not its comment: its pixel "swap" runs on numpy
+  views and so copies a neighbour (mean displacement 0.75 px a pass, at most 1.41), where a true
+  swap would carry pixels along chains (see ``_glass_shuffle``);
 - OpenCV's Gaussian blur, ``filter2D`` and ``warpAffine`` are done with scipy (same kernels,
   the same reflect-101 borders), skimage's HSV round trip for brightness in closed form.
 
@@ -159,19 +162,35 @@ def defocus_blur(x: Array, s: int, rng: np.random.Generator) -> Array:
     return ndimage.correlate(x, kernel[None, :, :, None], mode="mirror")
 
 
-def glass_blur(x: Array, s: int, rng: np.random.Generator) -> Array:
-    sigma, delta, iterations = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][s - 1]
-    img = (_gaussian(x, sigma) * 255).astype(np.uint8)  # the published code rounds down to uint8 here
+def _glass_shuffle(img: Array, iterations: int, rng: np.random.Generator, chunk: int = 256) -> Array:
+    """make_cifar_c's "locally shuffle pixels" (max_delta 1) on an N x H x W (x C) batch, in place.
+
+    The published loop visits rows and columns from H-1 down to 2 and runs
+    ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` with (dx, dy) = randint(-1, 1, size=2), so h' is h-1
+    or h and w' is w-1 or w. On numpy views that line is not a swap: both cells end up holding
+    x[h', w'] (the right side's second item is a view of x[h, w], read after x[h, w] was
+    overwritten). So each visited pixel copies its neighbour above/left, and that neighbour has not
+    been visited yet in this pass (the loop runs bottom-right to top-left): a pass is one gather
+    from the image before it. The draws are the reference's, in its order, one image after
+    another (image, pass, row, column, (dx, dy)), so a per-pixel loop over a Generator gives the
+    same images (tests/test_corruptions.py writes it out)."""
     n, h, w = img.shape[:3]
-    every = np.arange(n)
-    for _ in range(iterations):  # the published pixel-by-pixel swaps, in its order, for all images at once
-        for row in range(h - delta, delta, -1):
-            for col in range(w - delta, delta, -1):
-                d = rng.integers(-delta, delta, size=(2, n))  # np.random.randint(-d, d): high excluded
-                r2, c2 = row + d[1], col + d[0]
-                here, there = img[every, row, col].copy(), img[every, r2, c2].copy()
-                img[every, row, col], img[every, r2, c2] = there, here
-    return _gaussian(img / 255.0, sigma)
+    rows, cols = np.arange(h - 1, 1, -1), np.arange(w - 1, 1, -1)
+    for start in range(0, n, chunk):  # the draws are image-major, so chunks keep the stream
+        m = min(chunk, n - start)
+        d = rng.integers(-1, 1, size=(m, iterations, len(rows), len(cols), 2))
+        every = np.arange(start, start + m)[:, None, None]
+        for k in range(iterations):
+            src_r, src_c = rows[None, :, None] + d[:, k, :, :, 1], cols[None, None, :] + d[:, k, :, :, 0]
+            img[every, rows[None, :, None], cols[None, None, :]] = img[every, src_r, src_c]
+    return img
+
+
+def glass_blur(x: Array, s: int, rng: np.random.Generator) -> Array:
+    sigma, max_delta, iterations = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][s - 1]
+    assert max_delta == 1  # every CIFAR severity's; _glass_shuffle relies on it
+    img = (_gaussian(x, sigma) * 255).astype(np.uint8)  # the published code rounds down to uint8 here
+    return _gaussian(_glass_shuffle(img, iterations, rng) / 255.0, sigma)
 
 
 def motion_blur(x: Array, s: int, rng: np.random.Generator) -> Array:
