@@ -120,12 +120,14 @@ def test_attention_distance_on_maps_with_a_known_answer():
         r, c = divmod(q, grid)
         right[0, 0, 1 + q, 1 + r * grid + (c + 1 if c < grid - 1 else c - 1)] = 1
     assert mean_distance(right, grid, cell) == pytest.approx([4.0])  # one cell = 4 pixels
-    uniform = np.full((1, 1, n, n), 1 / n)  # class-token mass is spread back over the patches
+    uniform = np.full((1, 1, n, n), 1 / n)  # the class token's 1/65 adds nothing: not renormalised (ViT's way)
     centres = token_centres(grid, cell)
     all_pairs = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1)).mean()
-    assert mean_distance(uniform, grid, cell) == pytest.approx([all_pairs]) and 16 < all_pairs < 17
+    assert all_pairs == pytest.approx(16.546, abs=1e-3)
+    assert mean_distance(uniform, grid, cell) == pytest.approx([all_pairs * 64 / 65])
+    assert all_pairs * 64 / 65 == pytest.approx(16.291, abs=1e-3)
     two_heads = np.concatenate([own, uniform], axis=1)
-    assert mean_distance(two_heads, grid, cell) == pytest.approx([0.0, all_pairs])
+    assert mean_distance(two_heads, grid, cell) == pytest.approx([0.0, all_pairs * 64 / 65])
 
 
 def test_attention_maps_are_the_models_own_attention():

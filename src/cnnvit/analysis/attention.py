@@ -3,11 +3,20 @@
     maps = attention_maps(model, images)       # layer -> N x heads x tokens x tokens (softmax rows)
     mean_distance(maps[0], grid=8, cell=4)     # heads: the pixel distance each head attends over
 
-For a query token, the distance is the average, weighted by its attention, of the pixel distance
-from its patch's centre to every other patch's centre; the class token is left out (its mass is
-spread back over the patches, as a query's attention to the image). The mean over queries and
-images says whether a head looks locally (a few pixels) or across the image (about half its
-width: on a uniform attention over an 8 x 8 grid of 4-pixel cells, 16.5 pixels).
+For a patch query, the distance is the sum, weighted by its attention, of the pixel distance from
+its patch's centre to every patch's centre; the mean over patch queries and images is the head's
+distance. The convention is the ViT paper's (its Appendix D.7: distances "weighted by the
+attention weight"): the class token's row and column are left out and the weights are *not*
+renormalised, so a query's attention to the class token adds nothing (it counts as distance 0),
+and a head that attends mostly to the class token scores low. A uniform attention over an
+8 x 8 grid of 4-pixel cells plus the class token scores 64/65 of the patch-to-patch mean distance,
+16.29 pixels (16.55 if it were renormalised over the patches); a head that looks locally scores a
+few pixels.
+
+The distance says where attention reaches, not what a token already sees: a ViT token is its own
+4 x 4 patch, while a hybrid token (one per 4 x 4 cell of the stem's output) already sees the stem's
+receptive field, 9 x 9 pixels for three 3 x 3 convolutions at strides 1, 2, 2
+(``CnnViT.receptive_field`` in :mod:`cnnvit.models.vit`).
 """
 
 from __future__ import annotations
@@ -30,9 +39,9 @@ def token_centres(grid: int, cell: float) -> np.ndarray:
 
 def mean_distance(attn: np.ndarray, grid: int, cell: float, prefix_tokens: int = 1) -> np.ndarray:
     """Mean attention distance (pixels) per head, from attention probabilities of shape
-    N x heads x T x T whose first ``prefix_tokens`` tokens are not patches (the class token)."""
+    N x heads x T x T whose first ``prefix_tokens`` tokens are not patches (the class token).
+    Not renormalised after the class token is dropped (the module's docstring says why)."""
     patch = attn[:, :, prefix_tokens:, prefix_tokens:]
-    patch = patch / patch.sum(-1, keepdims=True)  # attention to the image alone
     centres = token_centres(grid, cell)
     dist = np.sqrt(((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1))  # T x T
     per_query = (patch * dist).sum(-1)  # N x heads x queries

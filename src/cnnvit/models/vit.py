@@ -4,12 +4,19 @@ a convolutional stem (``cnn_vit``, the paper's CNN+ViT hybrid, section 2.4).
 Both use the same encoder (``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``) with a class
 token; ``vit`` cuts the image into ``patch_size`` x ``patch_size`` patches, ``cnn_vit`` runs
 ``len(stem_channels)`` conv-BN-GELU layers and makes one token of each cell of their output map.
+
+``cnn_vit``'s ``stem_conv: deformable`` is an ablation: the paper's "variable convolutional layer"
+(section 1 (a)) read as a deformable convolution (Dai et al. 2017). The stem's last conv becomes
+torchvision's ``DeformConv2d``, whose sampling offsets a plain 3x3 conv predicts from the same
+input; that conv starts at zero, so the network starts as the plain hybrid and learns where to
+look. The last conv, not the first, as deformable networks place them: offsets are predicted
+from features, not from raw pixels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
+import functools
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from cnnvit.dataset import IMG_SIZE
@@ -73,6 +80,13 @@ class ViT(_Encoder):
         )
 
 
+STEM_CONV_DOC = (
+    "plain: every stem layer a 3x3 conv; deformable: the last one a deformable 3x3 conv (torchvision "
+    "DeformConv2d, offsets from a zero-initialised 3x3 conv), the paper's 'variable convolutional layer' read as "
+    "deformable convolution"
+)
+
+
 @register
 @dataclass(frozen=True, kw_only=True)
 class CnnViT(_Encoder):
@@ -82,8 +96,10 @@ class CnnViT(_Encoder):
     display: ClassVar[str] = "CNN+ViT"
     convnet: ClassVar[bool] = False
     same_length: ClassVar[tuple[tuple[str, str], ...]] = (("stem_channels", "stem_strides"),)
+    kernel: ClassVar[int] = 3  # every stem conv's
     stem_channels: tuple[int, ...]
     stem_strides: tuple[Literal[1, 2], ...]
+    stem_conv: Literal["plain", "deformable"] = field(default="plain", metadata={"doc": STEM_CONV_DOC})
 
     @property
     def token_pixels(self) -> int:
@@ -92,6 +108,23 @@ class CnnViT(_Encoder):
             side *= s
         return side
 
+    @property
+    def receptive_field(self) -> int:
+        """The side, in input pixels, of the window one token sees through the stem (at zero offsets
+        for a deformable stem, whose offsets can move it): each conv widens it by (kernel - 1) times
+        the stride of the layers before it. 3x3 convs at strides 1, 2, 2: 1 + 2 + 2 + 4 = 9."""
+        side, jump = 1, 1
+        for s in self.stem_strides:
+            side += (self.kernel - 1) * jump
+            jump *= s
+        return side
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if self.stem_conv == "plain":
+            del out["stem_conv"]  # a later key: a plain stem's runs keep the identity (and checkpoints) they had
+        return out
+
     def build(self, img_size: int = IMG_SIZE) -> nn.Module:
         from timm.layers import ConvNormAct, HybridEmbed
         from torch import nn
@@ -99,20 +132,56 @@ class CnnViT(_Encoder):
         from cnnvit.models.pretrained import create
 
         chans = [3, *self.stem_channels]
-        stem = nn.Sequential(
-            *(
-                ConvNormAct(chans[i], chans[i + 1], 3, stride=st, act_layer=nn.GELU)
-                for i, st in enumerate(self.stem_strides)
-            )
-        )
+        last = len(self.stem_strides) - 1
+        layers = []
+        for i, st in enumerate(self.stem_strides):
+            if self.stem_conv == "deformable" and i == last:
+                layers.append(_deformable_layer()(chans[i], chans[i + 1], self.kernel, st))
+            else:
+                layers.append(ConvNormAct(chans[i], chans[i + 1], self.kernel, stride=st, act_layer=nn.GELU))
         # patch_size=1: every cell of the stem's feature map becomes one token, projected by a 1x1 conv.
-        embed = partial(HybridEmbed, backbone=stem)
+        embed = functools.partial(HybridEmbed, backbone=nn.Sequential(*layers))
         return create(TIMM_VIT, self, embed_layer=embed, patch_size=1, **self.encoder_args(img_size))
 
     def describe(self) -> str:
-        side, cell = IMG_SIZE // self.token_pixels, self.token_pixels
+        side, cell, rf = IMG_SIZE // self.token_pixels, self.token_pixels, self.receptive_field
+        conv = "conv-BN-GELU layers" + (", the last deformable," if self.stem_conv == "deformable" else "")
         return (
-            f"{len(self.stem_channels)} conv-BN-GELU layers {list(self.stem_channels)} (strides "
-            f"{list(self.stem_strides)}) -> {side}x{side} tokens (one per {cell}x{cell}-pixel cell) -> ViT "
+            f"{len(self.stem_channels)} {conv} {list(self.stem_channels)} (strides {list(self.stem_strides)}) -> "
+            f"{side}x{side} tokens (one per {cell}x{cell}-pixel cell, each seeing {rf}x{rf} pixels) -> ViT "
             + self.encoder_words()
         )
+
+
+@functools.cache
+def _deformable_layer() -> type:
+    """DeformConvNormAct, defined on first use so that importing this module imports no torch."""
+    import torch
+    from timm.layers import BatchNormAct2d
+    from torch import nn
+    from torch.utils.flop_counter import register_flop_formula
+    from torchvision.ops import DeformConv2d
+
+    @register_flop_formula(torch.ops.torchvision.deform_conv2d)
+    def _flops(x_shape, weight_shape, *_args, out_shape, **_kwargs) -> int:
+        # a dense conv's multiply-adds, plus the bilinear sampling of every input value it reads (4 multiply-adds)
+        n, c_out, h, w = out_shape
+        c_in_group, kh, kw = weight_shape[1:]
+        return 2 * n * h * w * kh * kw * c_in_group * (c_out + 4 * x_shape[1] // c_in_group)
+
+    class DeformConvNormAct(nn.Module):
+        """timm's ConvNormAct with torchvision's DeformConv2d as the conv (and BN + GELU after it)."""
+
+        def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
+            super().__init__()
+            pad = kernel // 2
+            self.offset = nn.Conv2d(c_in, 2 * kernel * kernel, kernel, stride=stride, padding=pad)
+            for p in self.offset.parameters():  # weight and bias: zero offsets, so it starts as the plain conv
+                nn.init.zeros_(p)
+            self.conv = DeformConv2d(c_in, c_out, kernel, stride=stride, padding=pad, bias=False)
+            self.bn = BatchNormAct2d(c_out, act_layer=nn.GELU)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(x, self.offset(x)))
+
+    return DeformConvNormAct
