@@ -23,8 +23,10 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from cnnvit.arguments import seed
 from cnnvit.config.types import Params, RunSpec, group_name
 from cnnvit.errors import CnnvitError, Interrupted
 
@@ -32,7 +34,7 @@ from cnnvit.errors import CnnvitError, Interrupted
 def add_run_args(p) -> None:
     p.add_argument("--model", help="the model (with --recipe: one group of runs)")
     p.add_argument("--recipe")
-    p.add_argument("--seeds", "--seed", dest="seeds", type=int, nargs="+", default=None, help="default: runs.seeds")
+    p.add_argument("--seeds", "--seed", dest="seeds", type=seed, nargs="+", default=None, help="default: runs.seeds")
     p.add_argument("--fraction", type=float, default=1.0, help="of the preset's training set (default 1)")
     p.add_argument("--all-runs", action="store_true", help="every run params.yaml lists (runs.*)")
     p.add_argument(
@@ -55,7 +57,9 @@ def selected_runs(args, params: Params) -> list[RunSpec]:
     if not 0 < args.fraction <= 1:
         raise CnnvitError(f"--fraction {args.fraction:g} is not in (0, 1]: give a fraction of the training set")
     seeds = args.seeds if args.seeds is not None else params.runs.seeds
-    return [RunSpec(args.model, args.recipe, seed, args.fraction) for seed in seeds]
+    if twice := sorted({s for s in seeds if list(seeds).count(s) > 1}):
+        raise CnnvitError(f"--seeds lists {', '.join(map(str, twice))} more than once: give each seed once")
+    return [RunSpec(args.model, args.recipe, s, args.fraction) for s in seeds]
 
 
 def checked_runs(args, params: Params) -> list[RunSpec]:
@@ -66,7 +70,27 @@ def checked_runs(args, params: Params) -> list[RunSpec]:
     runs = selected_runs(args, params)
     for run in runs:
         run_config(params, run)
+    if data_dir := getattr(args, "data_dir", None):
+        check_fractions_with_data(params, runs, Path(data_dir))
     return runs
+
+
+def check_fractions_with_data(params: Params, runs: list[RunSpec], data_dir: Path) -> None:
+    """The fractions against the prepared training split, where params alone could not tell its
+    size (``data.expect_train: 0``): each trains at least one image a class, no two the same images.
+    Missing or damaged data is left to the stage, which names it."""
+    from cnnvit.artifacts import read_json
+    from cnnvit.config.load import check_fractions
+    from cnnvit.dataset import subset_size
+
+    try:
+        counts = read_json(data_dir / "stats.json").get("counts", {})
+        pool = subset_size(int(counts["train"]), params.active.train_size)
+    except (CnnvitError, AttributeError, KeyError, TypeError, ValueError):
+        return
+    asked = sorted({r.fraction for r in runs} - set(params.runs.train_fractions))
+    what = "runs.train_fractions" + (f" with --fraction {asked[0]:g}" if asked else "")
+    check_fractions([*params.runs.train_fractions, *asked], pool, f"the data in {data_dir}", what)
 
 
 def worker_count(setting: str, params: Params, runs: int) -> int:

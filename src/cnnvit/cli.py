@@ -5,8 +5,8 @@
 
 Every subcommand loads params.yaml through :mod:`cnnvit.config.load` (``--set`` applies dotted
 overrides first) and takes every path as an argument, defaulting to the paths of
-:mod:`cnnvit.dag.paths`. A :class:`~cnnvit.errors.CnnvitError` ends the command with one
-``error:`` line and exit status 1.
+:mod:`cnnvit.dag.paths`, each checked for its role before anything runs (:mod:`cnnvit.arguments`).
+A :class:`~cnnvit.errors.CnnvitError` ends the command with one ``error:`` line and exit status 1.
 """
 
 from __future__ import annotations
@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     raise_on_signals()
     try:  # everything, imports included: a Ctrl-C at any moment ends in one line
         args = build_parser(argv).parse_args(argv)
+        from cnnvit.arguments import check_paths
         from cnnvit.config.load import load_params
         from cnnvit.dag.tools import refuse_if_the_other_tool_runs
 
         refuse_if_the_other_tool_runs()
+        check_paths(args.command, args)
         params = load_params(args.params, args.overrides)
         importlib.import_module(f"cnnvit.{COMMANDS[args.command][0]}").run(args, params)
     except CnnvitError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 import sys
 from functools import cache
@@ -29,7 +30,7 @@ import jsonschema
 import yaml
 
 from cnnvit.config.types import Analysis, Cost, Data, Params, Preset, Recipe, Robustness, Runs, Runtime
-from cnnvit.dataset import subset_size
+from cnnvit.dataset import NUM_CLASSES, subset_size
 from cnnvit.errors import CnnvitError, first_line
 
 __all__ = ["Params", "load_params", "params_from_dict"]
@@ -40,8 +41,30 @@ PACKAGE_DATA = ("params.schema.json",)  # read at run time, beside this file
 # ----------------------------------------------------------------------------- reading
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names one key twice: PyYAML would keep the last silently."""
+
+
 class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML implements YAML 1.1, where ``1e-3`` (no dot) is a string; YAML 1.2 reads a float."""
+    """PyYAML implements YAML 1.1, where ``1e-3`` (no dot) is a string; YAML 1.2 reads a float.
+    A key given twice in one mapping is refused (YAML forbids it; PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then an explicit key overrides the merged one, as meant
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: the base constructor names it
+                if earlier is not key_node.start_mark:
+                    raise DuplicateKey(
+                        None, None, f"key {key!r} at line {earlier.line + 1} is given again", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 _Yaml12Loader.add_implicit_resolver(
@@ -83,18 +106,36 @@ def expanded_size(node: Any) -> int:
     return size(node)
 
 
+def refuse_alias_bomb(tree: Any, source: str) -> None:
+    """Refuse a tree whose shared parts (YAML aliases) would expand past MAX_VALUES: whatever walks
+    it (a schema check, Snakemake writing its config out) would take minutes and gigabytes."""
+    try:
+        n = expanded_size(tree)
+    except RecursionError:
+        raise CnnvitError(f"{source}: nested too deeply (or a recursive alias): simplify it") from None
+    if n > MAX_VALUES:
+        raise CnnvitError(
+            f"{source}: its aliases expand to {n:,} values, more than any params file needs ({MAX_VALUES:,}): "
+            "an alias bomb? write the values out or use fewer nested aliases"
+        )
+
+
 def yaml_load(text: str, source: str) -> Any:
+    """The project's one YAML reader (params files, --set values, Snakemake's config files): YAML
+    1.2 numbers, no duplicate keys, no alias bombs, nothing nested past Python's recursion limit."""
     try:
         tree = yaml.load(text, Loader=_Yaml12Loader)
-        n = expanded_size(tree)
-        if n > MAX_VALUES:
-            raise CnnvitError(
-                f"{source}: its aliases expand to {n:,} values, more than any params file needs ({MAX_VALUES:,}): "
-                "an alias bomb? write the values out or use fewer nested aliases"
-            )
+        refuse_alias_bomb(tree, source)
         return _unshare(tree)
     except RecursionError:
         raise CnnvitError(f"{source}: nested too deeply (or a recursive alias): simplify it") from None
+    except DuplicateKey as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise CnnvitError(
+            f"{source}: duplicate key{where} ({exc.problem}): YAML would keep only the last one silently; "
+            "delete one of them"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -243,8 +284,25 @@ def short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text):,} characters)"
 
 
+def non_finite(node: Any, path: tuple = ()) -> tuple[tuple, float] | None:
+    """The first NaN or infinity in a tree (its path and value), or None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return path, node
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        if found := non_finite(child, (*path, key)):
+            return found
+    return None
+
+
 def check(cfg: dict, source: str = "params.yaml") -> None:
-    """The schema, then the cross-references it cannot express. Raises on the first problem."""
+    """Every number finite, the schema, then the cross-references it cannot express. Raises on
+    the first problem."""
+    # JSON Schema's bounds are comparisons, and every comparison with NaN is false: a `.nan` passes
+    # `minimum: 0` and `maximum: 1` alike. No key of params.yaml means anything as NaN or infinity.
+    if found := non_finite(cfg):
+        where, value = found
+        raise CnnvitError(f"{source}: {_dotted(where)}: {value} is not a finite number: give a number")
     errors = list(_validator().iter_errors(cfg))
     if errors:
         # the deepest error is the most specific one (a model's unknown key, not "allOf failed")
@@ -270,25 +328,58 @@ def check(cfg: dict, source: str = "params.yaml") -> None:
                 f"{source}: runs.models: model {model!r} is not defined in preset {preset!r}; define "
                 f"presets.{preset}.models.{model} or use one of {', '.join(sorted(models))}"
             )
-    check_fractions(cfg, source)
+    check_fractions(cfg["runs"].get("train_fractions", [1.0]), known_pool(cfg), source)
+    check_test_subsets(cfg, source)
 
 
-def check_fractions(cfg: dict, source: str) -> None:
-    """Two fractions that round to the same number of images would train the same subset twice
-    under two names (the subsets are nested), and a report would show one point twice."""
+def known_pool(cfg: dict) -> int:
+    """The training images a run's fraction is taken of, when params alone tell (else 0): the
+    preset's train_size, or what data.expect_train leaves after the validation carve."""
     data, preset = cfg["data"], cfg["presets"][cfg["preset"]]
-    pool = preset["train_size"] or (data["expect_train"] - data["val_size"] if data["expect_train"] else 0)
+    whole = data["expect_train"] - data["val_size"] if data["expect_train"] else 0
+    return min(preset["train_size"], whole) if preset["train_size"] and whole else preset["train_size"] or whole
+
+
+def check_fractions(fractions, pool: int, source: str, what: str = "runs.train_fractions") -> None:
+    """Each fraction trains at least one image a class, and no two train the same subset (the
+    subsets are nested: two names for one subset, and one point shown twice in a report). ``pool``
+    is the training images (0: not known yet; `cnnvit train` checks again with the prepared data)."""
     if not pool:
-        return  # the training-set size is known only once prepared; cnnvit train names each run's size
+        return
     seen: dict[int, float] = {}
-    for f in sorted(cfg["runs"].get("train_fractions", [1.0])):
+    for f in sorted(fractions):
         n = subset_size(pool, 0, f)
+        if n < NUM_CLASSES:
+            raise CnnvitError(
+                f"{source}: {what}: {f:g} of {pool:,} training images is {n:,}, fewer than one image a class "
+                f"({NUM_CLASSES}): use at least {ceil_2(NUM_CLASSES / pool):g}"
+            )
         if n in seen:
             raise CnnvitError(
-                f"{source}: runs.train_fractions: {seen[n]:g} and {f:g} both train the same {n:,} images (of "
-                f"{pool:,}): keep one of them"
+                f"{source}: {what}: {seen[n]:g} and {f:g} both train the same {n:,} images (of {pool:,}): "
+                "keep one of them"
             )
         seen[n] = f
+
+
+def ceil_2(x: float) -> float:
+    """``x`` rounded up to two significant digits (a bound to quote that still holds)."""
+    scale = 10.0 ** (1 - math.floor(math.log10(x)))
+    return math.ceil(x * scale - 1e-9) / scale
+
+
+def check_test_subsets(cfg: dict, source: str) -> None:
+    """A preset's robustness and attention images are taken from its test images: more than there
+    are would be cut down without a word (cnnvit corrupt checks again once the data is prepared)."""
+    name = cfg["preset"]
+    preset, expect = cfg["presets"][name], cfg["data"]["expect_test"]
+    tests = min(preset["test_size"], expect) if preset["test_size"] and expect else preset["test_size"] or expect
+    for key in ("robustness_images", "attention_images"):
+        if tests and preset.get(key, 0) > tests:
+            raise CnnvitError(
+                f"{source}: presets.{name}.{key}: {preset[key]:,} is more than the preset's {tests:,} test images: "
+                f"use at most {tests:,}" + (" (0 = all of them)" if key == "robustness_images" else "")
+            )
 
 
 def _build(cls, d: dict):
@@ -308,6 +399,7 @@ def params_from_dict(cfg: dict, source: str = "params.yaml") -> Params:
     """Validate a params dict (from a file or from Snakemake's config) and build the typed tree."""
     if not isinstance(cfg, dict):
         raise CnnvitError(f"{source}: expected a mapping at the top level")
+    refuse_alias_bomb(cfg, source)  # before anything walks it: Snakemake's config comes straight from YAML
     cfg = coerce_scalars(migrate(cfg, source))
     check(cfg, source)
     return Params(
@@ -324,11 +416,32 @@ def params_from_dict(cfg: dict, source: str = "params.yaml") -> Params:
     )
 
 
-def read_params_file(path: str | Path) -> dict:
+MAX_PARAMS_BYTES = 1 << 20  # a params file is a few kB
+
+
+def read_params_file(path: str | Path) -> Any:
+    """A params (or Snakemake config) file's tree, through :func:`yaml_load`; anything that is not a
+    readable UTF-8 text file of a sane size is one line naming it."""
     path = Path(path)
-    if not path.exists():
-        raise CnnvitError(f"params file {path} not found: run from the project root or pass --params")
-    return yaml_load(path.read_text(), str(path))
+    try:
+        if path.is_dir():
+            raise CnnvitError(f"params file {path} is a directory: pass the params.yaml inside it (--params)")
+        if not path.exists():
+            raise CnnvitError(f"params file {path} not found: run from the project root or pass --params")
+        if (size := path.stat().st_size) > MAX_PARAMS_BYTES:
+            raise CnnvitError(
+                f"params file {path} is {size / 2**20:,.1f} MB, not a params file (a few kB): pass the right --params"
+            )
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CnnvitError(
+            f"params file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}): save it as UTF-8, or pass "
+            "the right --params"
+        ) from None
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise CnnvitError(f"cannot read params file {path} ({why}): fix its permissions or --params") from None
+    return yaml_load(text, str(path))
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:

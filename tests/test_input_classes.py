@@ -1,0 +1,283 @@
+"""Careless and hostile input, round four (issue 28): each defect found is one of a class, and the
+class is guarded where it lives: one YAML reader (duplicate keys, alias bombs, files that are not
+params), every number of the config finite, fractions and test subsets bounded by the data, one
+guard for every path argument and every seed argument."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import pytest
+import yaml
+from conftest import ROOT, assert_one_line_error, make_cifar_python, md5, prepare_dir, run_cli, tiny_params, write_yaml
+
+from cnnvit import arguments
+from cnnvit.cli import COMMANDS, build_parser, main
+from cnnvit.config.load import load_params, params_from_dict, yaml_load
+from cnnvit.errors import CnnvitError
+
+PARAMS = ROOT / "params.yaml"
+SHIPPED = yaml_load(PARAMS.read_text(), "params.yaml")  # aliases unshared: each preset's own leaves
+
+
+# ----------------------------------------------------------------------------- one YAML reader
+
+
+def test_a_key_given_twice_is_refused_naming_its_lines(tmp_path, capsys):
+    """Issue 28.6: a second `lr:` under recipes.paper, or a trailing `preset: quick`, won silently."""
+    text = PARAMS.read_text()
+    lr = text.replace("    lr: 1.0e-3\n", "    lr: 1.0e-3\n    lr: 1.0\n", 1)
+    for name, body, line in [("lr", lr, "lr"), ("preset", text + "preset: quick\n", "preset")]:
+        bad = tmp_path / f"{name}.yaml"
+        bad.write_text(body)
+        assert main(["download", "--params", str(bad)]) == 1
+        err = capsys.readouterr().err
+        assert_one_line_error(1, err, str(bad), "duplicate key", f"key '{line}' at line", "delete one of them")
+    # in a --set value too, and a merge key (<<) overridden by an explicit key is not a duplicate
+    with pytest.raises(CnnvitError, match="duplicate key"):
+        yaml_load("{lr: 1, lr: 2}", "override")
+    assert yaml_load("base: &b {lr: 1, wd: 2}\nmine:\n  <<: *b\n  lr: 3\n", "x")["mine"] == {"lr": 3, "wd": 2}
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        (b"\xff\xfe\x00p\x00r\x00", "is not UTF-8 text"),
+        (None, "is a folder, not a file"),
+        (b"x" * (2 << 20), "not a params file"),
+        (b"preset: paper\n" + b"a: [" * 3000 + b"]" * 3000, "nested too deeply"),
+    ],
+    ids=["not-utf8", "directory", "huge", "deep"],
+)
+def test_a_params_path_that_is_not_a_params_file_is_one_line(tmp_path, capsys, body, needle):
+    target = tmp_path / "p"
+    target.mkdir() if body is None else target.write_bytes(body)
+    code = main(["plan", "--params", str(target)])
+    assert_one_line_error(code, capsys.readouterr().err, needle)
+
+
+def test_snakemakes_config_goes_through_the_alias_guard():
+    """Issue 28.10: Snakemake loads --configfile itself (shared aliases, cheap); what walks it next
+    (the schema check) expanded a 459-byte bomb to 10^9 values: 30 s and 3 GB. params_from_dict is
+    where Snakemake's config enters, so the guard is there."""
+    tree = yaml.safe_load(
+        "runs:\n  seeds: [&a0 [1,1,1,1,1,1,1,1,1,1], "
+        + ", ".join(f"&a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9))
+        + "]\n"
+    )
+    with pytest.raises(CnnvitError, match="alias bomb"):
+        params_from_dict({**SHIPPED, **tree}, "config")
+
+
+# ----------------------------------------------------------------------------- every number finite
+
+
+def numeric_leaves(node, path=()):
+    if isinstance(node, bool):
+        return
+    if isinstance(node, int | float):
+        yield path
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        yield from numeric_leaves(child, (*path, key))
+
+
+def with_value(cfg: dict, path: tuple, value) -> dict:
+    cfg = copy.deepcopy(cfg)
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return cfg
+
+
+LEAVES = list(numeric_leaves(SHIPPED))
+
+
+def test_every_number_in_the_config_is_finite_or_refused_at_validation():
+    """Issue 28.7: label_smoothing .nan trained as 0, lr .nan was a traceback at train, lr .inf and
+    weight_decay .nan were caught only at train ("lower lr"), train_fractions [.nan, 1.0] was a
+    traceback in every command. Every number params.yaml holds, NaN and both infinities."""
+    assert len(LEAVES) > 100  # every preset's model sizes, every recipe, the data, runtime, cost
+    for path in LEAVES:
+        dotted = ".".join(map(str, path))
+        for value in (math.nan, math.inf, -math.inf):
+            with pytest.raises(CnnvitError, match=rf"{dotted}: -?(nan|inf) is not a finite number"):
+                params_from_dict(with_value(SHIPPED, path, value))
+
+
+@pytest.mark.parametrize(
+    "override", ["recipes.paper.label_smoothing=.nan", "recipes.paper.lr=.inf", "runs.train_fractions=[.nan, 1.0]"]
+)
+def test_non_finite_overrides_are_one_line_in_every_command(capsys, override):
+    for command in ("download", "plan", "collect"):
+        code = main([command, "--params", str(PARAMS), "--set", override])
+        assert_one_line_error(code, capsys.readouterr().err, "is not a finite number", override.split("=")[0])
+
+
+# ----------------------------------------------------------------------------- bounded by the data
+
+
+def test_a_fraction_below_one_image_a_class_is_refused_with_the_least_that_works():
+    """Issue 28.8: train_fractions [1e-9, 1.0] planned 3,000,000,000 epochs of one image."""
+    with pytest.raises(CnnvitError, match=r"1e-09 of 45,000 training images is 1, fewer than one image a class"):
+        load_params(PARAMS, ["runs.train_fractions=[1e-9, 1.0]"])
+    with pytest.raises(CnnvitError, match=r"use at least 0.004\b"):
+        load_params(PARAMS, ["preset=quick", "runs.train_fractions=[0.001, 1.0]"])
+    load_params(PARAMS, ["preset=quick", "runs.train_fractions=[0.004, 1.0]"])  # 10 images: one a class
+
+
+def test_test_subsets_larger_than_the_test_images_are_refused():
+    """robustness_images 5000 was cut to the quick preset's 200... test images without a word."""
+    with pytest.raises(CnnvitError, match=r"presets.quick.robustness_images: 5,000 is more than .* 1,000 test"):
+        load_params(PARAMS, ["preset=quick", "presets.quick.robustness_images=5000"])
+    with pytest.raises(CnnvitError, match=r"presets.paper.attention_images: 20,000 .* 10,000 test images"):
+        load_params(PARAMS, ["presets.paper.attention_images=20000"])
+
+
+@pytest.fixture(scope="module")
+def unknown_pool(tmp_path_factory):
+    """Params that cannot tell the training-set size (expect_train 0), and prepared data."""
+    d = tmp_path_factory.mktemp("pool")
+    archive = make_cifar_python(d / "c.tar.gz")
+    prepare_dir(archive, d / "prepared")  # 100 - 20 = 80 training images
+    raw = tiny_params(str(archive), md5(archive), epochs=1, recipes=["paper"])
+    raw["data"]["expect_train"] = 0
+    return d, raw
+
+
+def test_fractions_are_bounded_at_train_when_params_cannot_tell(unknown_pool, tmp_path, capsys):
+    """Issue 28 (smaller): with expect_train 0 and train_size 0, 0.5 and 0.5000001 both trained the
+    same images: the round-three check needs the pool's size, which only the prepared data tells."""
+    d, raw = unknown_pool
+    raw = copy.deepcopy(raw)
+    raw["runs"]["train_fractions"] = [0.5, 0.5000001, 1.0]
+    load_params_ok = params_from_dict(raw)  # validation cannot tell
+    assert load_params_ok.runs.train_fractions == (0.5, 0.5000001, 1.0)
+    argv = ["train", "--model", "vit", "--recipe", "paper", "--fraction", "0.5", "--data-dir", str(d / "prepared")]
+    argv += ["--runs-dir", str(tmp_path / "r"), "--ckpt-dir", str(tmp_path / "ck")]
+    code, err = run_cli(tmp_path, capsys, argv, raw)
+    assert_one_line_error(code, err, "0.5 and 0.5 both train the same 40 images (of 80)", "keep one of them")
+    raw["runs"]["train_fractions"] = [1.0]
+    argv[argv.index("--fraction") + 1] = "0.01"
+    code, err = run_cli(tmp_path, capsys, argv, raw)
+    assert_one_line_error(code, err, "--fraction 0.01", "0.01 of 80 training images is 1", "use at least 0.13")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "ck").exists()
+
+
+# ----------------------------------------------------------------------------- command-line arguments
+
+
+def all_actions():
+    parser = build_parser(list(COMMANDS))
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for command, p in sub.choices.items():
+        for action in p._actions:
+            yield command, action
+
+
+def test_every_argument_of_every_command_is_a_path_with_a_role_or_listed_as_not_one():
+    """One guard for every path argument: a new one cannot miss it unnoticed."""
+    seen = {(c, a.dest) for c, a in all_actions()}
+    assert len(seen) > 60
+    unclassified = sorted((c, d) for c, d in seen if arguments.role(c, d) is None and d not in arguments.NOT_PATHS)
+    assert not unclassified, unclassified
+
+
+def path_cases(tmp_path):
+    a_file, a_dir = tmp_path / "a_file", tmp_path / "a_dir"
+    a_file.write_text("x")
+    a_dir.mkdir(exist_ok=True)
+    return {
+        arguments.IN_FILE: (str(a_dir), "is a folder, not a file"),
+        arguments.IN_DIR: (str(a_file), "is a file, not a folder"),
+        arguments.OUT_FILE: (str(a_dir), "is a folder: give a file name"),
+        arguments.OUT_DIR: (str(a_file), "is a file, not a folder"),
+    }
+
+
+def test_every_path_argument_of_every_command_refuses_the_wrong_kind_in_one_line(tmp_path, capsys):
+    """Issue 28: --params at a directory was IsADirectoryError, --ckpt-dir at a file a traceback
+    from the run lock. Each path argument of each command, given the wrong kind of path."""
+    cases, tried = path_cases(tmp_path), 0
+    required: dict[str, list] = {}
+    for command, action in all_actions():
+        required.setdefault(command, []).extend([action] if action.required and action.option_strings else [])
+    for command, action in all_actions():
+        kind = arguments.role(command, action.dest)
+        if kind not in cases or not action.option_strings:
+            continue
+        value, needle = cases[kind]
+        argv = [command, action.option_strings[0], value]
+        for other in required[command]:
+            if other.dest != action.dest:
+                argv += [other.option_strings[0], str(tmp_path / f"{other.dest}.out")]
+        if command in ("train", "evaluate"):
+            argv += ["--model", "vit", "--recipe", "paper"]
+        code = main(argv)
+        assert_one_line_error(code, capsys.readouterr().err, action.option_strings[0], needle)
+        tried += 1
+    assert tried > 25
+
+
+def test_an_output_under_a_file_or_where_nothing_can_be_written_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CnnvitError, match=r"--ckpt-dir .*f/ck cannot be created: .*f is a file"):
+        arguments.check_path("--ckpt-dir", str(tmp_path / "f/ck"), arguments.OUT_DIR)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access  # as root, permissions do not stop a write: emulate what a user meets
+    monkeypatch.setattr(arguments.os, "access", lambda p, mode: False if str(p) == str(ro) else real(p, mode))
+    with pytest.raises(CnnvitError, match=r"--ckpt-dir .*ro: cannot write in .*ro \(permission denied\)"):
+        arguments.check_path("--ckpt-dir", str(ro), arguments.OUT_DIR)
+    with pytest.raises(CnnvitError, match=r"--out .*ro/x.csv: cannot write in .*ro"):
+        arguments.check_path("--out", str(ro / "x.csv"), arguments.OUT_FILE)
+    arguments.check_path("--ckpt-dir", str(tmp_path / "new/deeper"), arguments.OUT_DIR)  # made on demand
+    for bad in ("", "a\0b"):
+        with pytest.raises(CnnvitError, match="not a path"):
+            arguments.check_path("--out", bad, arguments.OUT_FILE)
+
+
+def test_a_linked_output_folder_is_checked_where_it_points(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "tables").symlink_to(tmp_path / "elsewhere")
+    arguments.check_path("--out-dir", str(tmp_path / "tables"), arguments.OUT_DIR)
+    (tmp_path / "dangling").symlink_to(tmp_path / "not-yet/tables")
+    arguments.check_path("--out-dir", str(tmp_path / "dangling"), arguments.OUT_DIR)
+
+
+@pytest.mark.parametrize(
+    "seeds, needle",
+    [(["4294967296"], "outside 0..4,294,967,295"), (["-1"], "outside 0..4,294,967,295"), (["x"], "not a whole")],
+)
+def test_a_seed_outside_what_the_generators_take_is_refused_by_argparse(capsys, seeds, needle):
+    """--seed -1 said "prepared/train.npz is corrupt", sending users to delete good data; 2**32 was
+    a traceback."""
+    for command in ("train", "evaluate"):
+        with pytest.raises(SystemExit) as e:
+            main([command, "--model", "vit", "--recipe", "paper", "--seeds", *seeds])
+        assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_seeds_in_the_config_are_bounded_like_the_arguments():
+    for key in ("runs.seeds=[4294967296]", "data.val_seed=4294967296", "robustness.seed=-1"):
+        with pytest.raises(CnnvitError, match="maximum of 4294967295|minimum of 0"):
+            load_params(PARAMS, [key])
+
+
+def test_a_seed_given_twice_is_refused_not_blamed_on_another_process(unknown_pool, tmp_path, capsys):
+    d, raw = unknown_pool
+    argv = ["train", "--model", "vit", "--recipe", "paper", "--seeds", "0", "0", "--workers", "2"]
+    argv += ["--data-dir", str(d / "prepared"), "--runs-dir", str(tmp_path / "r"), "--ckpt-dir", str(tmp_path / "c")]
+    code, err = run_cli(tmp_path, capsys, argv, raw)
+    assert_one_line_error(code, err, "--seeds lists 0 more than once", "give each seed once")
+    assert "another process" not in err
+
+
+def test_the_shipped_params_file_still_loads_and_keeps_its_numbers(tmp_path):
+    """The guards refuse nothing the project ships: its presets, and a params file written back."""
+    for preset in ("paper", "quick", "datasize"):
+        load_params(PARAMS, [f"preset={preset}"])
+    assert load_params(write_yaml(tmp_path / "p.yaml", SHIPPED)).raw == load_params(PARAMS).raw
