@@ -281,3 +281,23 @@ def test_the_shipped_params_file_still_loads_and_keeps_its_numbers(tmp_path):
     for preset in ("paper", "quick", "datasize"):
         load_params(PARAMS, [f"preset={preset}"])
     assert load_params(write_yaml(tmp_path / "p.yaml", SHIPPED)).raw == load_params(PARAMS).raw
+
+
+def test_snakemake_refuses_an_alias_bomb_and_a_duplicate_key_in_any_config_file_in_one_line(tmp_path):
+    """Issue 28.10: `snakemake -n --configfile bomb.yaml` (459 bytes) ran 30 s to a MemoryError at 3 GB;
+    Snakemake's reader also kept the second of two `lr:` keys. Both through the project's reader now."""
+    from conftest import make_project, sh
+
+    project = make_project(tmp_path / "p", tiny_params("x.tar.gz", "0" * 32), git=False)
+    levels = ", ".join(f"&a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9))
+    (project / "bomb.yaml").write_text(f"runs:\n  seeds: [&a0 [1,1,1,1,1,1,1,1,1,1], {levels}]\n")
+    text = (project / "params.yaml").read_text()
+    (project / "dup.yaml").write_text(text + "preset: quick\n")
+    for config, needle in [("bomb.yaml", "an alias bomb?"), ("dup.yaml", "duplicate key")]:
+        proc = sh(f"ulimit -v 3000000; snakemake -n --configfile {config}", project, check=False)
+        ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert proc.returncode == 1 and len(ours) == 1 and needle in ours[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    (project / "params.yaml").write_text(text.replace("preset: tiny\n", "preset: tiny\npreset: tiny\n"))
+    proc = sh("snakemake -n", project, check=False)
+    assert proc.returncode == 1 and "params.yaml: duplicate key at line" in proc.stderr, proc.stderr[-2000:]

@@ -1,17 +1,23 @@
 # What every rule needs: the typed params (validated by cnnvit.config.load, as every cnnvit
-# command does, with Snakemake's --config overrides in them), the runs, and the pipeline
+# command does, with Snakemake's --config overrides in them; its config files read again by it), the runs, and the pipeline
 # description the rules take their files, commands and params from.
 import shutil
 import sys
 
 from cnnvit.batch import batches
-from cnnvit.config.load import params_from_dict
+from cnnvit.config.load import params_from_dict, read_params_file
 from cnnvit.dag import snakemake as S
 from cnnvit.dag.paths import REPORT
 from cnnvit.dag.tools import hold_for_snakemake
 from cnnvit.errors import CnnvitError
 
+# Snakemake reads params.yaml and every --configfile with its own YAML reader, which keeps the last
+# of two equal keys without a word: each is read again through the project's reader, which refuses
+# that as every cnnvit command does (and alias bombs, and files that are not params). Its config is
+# then checked, alias bombs first, before anything walks it.
 try:
+    for path in workflow.configfiles:
+        read_params_file(path)
     PARAMS = params_from_dict(config, "config")
 except CnnvitError as exc:
     sys.exit(f"error: {exc}")
