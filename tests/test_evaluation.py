@@ -14,7 +14,7 @@ from conftest import ROOT, TINY_MODELS, assert_one_line_error, make_cifar_python
 
 from cnnvit.analysis import corruptions as C
 from cnnvit.analysis.attention import attention_maps, mean_distance, token_centres
-from cnnvit.analysis.robustness import mce
+from cnnvit.analysis.robustness import mce, read_per_image
 from cnnvit.config.load import load_params, params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Corruption, RunSpec
@@ -180,6 +180,10 @@ def test_a_trained_run_is_evaluated_from_its_weights(trained, tmp_path, capsys):
     attn = pd.read_csv(d / "eval/vit-paper-s0/attention.csv")
     assert len(attn) == 1 * 2 and (attn.distance_px > 0).all()  # depth 1, 2 heads
     assert pd.read_csv(d / "eval/resnet50-paper-s0/attention.csv").empty  # a convnet: the header only
+    right = read_per_image(d / "eval/vit-paper-s0/robustness_correct.npz", "vit-paper-s0")  # per image, paired
+    assert right.corrupted.shape == (2, 2, 10) and right.corruptions == ("gaussian_noise", "contrast")
+    assert 100 * right.clean.mean() == pytest.approx(rob.iloc[0].acc)
+    assert [100 * right.corrupted[i, j].mean() for i in range(2) for j in range(2)] == pytest.approx(list(rob.acc[1:]))
     assert len(preds["labels"]) == 20
 
 

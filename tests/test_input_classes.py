@@ -263,7 +263,7 @@ def test_a_seed_outside_what_the_generators_take_is_refused_by_argparse(capsys, 
 
 def test_seeds_in_the_config_are_bounded_like_the_arguments():
     for key in ("runs.seeds=[4294967296]", "data.val_seed=4294967296", "robustness.seed=-1"):
-        with pytest.raises(CnnvitError, match="maximum of 4294967295|minimum of 0"):
+        with pytest.raises(CnnvitError, match=r"maximum of 4294967295|minimum of 0"):
             load_params(PARAMS, [key])
 
 

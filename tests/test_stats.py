@@ -14,6 +14,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from cnnvit.analysis.records import write_predictions
+from cnnvit.analysis.robustness import write_per_image
 from cnnvit.analysis.verdicts import (
     CLAIM_COLUMNS,
     binomial_se,
@@ -30,6 +31,7 @@ from cnnvit.cli import main
 from cnnvit.config.load import load_params
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
+from cnnvit.dag.paths import EVAL_PER_IMAGE
 
 T2 = 4.302652729749464  # t(0.975, df=2), the 4.303 of every t table
 
@@ -236,6 +238,9 @@ def fabricate(tmp_path, accs=ACCS, seeds=(0, 1, 2), extra: dict | None = None, p
             (e / "attention.csv").write_text(
                 "layer,head,distance_px\n" + "".join(f"{la},{h},{d}\n" for la, h, d in heads)
             )
+            first = lambda a: np.arange(100) < round(a)  # noqa: E731 (right on the first a% of the 100 images)
+            corrupted = np.array([[first(a) for c, s, a in cells[1:] if c == name] for name in ("fog", "contrast")])
+            write_per_image(e / EVAL_PER_IMAGE, first(acc), corrupted, np.arange(100), ["fog", "contrast"], [1, 2])
             if predictions:
                 logits = rng.normal(size=(200, 10)).astype(np.float16)
                 right = rng.random(200) < acc / 100

@@ -3,7 +3,11 @@
 A stage writes to a temporary file beside the target and renames it into place, so a crash, a
 full disk or a bad input never leaves a partial file where the DAG expects a finished one, and
 never replaces a good file with a broken one. A write that fails for lack of space (or any other
-OS error) ends in one :class:`CnnvitError` line naming the file.
+OS error) ends in one :class:`CnnvitError` line naming the file. Temporary names carry the
+writing process's pid and host: what a killed process left (SIGKILL, a power cut) is swept by
+the next write of the same output. An output folder reached through a link is replaced where
+the link points. :func:`read_json` reads what a stage wrote, in one line when it cannot; tables
+are read by :mod:`cnnvit.tables`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cnnvit.errors import CnnvitError
+from cnnvit.errors import CnnvitError, first_line
 
 PACKAGES = ("cnnvit", "torch", "torchvision", "timm", "numpy", "pandas", "seaborn", "snakemake", "dvc")
 
@@ -34,15 +39,68 @@ def write_failure(path: Path, exc: BaseException) -> CnnvitError:
     return CnnvitError(f"cannot write {path} ({type(exc).__name__}: {exc}): check the directory and run again")
 
 
+def through_links(path: Path) -> Path:
+    """Where the folder ``path`` really is: an output folder reached through a link (results/tables
+    on another disk, a run's folder) is replaced where the link points, and the link is kept."""
+    return Path(os.path.realpath(path)) if any(p.is_symlink() for p in [path, *path.parents]) else path
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "-", platform.node()) or "host"
+
+
+def _owner_tag() -> str:
+    """Names a temporary file or folder by the process that made it, so that one left by a killed
+    process (SIGKILL, a power cut) can be told from one still being written, and swept."""
+    return f"{os.getpid()}@{_HOST}"
+
+
+def _gone(tag: str) -> bool:
+    pid, _, host = tag.partition("@")
+    if host != _HOST or not pid.isdigit():
+        return False  # another machine's (a shared disk): it cannot be checked from here
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
+def sweep_stale(path: Path) -> list[Path]:
+    """Remove what an interrupted write of ``path`` left beside it (temporary files and folders,
+    the previous version kept during the swap) when the process that made them is gone; a
+    previous version is put back when ``path`` itself went missing in the swap."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+@[^.]+)\.(?:old|[A-Za-z0-9_]+(?:\.tmp)?)$")
+    swept: list[Path] = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return swept
+    for p in siblings:
+        m = pattern.match(p.name)
+        if not m or not _gone(m.group(1)):
+            continue
+        if p.name.endswith(".old") and not os.path.lexists(path):
+            os.replace(p, path)  # killed between the two renames: the previous version is the output
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        swept.append(p)
+    return swept
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
+    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds. A
+    link at ``path`` itself is replaced by the file, not written through: DVC links outputs into
+    its cache (cache.type symlink or hardlink), which writing through would corrupt."""
+    shown = path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        sweep_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise write_failure(path, exc) from None
+        raise write_failure(shown, exc) from None
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 would leak into the final file
@@ -50,7 +108,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp_path
         except OSError as exc:
-            raise write_failure(path, exc) from None
+            raise write_failure(shown, exc) from None
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -63,6 +121,9 @@ def _umask() -> int:
 
 
 CARRIED = (".gitignore",)  # what a tool keeps in an output folder: kept when the folder is replaced
+# What a tool leaves in an output folder for itself: neither refused nor carried into the new folder.
+# Snakemake dates a directory() output by this file; the next Snakemake run writes it again.
+TOOL_MARKERS = (".snakemake_timestamp",)
 
 
 @contextlib.contextmanager
@@ -71,26 +132,28 @@ def atomic_dir(path: str | Path, owned: Callable[[str], bool] | None = None) -> 
     the stage's outputs appear together or not at all. ``owned(name)`` says which entries of an
     existing ``path`` the stage wrote: anything else there is refused, never deleted, but for
     the ``.gitignore`` DVC writes beside its outputs, which is carried over."""
-    path = Path(path)
+    shown = Path(path)
+    path = through_links(shown)
     if owned is not None and path.is_dir():
-        foreign = sorted(p.name for p in path.iterdir() if not owned(p.name) and p.name not in CARRIED)
+        foreign = sorted(p.name for p in path.iterdir() if not owned(p.name) and p.name not in CARRIED + TOOL_MARKERS)
         if foreign:
             raise CnnvitError(
-                f"{path} holds files this stage did not write ({', '.join(foreign[:3])}"
+                f"{shown} holds files this stage did not write ({', '.join(foreign[:3])}"
                 f"{', ...' if len(foreign) > 3 else ''}): move them, or give an empty or new directory"
             )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        sweep_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", dir=path.parent))
     except OSError as exc:
-        raise write_failure(path, exc) from None
+        raise write_failure(shown, exc) from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would leak into the final directory
     try:
         try:
             yield tmp
         except OSError as exc:
-            raise write_failure(path, exc) from None
-        old = path.with_name(f".{path.name}.old")
+            raise write_failure(shown, exc) from None
+        old = path.with_name(f".{path.name}.{_owner_tag()}.old")
         shutil.rmtree(old, ignore_errors=True)
         for name in CARRIED:
             if (path / name).is_file() and not (tmp / name).exists():
@@ -119,7 +182,30 @@ def read_json(path: str | Path, fix: str = "delete it and run the stage that wri
     except FileNotFoundError:
         raise CnnvitError(f"{path} not found: {fix}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CnnvitError(f"{path} is corrupt ({exc}): {fix}") from None
+        raise CnnvitError(f"{path} is corrupt ({first_line(exc, 100)}): {fix}") from None
+    except RecursionError:
+        raise CnnvitError(f"{path} is nested too deeply to be ours (a damaged or foreign file): {fix}") from None
+    except OSError as exc:  # a folder in its place, no permission
+        raise CnnvitError(f"cannot read {path} ({exc.strerror or type(exc).__name__}): {fix}") from None
+
+
+_HASHED: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's sha256, hashed once per process for each (path, size, modification time)."""
+    import hashlib
+
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _HASHED:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
 
 
 def package_versions() -> dict[str, str]:

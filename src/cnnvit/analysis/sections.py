@@ -14,6 +14,7 @@ import math
 import pandas as pd
 
 from cnnvit.analysis.paper import NOTES, TABLE_NUMBER, paper_best_final, paper_epochs
+from cnnvit.models import spec_from_dict
 
 COLUMNS = [("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc")]
 DASH = "—"
@@ -205,7 +206,14 @@ def datasize_section(size: pd.DataFrame, pairs: pd.DataFrame, metric: str) -> di
     return {"rows": rows, "crossings": crossings, "fractions": sorted(set(size.fraction))}
 
 
+def _text(value) -> bool:
+    """A non-empty string (a CSV's empty cell reads back as NaN)."""
+    return isinstance(value, str) and bool(value)
+
+
 def robustness_rows(summary: pd.DataFrame) -> list[dict]:
+    """The corruption benchmark per model and recipe; ``rel_mce_note`` says why a relative mCE is
+    missing (its denominator within noise of zero)."""
     return [
         {
             "name": r.label,
@@ -213,10 +221,11 @@ def robustness_rows(summary: pd.DataFrame) -> list[dict]:
             "clean": fmt(r.clean_acc_mean, 2, True),
             "corrupted": fmt(r.corrupted_acc_mean, 2, True),
             "ci": f"[{fmt(r.corrupted_acc_ci_low, 2)}, {fmt(r.corrupted_acc_ci_high, 2)}]",
-            "drop": fmt(r.relative_drop_pct_mean, 1) + "%",
-            "drop_ci": f"[{fmt(r.relative_drop_pct_ci_low, 1)}, {fmt(r.relative_drop_pct_ci_high, 1)}]",
+            "drop": fmt(r.drop_pp_mean, 2),
+            "drop_ci": f"[{fmt(r.drop_pp_ci_low, 2)}, {fmt(r.drop_pp_ci_high, 2)}]",
             "mce": fmt(r.mce_pct, 1),
             "rel_mce": fmt(r.relative_mce_pct, 1),
+            "rel_mce_note": f"Recipe {r.recipe}: {r.relative_mce_note}." if _text(r.relative_mce_note) else "",
             "seeds": int(r.seeds),
         }
         for r in summary.itertuples()
@@ -230,24 +239,49 @@ def robustness_pair_rows(pairs: pd.DataFrame) -> list[dict]:
             "recipe": c.recipe,
             "diff": fmt(c.diff_pp, 2, sign=True),
             "ci": f"[{fmt(c.ci_low_pp, 2, sign=True)}, {fmt(c.ci_high_pp, 2, sign=True)}]",
-            "test": c.test,
+            "se": f"{fmt(c.se_seed_pp, 2)} / {fmt(c.se_image_pp, 2)}",
+            "n": f"{c.seeds} / {c.images}",
             "p": fmt_p(c.p_value),
-            "verdict": c.verdict,
+            "result": c.result,
         }
         for c in pairs.itertuples()
     ]
 
 
-def attention_sentences(attention: pd.DataFrame) -> list[str]:
-    """Per model and recipe, where the first and the last layer's heads look, in words."""
-    out = []
-    for (model, recipe), g in attention.groupby(["label", "recipe"], sort=False):
-        first, last = g[g.layer == g.layer.min()].distance_px, g[g.layer == g.layer.max()].distance_px
-        out.append(
-            f"{model} ({recipe}): in layer 1 the heads attend over {first.min():.1f} to {first.max():.1f} pixels "
-            f"(mean {first.mean():.1f}); in layer {g.layer.max()} over {last.min():.1f} to {last.max():.1f} "
-            f"(mean {last.mean():.1f})."
+def token_sight(entry: dict) -> str:
+    """What one token of a ViT or the hybrid already sees before any attention, from its model entry."""
+    spec = spec_from_dict(entry)
+    cell = getattr(spec, "token_pixels", None)
+    rf = getattr(spec, "receptive_field", None)
+    if rf is not None:
+        deformable = getattr(spec, "stem_conv", "") == "deformable"
+        moved = ", which its deformable conv's offsets can move" if deformable else ""
+        return (
+            f"each token (one per {cell}x{cell}-pixel cell) already sees a {rf}x{rf}-pixel window through the conv "
+            f"stem{moved}, so its reach is that window plus the distance attention spans"
         )
+    return f"each token sees its own {cell}x{cell}-pixel patch" if cell else ""
+
+
+def attention_sentences(attention: pd.DataFrame, models: dict[str, dict] | None = None) -> list[str]:
+    """Per model and recipe, how far the first and the last layer's heads look, in words: statistics
+    over each run's heads (their mean, least and largest distance), averaged over seeds with their
+    s.d. (``cnnvit.analysis.robustness.attention_summary``). ``models``: the preset's model entries,
+    for what a token sees on its own."""
+    out = []
+    for (model, label, recipe), g in attention.groupby(["model", "label", "recipe"], sort=False):
+        g = g.set_index("layer")
+        parts = []
+        for layer in (g.index.min(), g.index.max()):
+            r = g.loc[layer]
+            parts.append(
+                f"layer {layer}: mean over heads {fmt(r.mean_px, 1)} px (s.d. over seeds {fmt(r.mean_px_sd, 1)}), "
+                f"the heads spanning {fmt(r.min_px, 1)} to {fmt(r.max_px, 1)} px (range {fmt(r.range_px, 1)}, "
+                f"s.d. {fmt(r.range_px_sd, 1)})"
+            )
+        sight = token_sight(models[model]) if models and model in models else ""
+        head = f"{label} ({recipe}; {int(g.seeds.max())} seed(s), {int(g.heads.max())} heads a layer)"
+        out.append(f"{head}: {'; '.join(parts)}." + (f" {sight[0].upper()}{sight[1:]}." if sight else ""))
     return out
 
 

@@ -161,6 +161,19 @@ class RunSpec:
         return run_name(self.model, self.recipe, self.seed, self.fraction)  # str(fraction): as DVC writes it
 
 
+def pretrained_sha256(name: str) -> str:
+    """The sha256 of a local pretrained weights file, or one line saying it is not there."""
+    from pathlib import Path
+
+    from cnnvit.artifacts import file_sha256
+    from cnnvit.errors import CnnvitError
+
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise CnnvitError(f"pretrained weights {path} not found: fix the model's pretrained entry")
+    return file_sha256(path)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training reads. ``identity()`` is what makes its numbers what they are."""
@@ -188,11 +201,15 @@ class RunConfig:
         return max(1, round(self.run.fraction**-1)) if self.epochs > 1 and self.run.fraction < 1 else 1
 
     def identity(self) -> dict:
-        """The run's config without the runtime settings that do not change its numbers."""
+        """The run's config without the runtime settings that do not change its numbers, and the
+        sha256 of the pretrained weights it starts from (a local file): new weights at the same
+        path are another run."""
         out = dataclasses.asdict(self)
         out["model"] = self.model.to_dict()
         out["precision"] = self.precision or out.pop("runtime")["precision"]
         out.pop("runtime", None)
+        if self.model.pretrained and not self.model.pretrained.startswith("hf-hub:"):
+            out["pretrained_sha256"] = pretrained_sha256(self.model.pretrained)
         return out
 
     def to_dict(self) -> dict:

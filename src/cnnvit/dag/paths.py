@@ -34,8 +34,9 @@ TABLES = tuple(
 )
 METRICS = f"{TABLES_DIR}/metrics.json"  # for `dvc metrics show`: mean accuracies and every verdict
 CORRUPTED = "data/corrupted/test.npz"  # CIFAR-10-C's corruptions of the runs' test images
-EVAL_DIR = "results/eval"  # per run: robustness.csv and attention.csv
-EVAL_FILES = ("robustness.csv", "attention.csv")
+EVAL_DIR = "results/eval"  # per run: the EVAL_FILES
+EVAL_PER_IMAGE = "robustness_correct.npz"  # was each robustness image right, clean and corrupted
+EVAL_FILES = ("robustness.csv", "attention.csv", EVAL_PER_IMAGE)
 COST = "results/cost/cost.csv"  # per model: latency, throughput, memory and FLOPs by input size
 FIGURES_DIR = "results/figures"
 TEMPLATE = "report/template.html.j2"

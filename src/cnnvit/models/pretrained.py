@@ -11,7 +11,8 @@ sees it. :func:`weights_source` gives the provenance (file, sha256) of what a sp
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import logging
 import os
 import pickle
 import re
@@ -22,20 +23,13 @@ from typing import Any
 import timm
 import torch
 
+from cnnvit.artifacts import file_sha256
 from cnnvit.dataset import NUM_CLASSES
 from cnnvit.errors import CnnvitError, first_line, refused_pickle
 from cnnvit.models import ArchSpec
 
 HUB_PREFIX = "hf-hub:"
 PICKLED = {".pth", ".pt", ".bin"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_source(name: str) -> dict:
@@ -45,7 +39,7 @@ def weights_source(name: str) -> dict:
     path = Path(name).expanduser()
     if not path.is_file():
         raise CnnvitError(f"pretrained weights {path} not found: fix the model's pretrained entry")
-    return {"source": str(path.resolve()), "sha256": _sha256(path)}
+    return {"source": str(path.resolve()), "sha256": file_sha256(path)}
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -79,13 +73,77 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CnnvitError(f"pretrained weights {path}: not a state dict (name -> tensor): save model.state_dict()")
+    refuse_non_finite(sd, str(path))
     return timm.models.clean_state_dict(sd)
 
 
+def refuse_non_finite(state: dict[str, torch.Tensor], name: str) -> None:
+    """Weights holding NaN or an infinity (saved from a diverged run, or damaged) would make every
+    step NaN: say so before training, not as a diverged run."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CnnvitError(
+            f"pretrained weights {name} hold NaN or infinite values (in {', '.join(bad[:3])}{more}): they were saved "
+            "from a run that diverged, or are damaged; use other weights"
+        )
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+@contextlib.contextmanager
+def _loads_recorded(into: list) -> Any:
+    """Record what ``load_state_dict`` reports while timm loads pretrained weights: timm loads
+    non-strictly whenever it re-initialises the classifier, and only logs the keys it skipped."""
+    real = torch.nn.Module.load_state_dict
+
+    def recording(self, state_dict, strict=True, assign=False):
+        result = real(self, state_dict, strict=strict, assign=assign)
+        into.append((self, result))
+        return result
+
+    builder = logging.getLogger("timm.models._builder")  # its page-long key lists: the error names the first few
+    level = builder.level
+    torch.nn.Module.load_state_dict = recording  # type: ignore[method-assign]
+    builder.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        torch.nn.Module.load_state_dict = real  # type: ignore[method-assign]
+        builder.setLevel(level)
+
+
+def check_fit(model: torch.nn.Module, loads: list, name: str, arch: str) -> None:
+    """Every key of the weights went into the model, and every key of the model came from them
+    but the classifier (re-initialised for 10 classes): else one line naming the first few."""
+    results = [r for m, r in loads if m is model]
+    if not results:
+        raise CnnvitError(f"pretrained weights {name}: nothing was loaded into arch {arch}: use weights of that arch")
+    cfg: dict = getattr(model, "pretrained_cfg", None) or {}
+    head = cfg.get("classifier")
+    heads = (head,) if isinstance(head, str) else tuple(head or ())
+    fresh = {f"{h}.{p}" for h in heads for p in ("weight", "bias")}
+    missing = [k for k in results[-1].missing_keys if k not in fresh]
+    unexpected = list(results[-1].unexpected_keys)
+    if missing or unexpected:
+        parts = [f"missing {_names(missing)}"] * bool(missing) + [f"unexpected {_names(unexpected)}"] * bool(unexpected)
+        raise CnnvitError(
+            f"pretrained weights {name} do not fit arch {arch} ({'; '.join(parts)}): use weights of the same "
+            "architecture and sizes"
+        )
+
+
 def _first_mismatch(exc: Exception) -> str:
+    if isinstance(exc, KeyError):  # a family's checkpoint filter looked for a key these weights lack
+        return f"the arch's loader found no key {exc.args[0] if exc.args else ''}"
     text = str(exc)
-    m = re.search(r"size mismatch for ([\w.]+)", text) or re.search(r'key\(s\) in state_dict: "([^"]+)"', text)
-    return m.group(1) if m else (text.strip().splitlines() or [type(exc).__name__])[-1][:160]
+    sizes = re.findall(r"size mismatch for ([\w.]+)", text)
+    if sizes:
+        return f"shapes differ for {_names(sizes)}"
+    m = re.search(r'key\(s\) in state_dict: "([^"]+)"', text)
+    return f"first mismatching key {m.group(1)}" if m else (text.strip().splitlines() or [type(exc).__name__])[-1][:160]
 
 
 def create(variant: str, spec: ArchSpec, **kwargs) -> torch.nn.Module:
@@ -102,14 +160,16 @@ def create(variant: str, spec: ArchSpec, **kwargs) -> torch.nn.Module:
         if not path.is_file():
             raise CnnvitError(f"pretrained weights {path} not found: fix the model's pretrained entry")
         overlay = {"state_dict": read_state_dict(path)}
+    loads: list = []
     try:
-        return timm.create_model(variant, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        with _loads_recorded(loads):
+            model = timm.create_model(variant, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except (RuntimeError, KeyError, ValueError) as exc:
         if "state_dict" not in overlay:
             raise
         raise CnnvitError(
-            f"pretrained weights {name} do not fit arch {spec.arch}: first mismatching key "
-            f"{_first_mismatch(exc)}: use weights of the same architecture and sizes"
+            f"pretrained weights {name} do not fit arch {spec.arch} ({_first_mismatch(exc)}): use weights of the "
+            "same architecture and sizes"
         ) from None
     except Exception as exc:  # huggingface_hub's offline / not-found errors have no common base
         if os.environ.get("HF_HUB_OFFLINE") or "hub" in type(exc).__module__ or isinstance(exc, OSError):
@@ -119,3 +179,6 @@ def create(variant: str, spec: ArchSpec, **kwargs) -> torch.nn.Module:
                 "set pretrained to the local .safetensors file"
             ) from None
         raise
+    check_fit(model, loads, name, spec.arch)
+    refuse_non_finite(model.state_dict(), name)  # hub weights are checked once loaded
+    return model

@@ -3,11 +3,13 @@
     save_weights("results/runs/vit-paper-s0/weights.safetensors", model.state_dict(), {"epoch": "7"})
     meta = load_weights(model, path)     # strict: every key, every shape, or one error naming the fix
 
-Safetensors holds tensors and a string-to-string header only, so loading cannot run code.
+Safetensors holds tensors and a string-to-string header only, so loading cannot run code. The
+same weights and metadata always give the same bytes.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,9 +21,22 @@ if TYPE_CHECKING:
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    """The same weights and metadata give the same bytes: safetensors writes its metadata in a
+    hash map's order, which differs from one call to the next, so the header is written here with
+    the metadata sorted (a resumed run's file is then byte-identical to an uninterrupted one's)."""
+    from safetensors.torch import save
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    blob = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    header.pop("__metadata__", None)
+    meta = {str(k): str(v) for k, v in sorted(metadata.items())}
+    text = json.dumps({"__metadata__": meta, **header} if meta else header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the tensor data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(blob)[8 + size :])
 
 
 def weights_metadata(path: str | Path) -> dict[str, str]:

@@ -237,25 +237,25 @@ def read_table(path: Path, run: str) -> pd.DataFrame:
 
 def evaluations(params: Params, eval_dir: Path, names: dict[str, str]) -> dict[str, pd.DataFrame]:
     """The evaluation stage's tables of every run on the whole training set."""
-    long, attention = [], []
+    long, attention, per_image = [], [], {}
     for run in params.all_runs():
         if run.fraction < 1:
             continue
         keys = {"model": run.model, "recipe": run.recipe, "seed": run.seed}
         long.append(read_table(eval_dir / run.name / "robustness.csv", run.name).assign(**keys))
         attention.append(read_table(eval_dir / run.name / "attention.csv", run.name).assign(**keys))
+        right = R.read_per_image(eval_dir / run.name / paths.EVAL_PER_IMAGE, run.name)
+        per_image[run.model, run.recipe, run.seed] = right
     detail = pd.concat(long, ignore_index=True) if long else pd.DataFrame(columns=["model", "recipe", "seed"])
     per_run = R.robustness_runs(detail) if long else pd.DataFrame()
-    summary = R.robustness_summary(detail, per_run) if long else pd.DataFrame(columns=["model"])
+    summary = R.robustness_summary(detail, per_run, per_image) if long else pd.DataFrame(columns=["model"])
     summary.insert(1, "label", summary.model.map(names))
     attn = R.attention_summary(pd.concat(attention, ignore_index=True) if attention else pd.DataFrame())
     attn.insert(1, "label", attn.model.map(names))
     return {
         "robustness.csv": summary,
         "robustness_detail.csv": detail,
-        "robustness_pairs.csv": R.robustness_pairs(per_run)
-        if long
-        else R.robustness_pairs(pd.DataFrame(columns=["model", "recipe", "seed", "relative_drop_pct"])),
+        "robustness_pairs.csv": R.robustness_pairs(per_image),
         "attention.csv": attn,
     }
 

@@ -12,7 +12,9 @@ refused) and writes, together, to ``--out-dir/<run>``:
   corruption and severity of ``--corrupted`` (cnnvit corrupt), inputs scaled as in training;
 - ``attention.csv``: for a ViT or the hybrid, the mean attention distance in input pixels of every
   head of every layer over ``presets.<p>.attention_images`` clean test images
-  (:mod:`cnnvit.analysis.attention`); for a convnet, the header only.
+  (:mod:`cnnvit.analysis.attention`); for a convnet, the header only;
+- ``robustness_correct.npz``: per robustness image, was the run right, clean and on every corruption
+  and severity (:func:`cnnvit.analysis.robustness.read_per_image`), for comparisons paired by image.
 
 A change to the corruptions or their settings re-runs this stage, never the training.
 """
@@ -29,6 +31,7 @@ import torch
 
 from cnnvit.analysis.attention import attention_maps, mean_distance
 from cnnvit.analysis.records import WEIGHTS_FILE
+from cnnvit.analysis.robustness import write_per_image
 from cnnvit.artifacts import atomic_dir
 from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
 from cnnvit.config.runs import run_config
@@ -45,14 +48,18 @@ ROBUSTNESS_COLUMNS = ["corruption", "severity", "acc", "images"]
 ATTENTION_COLUMNS = ["layer", "head", "distance_px"]
 
 
-def _accuracy(model, augment: Augment, images: np.ndarray, labels: np.ndarray, device, batch: int) -> float:
-    right = 0
+def _correct(model, augment: Augment, images: np.ndarray, labels: np.ndarray, device, batch: int) -> np.ndarray:
+    right = [np.zeros(0, dtype=bool)]
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     with torch.no_grad():
         for i in range(0, len(x), batch):
             logits = model(augment(x[i : i + batch].to(device)))
-            right += int((logits.argmax(1).cpu().numpy() == labels[i : i + batch]).sum())
-    return 100.0 * right / len(labels)
+            right.append(logits.argmax(1).cpu().numpy() == labels[i : i + batch])
+    return np.concatenate(right)
+
+
+def _pct(right: np.ndarray) -> float:
+    return 100.0 * int(right.sum()) / len(right)
 
 
 def evaluate_run(
@@ -78,12 +85,14 @@ def evaluate_run(
     clean, clean_labels, indices = robustness_subset(Path(data_dir), cfg.test_size, len(labels))
     if not np.array_equal(indices, sets["indices"]):
         raise CnnvitError(f"{corrupted} was made from other test images than this run's: run `cnnvit corrupt` again")
-    rows = [{"corruption": "clean", "severity": 0, "acc": _accuracy(model, augment, clean, clean_labels, device, batch),
-             "images": len(labels)}]  # fmt: skip
+    clean_right = _correct(model, augment, clean, clean_labels, device, batch)
+    rows = [{"corruption": "clean", "severity": 0, "acc": _pct(clean_right), "images": len(labels)}]
+    right = np.zeros(sets["images"].shape[:3], dtype=bool)  # corruptions x severities x images
     for i, name in enumerate(sets["corruptions"]):
         for j, severity in enumerate(sets["severities"]):
-            acc = _accuracy(model, augment, sets["images"][i, j], labels, device, batch)
-            rows.append({"corruption": str(name), "severity": int(severity), "acc": acc, "images": len(labels)})
+            right[i, j] = _correct(model, augment, sets["images"][i, j], labels, device, batch)
+            rows.append({"corruption": str(name), "severity": int(severity), "acc": _pct(right[i, j]),
+                         "images": len(labels)})  # fmt: skip
     attention = []
     if hasattr(cfg.model, "token_pixels"):  # a ViT or the hybrid: both have the timm encoder's blocks
         n = min(attention_images, len(clean))
@@ -95,6 +104,9 @@ def evaluate_run(
     with atomic_dir(out_dir, owned=lambda name: name in paths.EVAL_FILES) as tmp:
         write_rows(tmp / "robustness.csv", ROBUSTNESS_COLUMNS, rows)
         write_rows(tmp / "attention.csv", ATTENTION_COLUMNS, attention)
+        write_per_image(
+            tmp / paths.EVAL_PER_IMAGE, clean_right, right, indices, sets["corruptions"], sets["severities"]
+        )
     return {"device": device_name, "clean": rows[0]["acc"], "mean": float(np.mean([r["acc"] for r in rows[1:]]))}
 
 

@@ -14,7 +14,9 @@
   images (log x), one panel per recipe;
 - ``cost.png``: test accuracy against training compute (PFLOPs, log x);
 - ``robustness.png``: accuracy against corruption severity per model; ``attention_{model}.png``:
-  mean attention distance per head and layer; ``cost_size.png``: FLOPs and latency by input size.
+  per layer, the mean attention distance over a run's heads and the range its heads span, each
+  averaged over seeds (heads are not matched across seeds); ``cost_size.png``: FLOPs and latency by
+  input size.
 
 All of them are drawn into a temporary directory that replaces ``--out-dir`` only when complete.
 """
@@ -234,16 +236,23 @@ def robustness_plot(detail: pd.DataFrame, labels: dict[str, str]) -> plt.Figure:
 
 
 def attention_plot(attention: pd.DataFrame, label: str) -> plt.Figure:
-    """Mean attention distance per head (dots) against layer, one panel per recipe (as ViT Fig. 7)."""
+    """Per layer, the heads of a run as a set: their mean distance (line, +-1 s.d. over seeds) and
+    the span from the least to the largest (band: each seed's minimum and maximum over heads,
+    averaged over seeds), one panel per recipe. A per-head picture (ViT Fig. 7's dots) would have to
+    match heads across seeds, which share nothing but their index."""
     recipes = list(dict.fromkeys(attention.recipe))
     fig, axes = plt.subplots(1, len(recipes), figsize=(5.5 * len(recipes), 4.0), squeeze=False, sharey=True)
     for ax, recipe in zip(axes[0], recipes, strict=True):
-        d = attention[attention.recipe == recipe]
-        sns.stripplot(data=d, x="layer", y="distance_px", hue="head", palette="viridis", jitter=0.15, size=6, ax=ax,
-                      legend=False)  # fmt: skip
+        d = attention[attention.recipe == recipe].sort_values("layer")
+        ax.fill_between(d.layer, d.min_px, d.max_px, alpha=0.2, label="heads' range (min to max)")
+        ax.errorbar(d.layer, d.mean_px, yerr=d.mean_px_sd.fillna(0), marker="o", capsize=3, label="mean over heads")
         ax.set(xlabel="layer", ylabel="mean attention distance (input pixels)", title=f"{label}, recipe {recipe}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    fig.suptitle("Where each head attends: mean distance per head and layer (mean over seeds)")
+        ax.legend(fontsize=8)
+    seeds = int(attention.seeds.max())
+    fig.suptitle(f"Where the heads attend: per layer, over each run's heads, then over {seeds} seed(s)")
     fig.tight_layout()
     return fig
 

@@ -117,7 +117,7 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
         robustness=robustness_rows(t["robustness"]),
         robustness_pairs=robustness_pair_rows(t["robustness_pairs"]),
         robustness_fig=inline("robustness.png"),
-        attention=attention_sentences(t["attention"]),
+        attention=attention_sentences(t["attention"], params.active.models),
         attention_figs=[inline(f"attention_{m}.png") for m in dict.fromkeys(t["attention"].model)],
         cost=cost_rows(t["cost"]),
         cost_device=f"{t['cost'].device.iloc[0]}, {t['cost'].threads.iloc[0]} thread(s)" if len(t["cost"]) else "",
