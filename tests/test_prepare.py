@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tarfile
 import zipfile
 
@@ -242,10 +243,107 @@ def test_a_zip_is_named_as_not_a_tar(tmp_path, capsys):
 def test_constant_images_are_refused(tmp_path, capsys):
     """Issue 9.7: all-constant images gave a ZeroDivisionError in training."""
     folder = make_imagefolder(tmp_path / "folder")
-    for p in folder.rglob("*.png"):
-        p.write_bytes(png_bytes(np.full((32, 32, 3), 7, np.uint8)))
+    for i, p in enumerate(sorted(folder.rglob("*.png"))):  # red constant; distinct images (no copies)
+        image = synthetic_images(1, seed=i)[0][0]
+        image[..., 0] = 7
+        p.write_bytes(png_bytes(image))
     params = tiny_params(str(folder), "0" * 32, fmt="imagefolder")
     params["data"].update(expect_train=0, expect_test=0)
     code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(folder), "--out-dir", str(tmp_path / "p")], params)
-    assert_one_line_error(code, err, "std 0", "fix data.url")
+    assert_one_line_error(code, err, "same R value (std 0)", "fix data.url")
     assert no_files(tmp_path / "p")
+
+
+# ----------------------------------------------------------------------------- splits that must not share images
+
+
+def test_test_images_that_are_copies_of_training_images_are_refused(tmp_path):
+    """Issue 28.9: an imagefolder whose test images were copies of its training images prepared with
+    exit 0. By their pixels: a copy saved with other PNG settings (other bytes) is a copy too."""
+    from PIL import Image
+
+    root = make_imagefolder(tmp_path / "if")
+    source = root / "train/cat/0003.png"
+    Image.open(source).save(root / "test/cat/copy.png", compress_level=0)  # other bytes, same pixels
+    assert (root / "test/cat/copy.png").read_bytes() != source.read_bytes()
+    with pytest.raises(CnnvitError, match=r"1 test images are copies of training images \(test/cat/copy.png = "):
+        prepare(root, "imagefolder")
+    with pytest.raises(CnnvitError, match=r"train/cat/0003\.png"):
+        prepare(tar_directory(root, tmp_path / "a.tar.gz"), "imagefolder")
+
+
+def test_a_test_batch_row_copied_from_a_training_batch_is_refused(tmp_path):
+    images, labels = synthetic_images(PER_BATCH, seed=5)  # the fixture's test_batch
+    train, _ = synthetic_images(PER_BATCH, seed=2)  # data_batch_3
+    images[7] = train[4]
+    from conftest import batch_dict, py2_pickle
+
+    test_batch = py2_pickle(batch_dict(images, labels, "t"))
+    archive = make_cifar_python(tmp_path / "c.tar.gz", extra={"test_batch": test_batch})
+    with pytest.raises(CnnvitError, match=r"\(test_batch\[7\] = data_batch_3\[4\]\)"):
+        prepare(archive, "cifar10-python")
+
+
+def test_copies_within_a_split_warn_and_stay_out_of_the_validation_set(tmp_path, capsys):
+    root = make_imagefolder(tmp_path / "if", per_class=6)
+    for i in range(6):  # every cat is one image: all six would have to go to training
+        (root / f"train/cat/{i:04d}.png").unlink() if (root / f"train/cat/{i:04d}.png").exists() else None
+    cats = sorted((root / "train/cat").iterdir())
+    for extra in cats[1:]:
+        extra.write_bytes(cats[0].read_bytes())
+    (root / "train/dog/dup.png").write_bytes(next((root / "train/dog").iterdir()).read_bytes())
+    result = prepare(root, "imagefolder")
+    err = capsys.readouterr().err
+    assert "warning:" in err and "training images are copies of others in the train split" in err, err
+    assert result["repeated"].sum() == len(cats) + 2
+    with pytest.raises(CnnvitError, match=r"class 'cat' has no training image without a copy"):
+        carve_validation(result, 10, 0)  # no cat may go to validation: each has a copy in training
+    (root / "train/cat/other.png").write_bytes(png_bytes(synthetic_images(1, seed=99)[0][0]))
+    (root / "train/cat/other2.png").write_bytes(png_bytes(synthetic_images(1, seed=98)[0][0]))
+    carved = carve_validation(prepare(root, "imagefolder"), 10, 0)
+    rows = lambda a: [img.tobytes() for img in a]  # noqa: E731
+    assert not set(rows(carved["val"][0])) & set(rows(carved["train"][0]))  # disjoint by content
+
+
+def test_data_without_copies_carves_as_before(cifar_archive):
+    """The guard changes no prepared image: without copies every image is eligible for validation."""
+    from cnnvit.dataset import validation_split
+
+    result = prepare(cifar_archive, "cifar10-python")
+    assert not result["repeated"].any()
+    labels = result["train"][1]
+    from cnnvit.dataset import stratified_indices
+
+    _, val = validation_split(labels, 20, 3)
+
+    assert np.array_equal(val, stratified_indices(labels, 20, 3))
+
+
+def test_an_archive_with_two_roots_is_refused_not_merged(tmp_path):
+    """Issue 28.9: two roots were merged, every image counted twice."""
+    a = make_imagefolder(tmp_path / "src/a")
+    make_imagefolder(tmp_path / "src/b")
+    with pytest.raises(CnnvitError, match=r"2 dataset roots \(a/, b/\).*remove all but one"):
+        prepare(tmp_path / "src", "imagefolder")
+    archive = tmp_path / "two.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(a, arcname="cifar10")
+        tar.add(a / "train", arcname="train")  # a second root at the top level
+    with pytest.raises(CnnvitError, match=r"2 dataset roots \(the top level, cifar10/\)"):
+        prepare(archive, "imagefolder")
+
+
+def test_an_imbalanced_class_is_told_the_real_limit(tmp_path):
+    """Three images of one class: "val_size 100 ... use at least 10" named a size that also failed."""
+    root = make_imagefolder(tmp_path / "if", per_class=40)
+    for extra in sorted((root / "train/cat").iterdir())[3:]:
+        extra.unlink()
+    result = prepare(root, "imagefolder")
+    for asked in (10, 30):
+        with pytest.raises(CnnvitError) as e:
+            carve_validation(result, asked, 0)
+        line = str(e.value)
+        assert "class 'cat' no validation image (it has 3 of the 363; the carve takes each class in proportion)" in line
+        named = [int(n) for n in re.findall(r"\d+", line.rsplit(": use ", 1)[1])]
+        assert named and all(carve_validation(result, n, 0) for n in named)  # every size it names works
+    assert line.endswith("use 29 or 37")  # rounding in proportion: 30 fails between two that fit

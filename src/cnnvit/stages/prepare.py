@@ -7,11 +7,13 @@ trained on, the counts, and the seed that draws every run's validation and test 
 Two layouts (``data.format``): ``cifar10-python`` (the official pickled batches, read with an
 unpickler that allows only numpy arrays) and ``imagefolder`` (``train/<class>/*.png|jpg`` and
 ``test/<class>/*``). Archives are read in memory, never extracted; absolute, ``..`` and link
-members are refused. A stratified validation set of ``data.val_size`` images, drawn with
-``data.val_seed``, is carved out of the official training split: the same for every model,
-recipe, seed and fraction, and never trained on (the epoch a run reports is chosen on it, not on
-the test set). The result is checked (10 classes of 32x32 RGB images, the expected counts, no
-constant channel) before anything is written, and the four files replace the folder together.
+members are refused; an archive with two roots (two train/ folders) is refused, not merged. A
+stratified validation set of ``data.val_size`` images, drawn with ``data.val_seed``, is carved
+out of the official training split: the same for every model, recipe, seed and fraction, and
+never trained on (the epoch a run reports is chosen on it, not on the test set). The result is
+checked (10 classes of 32x32 RGB images, the expected counts, no constant channel, no test image
+a copy of a training image by its pixels; copies within a split are a warning, and kept out of
+the validation set) before anything is written, and the four files replace the folder together.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from cnnvit.artifacts import atomic_dir, cpu_name, provenance, write_failure, write_json
 from cnnvit.config.types import Params
 from cnnvit.dag import paths
-from cnnvit.dataset import IMG_SIZE, NUM_CLASSES, validation_problem, validation_split
+from cnnvit.dataset import IMG_SIZE, NUM_CLASSES, check_duplicates, validation_problem, validation_split
 from cnnvit.errors import CnnvitError, first_line
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
@@ -158,8 +160,8 @@ def _read_cifar_python(members: dict[str, bytes | None], raw: Path) -> dict:
         raise CnnvitError(f"{raw}: batches.meta has no label_names: fix data.url")
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
 
-    def split(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = [], []
+    def split(names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        images, labels, rows = [], [], []
         for name in names:
             batch = load_batch(by_base[name], name)
             data, lab = batch.get(b"data"), batch.get(b"labels")
@@ -169,10 +171,11 @@ def _read_cifar_python(members: dict[str, bytes | None], raw: Path) -> dict:
                 raise CnnvitError(f"{name}: b'labels' does not match b'data' in length: fix data.url")
             images.append(data.astype(np.uint8).reshape(-1, 3, IMG_SIZE, IMG_SIZE).transpose(0, 2, 3, 1))
             labels.append(np.asarray(lab, dtype=np.int64))
-        return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+            rows += [f"{name}[{i}]" for i in range(len(data))]
+        return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), rows
 
-    (xtr, ytr), (xte, yte) = split(TRAIN_BATCHES), split(["test_batch"])
-    return {"train": (xtr, ytr), "test": (xte, yte), "classes": classes}
+    (xtr, ytr, ntr), (xte, yte, nte) = split(TRAIN_BATCHES), split(["test_batch"])
+    return {"train": (xtr, ytr), "test": (xte, yte), "classes": classes, "names": {"train": ntr, "test": nte}}
 
 
 def _decode(name_blob: tuple[str, bytes]) -> np.ndarray:
@@ -197,14 +200,22 @@ def _decode(name_blob: tuple[str, bytes]) -> np.ndarray:
 
 def _read_imagefolder(members: dict[str, bytes | None], raw: Path) -> dict:
     folders: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    roots: dict[str, str] = {}  # the folder holding train/ and test/ -> an entry found under it
     for name, blob in members.items():
         parts = PurePosixPath(name).parts
         for i, part in enumerate(parts[:-1]):  # <...>/<split>/<class>[/<file>]
             if part in folders and len(parts) - i in (2, 3):
+                roots.setdefault("/".join(parts[:i]), name)
                 cls = folders[part].setdefault(parts[i + 1], [])
                 if len(parts) - i == 3 and blob is not None and PurePosixPath(name).suffix.lower() in IMAGE_EXTS:
                     cls.append(name)
                 break
+    if len(roots) > 1:
+        shown = ", ".join(f"{r}/" if r else "the top level" for r in sorted(roots)[:3])
+        raise CnnvitError(
+            f"{raw}: {len(roots)} dataset roots ({shown}), each with train/ or test/ class folders: an archive holds "
+            "one; they would be merged, their images counted twice: remove all but one"
+        )
     classes = sorted(folders["train"])
     if not classes:
         raise CnnvitError(
@@ -223,12 +234,13 @@ def _read_imagefolder(members: dict[str, bytes | None], raw: Path) -> dict:
                 raise CnnvitError(
                     f"{raw}: class folder {split}/{name} has no images: add them or remove the folder from both splits"
                 )
-    out: dict = {"classes": classes}
+    out: dict = {"classes": classes, "names": {}}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for split in ("train", "test"):
             items = [(full, label) for label, cls in enumerate(classes) for full in sorted(folders[split][cls])]
             images = list(pool.map(_decode, ((n, members[n]) for n, _ in items), chunksize=256))
             out[split] = (np.stack(images), np.array([label for _, label in items], dtype=np.int64))
+            out["names"][split] = [n for n, _ in items]
     return out
 
 
@@ -266,6 +278,7 @@ def prepare(raw: str | Path, fmt: str, expect_train: int = 0, expect_test: int =
             raise CnnvitError(f"{raw}: {split} labels fall outside 0..{NUM_CLASSES - 1}: fix data.url")
         if not len(labels):
             raise CnnvitError(f"{raw}: the {split} split is empty: fix data.url")
+    result["repeated"] = check_duplicates(result, raw)
     return result
 
 
@@ -273,10 +286,16 @@ def carve_validation(result: dict, val_size: int, val_seed: int) -> dict:
     """Split a stratified, seeded validation set off the official training split (``val``). It is
     the same for every run, and no run trains on it; the test split is left as it is."""
     x, y = result["train"]
-    problem = validation_problem(y, val_size, result["classes"])
+    eligible = ~result["repeated"] if "repeated" in result else np.ones(len(y), dtype=bool)
+    if lost := sorted(set(np.unique(y)) - set(np.unique(y[eligible]))):
+        raise CnnvitError(
+            f"data.val_size: class {result['classes'][lost[0]]!r} has no training image without a copy in the "
+            "training split, and a copy cannot go to validation (it would also be trained on): remove the copies"
+        )
+    problem = validation_problem(y[eligible], val_size, result["classes"])
     if problem:
         raise CnnvitError(f"data.val_size: {problem}")
-    keep, val = validation_split(y, val_size, val_seed)
+    keep, val = validation_split(y, val_size, val_seed, eligible)
     return {**result, "train": (x[keep], y[keep]), "val": (x[val], y[val])}
 
 
