@@ -301,3 +301,16 @@ def test_snakemake_refuses_an_alias_bomb_and_a_duplicate_key_in_any_config_file_
     (project / "params.yaml").write_text(text.replace("preset: tiny\n", "preset: tiny\npreset: tiny\n"))
     proc = sh("snakemake -n", project, check=False)
     assert proc.returncode == 1 and "params.yaml: duplicate key at line" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_robustness_images_beyond_the_prepared_test_images_are_refused_at_corrupt(unknown_pool, tmp_path, capsys):
+    """robustness_images 5000 was cut to the test images without a word: where params cannot tell
+    (expect_test 0, test_size 0), cnnvit corrupt says it, and writes nothing."""
+    d, raw = unknown_pool
+    raw = copy.deepcopy(raw)
+    raw["data"]["expect_test"] = 0
+    raw["presets"]["tiny"]["robustness_images"] = 5000
+    argv = ["corrupt", "--data-dir", str(d / "prepared"), "--out", str(tmp_path / "c.npz")]
+    code, err = run_cli(tmp_path, capsys, argv, raw)
+    assert_one_line_error(code, err, "presets.tiny.robustness_images: 5,000 is more than the 20 test images")
+    assert not (tmp_path / "c.npz").exists()

@@ -13,6 +13,7 @@ evaluation reads it, so a change here re-runs the evaluations, never the trainin
 from __future__ import annotations
 
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,25 +29,38 @@ from cnnvit.training.data import PREPARE_AGAIN, load_stats
 KEYS = ("images", "labels", "indices", "corruptions", "severities")
 
 
-def robustness_subset(data_dir: Path, test_size: int, images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def robustness_subset(
+    data_dir: Path, test_size: int, images: int, key: str = "robustness_images"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images N x 32 x 32 x 3, labels, positions in the prepared test split): the preset's test
-    subset, as every run draws it, then a stratified subset of ``images`` of it, with the same seed."""
+    subset, as every run draws it, then a stratified subset of ``images`` of it, with the same seed;
+    more images than the test subset holds is an error naming ``key``, never a silent cut."""
     stats = load_stats(data_dir / "stats.json")
     seed = int(stats.get("val_seed", 0))
     try:
         with np.load(data_dir / "test.npz", allow_pickle=False) as z:
             labels = z["labels"]
             test = stratified_indices(labels, subset_size(len(labels), test_size), seed)
+            if images > len(test):  # params could not tell (expect_test 0, test_size 0): say it, never cut it
+                raise CnnvitError(
+                    f"{key}: {images:,} is more than the {len(test):,} test images the runs are scored on "
+                    f"({data_dir / 'test.npz'}): use at most {len(test):,} (0 = all of them)"
+                )
             pick = test[stratified_indices(labels[test], subset_size(len(test), images), seed)]
             return z["images"][pick], labels[pick], pick
     except FileNotFoundError:
         raise CnnvitError(f"{data_dir / 'test.npz'} not found: {PREPARE_AGAIN}") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise CnnvitError(
+            f"{data_dir / 'test.npz'} is corrupt or truncated ({type(exc).__name__}): {PREPARE_AGAIN}"
+        ) from None
 
 
 def make_corrupted(params: Params, data_dir, out) -> dict:
     data_dir, out = Path(data_dir), Path(out)
     preset, r = params.active, params.robustness
-    images, labels, indices = robustness_subset(data_dir, preset.test_size, preset.robustness_images)
+    key = f"presets.{params.preset}.robustness_images"
+    images, labels, indices = robustness_subset(data_dir, preset.test_size, preset.robustness_images, key)
     shape = (len(r.corruptions), len(r.severities), *images.shape)
     stack = np.empty(shape, dtype=np.uint8)
     for i, name in enumerate(r.corruptions):
