@@ -1,21 +1,33 @@
 """The training engine: the LR schedule's exact values, what evaluation does, that a model learns,
-the data path, and the bf16 and torch.compile paths on a CPU."""
+the data path, the bf16 and torch.compile paths on a CPU, and what a GPU run pays for: graphs
+compiled, host-device syncs in the step loop, peak memory per run, out-of-memory advice."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import TINY_MODELS, make_cifar_python, md5, prepare_dir, tiny_params
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.stages import train
-from cnnvit.training.data import Augment, load_prepared, stratified_indices
-from cnnvit.training.engine import Trainer, lr_factor
+from cnnvit.training.data import Augment, Prepared, Split, load_prepared, stratified_indices
+from cnnvit.training.engine import (
+    NAN_CHECK_EVERY,
+    Trainer,
+    channels_last,
+    lr_factor,
+    oom_error,
+    peak_mem_mb,
+    reset_peak_memory,
+)
 
 CPU = torch.device("cpu")
 
@@ -145,3 +157,130 @@ def test_bf16_and_compile_train_every_arch_on_cpu(learnable, tmp_path, name):
         torch.equal(a, b)
         for a, b in zip(eager.model.state_dict().values(), trainer.model.state_dict().values(), strict=True)
     )
+
+
+# ----------------------------------------------------------------------------- what a GPU run pays for
+
+
+def tiny_vit_trainer(n: int, batch: int, compile_on: bool = False, backend: str = "inductor") -> Trainer:
+    """A ViT trainer of the tiny params on ``n`` random images, ``batch`` a step."""
+    raw = tiny_params("/nowhere.tar.gz", "0" * 32, epochs=2)
+    raw["recipes"]["paper"]["batch_size"] = batch
+    raw["runtime"].update(compile=compile_on, eval_batch_size=64)
+    cfg = run_config(params_from_dict(raw), RunSpec("vit", "paper", 0))
+    gen = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.arange(n) % 10)
+    return Trainer(cfg, Prepared(split, split, split, {"mean": [0.5] * 3, "std": [0.25] * 3}, list("abcdefghij")), CPU,
+                   backend)  # fmt: skip
+
+
+def test_a_compiled_trainer_compiles_one_graph_for_partial_batches_and_evaluation():
+    """72 images at batch 32 (a last batch of 8) and evaluations at batch 64 (a last one of 8)
+    used to compile 3 graphs (4 for a ResNet): the full batch, the short one, eval mode. Now the
+    short batch and the evaluation run the same module eagerly: one graph, compiled once."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    trainer = tiny_vit_trainer(72, 32, compile_on=True, backend="eager")
+    first, second = trainer.train_epoch(1), trainer.train_epoch(2)
+    trainer.evaluate()
+    trainer.evaluate(trainer.data.val, batch_size=50)
+    assert counters["stats"]["unique_graphs"] == 1
+    info = trainer.compile_info
+    assert info["mode"] == "default" and info["backend"] == "eager" and info["graphs"] == 1 and info["seconds"] > 0
+    assert info["cuda_graphs"] == "off"  # mode default captures none
+    # the compiled step's seconds are out of the epoch's: epoch 1 timed 40 of its 72 images
+    assert first["train_images_per_s"] > 0 and first["epoch_seconds"] < info["seconds"] + second["epoch_seconds"] * 2
+    assert math.isfinite(first["train_loss"]) and math.isfinite(second["train_loss"])
+
+
+def test_an_eager_trainer_compiles_nothing_and_records_so():
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    trainer = tiny_vit_trainer(72, 32)
+    trainer.train_epoch(1)
+    assert trainer.net is trainer.model and counters["stats"]["unique_graphs"] == 0
+    assert trainer.compile_info == {"mode": False, "seconds": 0.0, "graphs": 0, "cuda_graphs": "off"}
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the ops that make the host wait for the device on CUDA: reading a value (``.item()``,
+    ``float()``, ``bool()``) and ops whose output size depends on the data. Reads of ``host``
+    tensors are not counted: Adam keeps its step counters on the host, even for CUDA parameters."""
+
+    SYNCING = ("_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "unique", "equal")
+
+    def __init__(self, host: list[torch.Tensor]):
+        super().__init__()
+        self.count, self.host = 0, {id(t) for t in host}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in self.SYNCING and id(args[0]) not in self.host:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_step_loop_syncs_once_every_nan_check_steps():
+    """60 steps: at most one host-device sync every NAN_CHECK_EVERY (25) steps in the loop, and
+    the epoch's two reads of its loss and accuracy at its end."""
+    trainer = tiny_vit_trainer(120, 2)
+    trainer.train_epoch(1, max_steps=2)  # warm-up, outside the count; Adam's state exists from here
+    steps = [state["step"] for state in trainer.optimizer.state.values()]
+    assert steps and all(t.device.type == "cpu" and t.dim() == 0 for t in steps)
+    with SyncCounter(host=steps) as syncs:
+        row = trainer.train_epoch(2)
+    assert trainer.steps_per_epoch == 60 and math.isfinite(row["train_loss"])
+    assert syncs.count <= math.ceil(60 / NAN_CHECK_EVERY) + 2, syncs.count
+    assert syncs.count >= 3  # the counter sees the checks it should: it is not blind
+
+
+def test_peak_memory_is_reset_at_each_runs_start(learnable, tmp_path, monkeypatch):
+    archive, prepared = learnable
+    params = params_for(archive, precision="fp32")
+    calls = []
+    real = train.reset_peak_memory
+    monkeypatch.setattr(train, "reset_peak_memory", lambda device: calls.append(device) or real(device))
+    runs = [RunSpec("vit", "paper", s) for s in (0, 1)]
+    raw = json.loads(json.dumps(params.raw))
+    raw["presets"]["tiny"]["epochs"] = 1
+    one_epoch = params_from_dict(raw)
+    for run in runs:
+        train.train_run(run_config(one_epoch, run), prepared, tmp_path / run.name, tmp_path / "ckpt")
+    assert calls == [CPU, CPU]  # once per run, at its start
+
+
+def test_the_peak_is_this_runs_on_cuda_and_on_a_cpu(monkeypatch):
+    """On CUDA the allocator's peak is reset (stubbed here); on a CPU the process's peak resident
+    set: a large allocation before the reset is not this run's peak."""
+    resets = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: resets.append(a))
+    reset_peak_memory(torch.device("cuda", 0))
+    assert resets == [()]
+    big = np.ones(300 * 2**20 // 8)  # 300 MB, touched
+    before = peak_mem_mb(CPU)
+    del big
+    reset_peak_memory(CPU)
+    assert peak_mem_mb(CPU) < before - 200
+
+
+def test_out_of_memory_with_runs_sharing_a_gpu_names_runs_per_gpu():
+    err = oom_error(torch.device("cuda", 0), "training", 128, "recipes.paper.batch_size", runs_per_gpu=4)
+    assert str(err) == (
+        "out of memory on cuda:0 during training at batch size 128 with 4 runs sharing this GPU: lower "
+        "runtime.runs_per_gpu (try 2) or recipes.paper.batch_size (try 64)"
+    )
+    assert str(oom_error(CPU, "evaluation", 1000, "runtime.eval_batch_size")) == (
+        "out of memory on cpu during evaluation at batch size 1000: lower runtime.eval_batch_size (try 500)"
+    )
+
+
+def test_fused_adam_on_cuda_only_and_the_hybrids_stem_channels_last_on_cuda_only():
+    from cnnvit.models import spec_from_dict
+
+    assert tiny_vit_trainer(8, 4).optimizer.defaults.get("fused") is None  # a CPU run's optimizer as it was
+    hybrid = spec_from_dict(TINY_MODELS["cnn_vit"])
+    assert channels_last(hybrid, torch.device("cuda", 0)) and not channels_last(hybrid, CPU)
+    convnet, vit = spec_from_dict(TINY_MODELS["resnet50"]), spec_from_dict(TINY_MODELS["vit"])
+    assert channels_last(convnet, CPU) and not channels_last(vit, torch.device("cuda", 0))
