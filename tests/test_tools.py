@@ -93,3 +93,22 @@ def test_editing_params_during_a_snakemake_run_changes_nothing_for_it(project):
     cfg["presets"]["tiny"]["epochs"] = 1
     write_yaml(project / "params.yaml", cfg)
     assert "Nothing to be done" in sh("snakemake -n --cores 1", project).stdout
+
+
+def test_snakemake_and_dvc_alternate_on_one_workspace(tmp_path):
+    """Issue 28.5: after a Snakemake run, every `dvc repro` failed ("results/figures holds files this
+    stage did not write (.snakemake_timestamp)"). Snakemake, DVC, Snakemake, DVC, Snakemake on one
+    workspace: each tool takes over the other's outputs, both ways, twice, and ends up to date."""
+    archive = make_cifar_python(tmp_path / "c.tar.gz")
+    params = tiny_params(
+        str(archive), md5(archive), epochs=1, models=["resnet50", "vit", "cnn_vit"], recipes=["paper"], seeds=[0]
+    )
+    project = make_project(tmp_path / "project", params)
+    for step, tool in enumerate(["snakemake", "dvc", "snakemake", "dvc", "snakemake"]):
+        cmd = "snakemake --cores 2" if tool == "snakemake" else "dvc repro"
+        proc = sh(cmd, project, check=False)
+        assert proc.returncode == 0, f"step {step} ({cmd}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        assert (project / "report/index.html").exists()
+    assert "Nothing to be done" in sh("snakemake -n --cores 1", project).stdout
+    leftovers = [p for p in (project / "results").rglob(".*") if p.name not in (".gitignore", ".snakemake_timestamp")]
+    assert not leftovers, leftovers  # no temporary folder of either tool's stages left behind
