@@ -233,9 +233,11 @@ def cpu_name() -> str:
     return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
-def provenance(params: Any, device: str) -> dict[str, Any]:
-    """``device`` is the name of the device the result was computed on (see ``cnnvit.training.device``)."""
-    return {
+def provenance(params: Any, device: str, cuda: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``device`` is the name of the device the result was computed on (see ``cnnvit.training.device``);
+    ``cuda`` (``cnnvit.training.device.cuda_facts()``, from the stages that use a device) adds the
+    CUDA version torch was built for, the NVIDIA driver and the GPU the result was computed on."""
+    out = {
         "params": params,
         "versions": package_versions(),
         "device": device,
@@ -243,3 +245,8 @@ def provenance(params: Any, device: str) -> dict[str, Any]:
         "git_commit": git_commit(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    if cuda is not None:
+        gpu = device.removeprefix("cuda: ") if device.startswith("cuda: ") else None
+        out["cuda"] = {"torch_cuda": cuda.get("torch_cuda"), "driver": cuda.get("driver"), "gpu": gpu,
+                       "gpus_on_machine": cuda.get("gpus", [])}  # fmt: skip
+    return out

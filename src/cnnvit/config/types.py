@@ -97,6 +97,7 @@ class Runtime:
     eval_batch_size: int = 1000
     runs_per_gpu: int = 1
     group_seeds: bool = True
+    checkpoint_every_s: float = 300  # seconds of training between checkpoints (0: every evaluated epoch)
 
 
 @dataclass(frozen=True)

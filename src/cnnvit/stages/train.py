@@ -11,11 +11,18 @@ This module owns a run's epoch loop (as nanoGPT's train.py does): it loads the r
 the engine (:class:`cnnvit.training.engine.Trainer`), trains and evaluates epoch by epoch, and
 checkpoints. It writes, for each run, ``metrics.csv`` (one row per evaluated epoch, columns in
 :data:`cnnvit.analysis.records.METRICS`) and ``summary.json``
-(:class:`cnnvit.analysis.records.RunSummary`) to ``--runs-dir/<run>`` only when the run finishes. After
-every evaluated epoch a checkpoint goes to ``--ckpt-dir``, outside the DAG's declared outputs
-(Snakemake and DVC delete those before a re-run): the same command after a crash resumes from it,
-and a finished run is re-emitted, not retrained, unless its params, data or training code changed
-(see :mod:`cnnvit.training.checkpoint`). One process at a time trains a run.
+(:class:`cnnvit.analysis.records.RunSummary`) to ``--runs-dir/<run>`` only when the run finishes.
+
+Checkpoints go to ``--ckpt-dir``, outside the DAG's declared outputs (Snakemake and DVC delete
+those before a re-run): after the first evaluated epoch (a full disk or an unwritable folder shows
+in the first minutes, not hours in), then after the first evaluated epoch that ends
+``runtime.checkpoint_every_s`` seconds or more after the last one (0: every evaluated epoch), and
+when the run finishes. An epoch-boundary checkpoint holds the whole state, so the same command
+after a crash resumes from the last one bit-identically (on a CPU), redoing at most
+``checkpoint_every_s`` of training; a finished run is re-emitted, not retrained, unless its params,
+data or training code changed (see :mod:`cnnvit.training.checkpoint`). One process at a time
+trains a run. The summary's provenance records the compilation (seconds, graphs, CUDA graphs) and
+the checkpoints written (count, seconds) of the process that finished the run.
 """
 
 from __future__ import annotations
@@ -55,8 +62,8 @@ from cnnvit.models.pretrained import weights_source
 from cnnvit.models.weights import save_weights
 from cnnvit.training import checkpoint
 from cnnvit.training.data import load_prepared
-from cnnvit.training.device import resolve_precision, select_device, use_precision
-from cnnvit.training.engine import Trainer, compile_mode, peak_mem_mb
+from cnnvit.training.device import cuda_facts, held_slot, resolve_precision, select_device, use_precision
+from cnnvit.training.engine import Trainer, compile_mode, peak_mem_mb, reset_peak_memory
 
 
 def fmt_eta(seconds: float) -> str:
@@ -69,7 +76,9 @@ def selected_row(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (r["val_acc"], -r["epoch"]))
 
 
-def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: dict, wall: float) -> RunSummary:
+def make_summary(
+    cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: dict, wall: float, saves: dict
+) -> RunSummary:
     if math.isnan(trainer.infer_images_per_s):  # resumed after its last evaluation: time one now
         trainer.evaluate()
     best, chosen, data = max(rows, key=lambda r: r["test_acc"]), selected_row(rows), trainer.data
@@ -105,7 +114,8 @@ def make_summary(cfg: RunConfig, trainer: Trainer, rows: list[dict], runtime: di
         compile=runtime["compile"],
         config=cfg.identity(),
         pretrained=weights_source(cfg.model.pretrained) if cfg.model.pretrained else None,
-        provenance=provenance(cfg.to_dict(), runtime["device"]),
+        provenance=provenance(cfg.to_dict(), runtime["device"], cuda_facts())
+        | {"compile": trainer.compile_info, "checkpoints": saves},
     )
 
 
@@ -117,13 +127,15 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
     threads = threads or cfg.runtime.threads
     with checkpoint.run_lock(ckpt_dir, cfg.name):
         device, device_name = select_device(cfg.runtime.device, cfg.runtime.runs_per_gpu)
+        reset_peak_memory(device)  # this run's peak, not an earlier run's of this process
         precision = resolve_precision(cfg.runtime.precision, device)
         cfg = dataclasses.replace(cfg, precision=precision)
         use_precision(precision, device)
         runtime = {"device": device_name, "threads": threads, "compile": compile_mode(cfg.runtime.compile) or False}
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
-        print(f"{cfg.name}: on {device_name}, {cfg.precision}, {threads} CPU thread(s){gpus}", flush=True)
+        slot = f" ({s})" if (s := held_slot(cfg.runtime.runs_per_gpu)) else ""
+        print(f"{cfg.name}: on {device_name}{slot}, {cfg.precision}, {threads} CPU thread(s){gpus}", flush=True)
         torch.set_num_threads(threads)
         data = load_prepared(data_dir, cfg, device)
         trainer = Trainer(cfg, data, device)
@@ -138,6 +150,8 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
             print(f"{cfg.name}: checkpoint found, {state}", flush=True)
         progress = sys.stderr.isatty()
         unrecorded = 0.0  # seconds of the epochs since the last recorded row
+        saves: dict = {"every_s": cfg.runtime.checkpoint_every_s, "written": 0, "seconds": 0.0}
+        saved_at = None  # when this process last wrote the run's checkpoint
         for epoch in range(done + 1, cfg.epochs + 1):
             row = {"epoch": epoch, **trainer.train_epoch(epoch, progress=progress)}
             unrecorded += row["epoch_seconds"]
@@ -151,18 +165,25 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
             kept["final_logits"] = test.logits.half().cpu()
             if selected_row(rows) is rows[-1]:  # the validation accuracy improved: keep this epoch
                 kept |= {"selected_logits": kept["final_logits"], "selected_model": trainer.weights()}
-            wall_now = wall + time.perf_counter() - start
-            checkpoint.save(ckpt_path, _checkpoint(trainer, ident, runtime, epoch, rows, None, wall_now, kept))
+            saved = ""
+            due = saved_at is None or time.monotonic() - saved_at >= cfg.runtime.checkpoint_every_s
+            if due and epoch != cfg.epochs:  # the last epoch's is the finished run's, below
+                began = time.perf_counter()
+                wall_now = wall + began - start
+                checkpoint.save(ckpt_path, _checkpoint(trainer, ident, runtime, epoch, rows, None, wall_now, kept))
+                saved_at, took = time.monotonic(), time.perf_counter() - began
+                saves["written"], saves["seconds"] = saves["written"] + 1, saves["seconds"] + took
+                saved = f"  checkpoint {took:.1f}s"
             spent = sum(r["epoch_seconds"] for r in rows)
             print(
                 f"{cfg.name} epoch {epoch}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
                 f"train_acc {row['train_acc']:.2f}%  val_acc {row['val_acc']:.2f}%  test_acc {row['test_acc']:.2f}%  "
                 f"lr {row['lr']:.2e}  {row['epoch_seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)  "
-                f"ETA {fmt_eta(spent / len(rows) * (cfg.epochs - epoch) / cfg.eval_every)}",
+                f"ETA {fmt_eta(spent / len(rows) * (cfg.epochs - epoch) / cfg.eval_every)}{saved}",
                 flush=True,
             )
         if summary is None:
-            summary = make_summary(cfg, trainer, rows, runtime, wall + time.perf_counter() - start)
+            summary = make_summary(cfg, trainer, rows, runtime, wall + time.perf_counter() - start, saves)
             checkpoint.save(
                 ckpt_path, _checkpoint(trainer, ident, runtime, cfg.epochs, rows, summary, summary.wall_seconds, kept)
             )
