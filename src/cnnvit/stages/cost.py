@@ -5,8 +5,10 @@
 One row per model and input size (``cost.sizes``, upsampled): parameters, forward FLOPs per
 image, batch-1 latency (median and 95th percentile after a warm-up) and, at CIFAR-10's 32 pixels,
 throughput at ``cost.batch`` and the peak memory of an inference pass and of a training step,
-measured apart (:mod:`cnnvit.training.cost`). The device and thread count are in every row. The
-numbers are this machine's: they are measured, not derived, and differ from machine to machine.
+measured apart (:mod:`cnnvit.training.cost`), in the precision ``runtime.precision`` resolves to
+on this device and the models' training memory layout, as a run computes. The device, precision
+and thread count are in every row. The numbers are this machine's: they are measured, not
+derived, and differ from machine to machine.
 """
 
 from __future__ import annotations
@@ -23,22 +25,24 @@ from cnnvit.dataset import IMG_SIZE
 from cnnvit.errors import CnnvitError
 from cnnvit.models import spec_from_dict
 from cnnvit.training.cost import measure
-from cnnvit.training.device import select_device
+from cnnvit.training.device import resolve_precision, select_device, use_precision
 
 COLUMNS = ["model", "arch", "size", "params", "flops_per_image", "latency_ms_median", "latency_ms_p95",
            "throughput_images_per_s", "batch", "inference_peak_mb", "inference_step_mb", "training_peak_mb",
-           "training_step_mb", "device", "threads"]  # fmt: skip
+           "training_step_mb", "device", "precision", "threads"]  # fmt: skip
 
 
 def cost_table(params: Params) -> list[dict]:
     if IMG_SIZE not in params.cost.sizes:
         raise CnnvitError(f"cost.sizes: {list(params.cost.sizes)} leaves out {IMG_SIZE}, the training size: add it")
     device, device_name = select_device(params.runtime.device)
+    precision = resolve_precision(params.runtime.precision, device)
+    use_precision(precision, device)
     rows = []
     for name in params.runs.models:
         spec = spec_from_dict(params.active.models[name])
-        for row in measure(spec, device, tuple(params.cost.sizes), params.cost.batch):
-            rows.append({"model": name, "arch": spec.arch, **row, "device": device_name,
+        for row in measure(spec, device, tuple(params.cost.sizes), params.cost.batch, precision=precision):
+            rows.append({"model": name, "arch": spec.arch, **row, "device": device_name, "precision": precision,
                          "threads": torch.get_num_threads()})  # fmt: skip
         print(f"{name}: {rows[-len(params.cost.sizes)]['latency_ms_median']:.2f} ms at batch 1", flush=True)
     return rows

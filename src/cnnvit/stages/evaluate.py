@@ -42,7 +42,8 @@ from cnnvit.errors import CnnvitError
 from cnnvit.models.weights import load_weights
 from cnnvit.stages.corrupt import read_corrupted, robustness_subset
 from cnnvit.training.data import Augment, load_stats
-from cnnvit.training.device import select_device
+from cnnvit.training.device import resolve_precision, select_device, use_precision
+from cnnvit.training.engine import autocast, channels_last
 
 ROBUSTNESS_COLUMNS = ["corruption", "severity", "acc", "images"]
 ATTENTION_COLUMNS = ["layer", "head", "distance_px"]
@@ -77,9 +78,10 @@ def evaluate_run(
     meta = load_weights(model, weights)
     if meta.get("run") not in (None, cfg.name):
         raise CnnvitError(f"{weights} holds the weights of run {meta['run']}, not {cfg.name}: train {cfg.name} again")
-    model = model.to(device).eval()
+    layout = channels_last(cfg.model, device)  # the memory layout the run trained in
+    model = model.to(device).to(memory_format=torch.channels_last if layout else torch.preserve_format).eval()
     stats = load_stats(Path(data_dir) / "stats.json")
-    augment = Augment(stats["mean"], stats["std"], cfg.recipe.normalize, 0, False, device, cfg.model.convnet)
+    augment = Augment(stats["mean"], stats["std"], cfg.recipe.normalize, 0, False, device, layout)
     sets = read_corrupted(Path(corrupted))
     labels = sets["labels"]
     clean, clean_labels, indices = robustness_subset(Path(data_dir), cfg.test_size, len(labels))
@@ -133,10 +135,15 @@ def evaluate_one(run: RunSpec, params: Params, data_dir, corrupted, runs_dir, ou
     weights = Path(runs_dir) / cfg.name / WEIGHTS_FILE
     dest = Path(out_dir) / cfg.name
     batch, attention = params.runtime.eval_batch_size, params.active.attention_images
-    got = evaluate_run(cfg, data_dir, corrupted, weights, dest, batch, attention)
+    # The run's precision, as training resolved it on this device: autocast, and TF32 on CUDA.
+    device = select_device(cfg.runtime.device, cfg.runtime.runs_per_gpu)[0]  # evaluate_run's too: one claim
+    precision = resolve_precision(cfg.runtime.precision, device)
+    use_precision(precision, device)
+    with autocast(device, precision):
+        got = evaluate_run(cfg, data_dir, corrupted, weights, dest, batch, attention)
     print(
         f"{cfg.name}: clean {got['clean']:.2f}%, corrupted {got['mean']:.2f}% on average, "
-        f"{time.perf_counter() - start:.1f}s on {got['device']} -> {dest}",
+        f"{time.perf_counter() - start:.1f}s on {got['device']} ({precision}) -> {dest}",
         flush=True,
     )
     return got

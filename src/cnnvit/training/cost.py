@@ -1,6 +1,6 @@
 """What a model costs to run: latency, throughput, memory and FLOPs, at several input sizes.
 
-    rows = measure(spec, device, sizes=(32, 64, 128), batch=256)
+    rows = measure(spec, device, sizes=(32, 64, 128), batch=256, precision="bf16")
 
 Per input size (images upsampled; a ViT then has (size / patch)^2 tokens, which is where
 attention's quadratic term shows): forward FLOPs of one image (``torch.utils.flop_counter``) and
@@ -9,6 +9,11 @@ at a large batch, and the peak memory of one inference pass and of one training 
 apart. On CUDA the allocator's peak is reset once the data is on the device; on a CPU the
 process's peak resident set is reset through ``/proc/self/clear_refs`` before the step and read
 after it, and the step's own part is the peak less the resident set before it.
+
+Every figure is taken as a run computes: in its precision (bf16 or fp16 autocast; TF32 on CUDA,
+set by the caller with :func:`cnnvit.training.device.use_precision`) and with its memory layout
+(channels_last for convnets, and the hybrid's stem on CUDA; :func:`cnnvit.training.engine.channels_last`),
+inputs included.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 from cnnvit.dataset import IMG_SIZE, NUM_CLASSES
 from cnnvit.models import count_params, flops_per_image
-from cnnvit.training.engine import sync
+from cnnvit.training.engine import autocast, channels_last, sync
 
 if TYPE_CHECKING:
     from cnnvit.models import ArchSpec
@@ -86,16 +91,17 @@ def measure(
     batch: int = 256,
     warmup: int = 5,
     iters: int = 30,
+    precision: str = "fp32",
 ) -> list[dict]:
     """One row per input size; throughput and memory only at the training size (``IMG_SIZE``)."""
     rows = []
+    layout = torch.channels_last if channels_last(spec, device) else torch.contiguous_format
     for size in sizes:
         torch.manual_seed(0)
-        model = spec.build(img_size=size).to(device).eval()
-        if spec.convnet:
-            model = model.to(memory_format=torch.channels_last)
-        one = torch.randn(1, 3, size, size, device=device)
-        median, p95 = _latency_ms(model, one, device, warmup, iters)
+        model = spec.build(img_size=size).to(device).to(memory_format=layout).eval()
+        one = torch.randn(1, 3, size, size, device=device).contiguous(memory_format=layout)
+        with autocast(device, precision):
+            median, p95 = _latency_ms(model, one, device, warmup, iters)
         row = {
             "size": size,
             "params": count_params(model),
@@ -104,13 +110,14 @@ def measure(
             "latency_ms_p95": p95,
         }
         if size == IMG_SIZE:
-            row |= _throughput_and_memory(model, device, batch, warmup)
+            with autocast(device, precision):
+                row |= _throughput_and_memory(model, device, batch, warmup, layout)
         rows.append(row)
     return rows
 
 
-def _throughput_and_memory(model, device: torch.device, batch: int, warmup: int) -> dict:
-    x = torch.randn(batch, 3, IMG_SIZE, IMG_SIZE, device=device)
+def _throughput_and_memory(model, device: torch.device, batch: int, warmup: int, layout) -> dict:
+    x = torch.randn(batch, 3, IMG_SIZE, IMG_SIZE, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     with torch.no_grad():
         for _ in range(max(1, warmup // 2)):
