@@ -3,30 +3,40 @@
     cnnvit plan [--jobs snakemake|dvc] [--slots N] [--cache DIR] [--out plan.json]
 
 For each model: forward FLOPs per image (``torch.utils.flop_counter``), the images its runs train
-on, the training PFLOP (3x forward per trained image, 1x per evaluated one) and the time of one
-optimizer step measured here: the trainer's own step (augmentation, forward, backward, optimizer)
-on random images, a few steps per model. On a GPU the step runs at the recipe's batch size; on a
-CPU at a batch small enough for about a second a step, scaled per image (a CPU's throughput
-barely depends on the batch). The measurement is eager (``runtime.compile`` is not applied: its
-compilation would take longer than the plan), in the run's precision.
+on, the training PFLOP (3x forward per trained image) and three times measured here on random
+images, each with the trainer's own code, eager and in the run's precision: an optimizer step
+(augmentation, forward, backward, optimizer), an evaluation pass (per image, at
+``runtime.eval_batch_size``), and the write of a checkpoint of the run's size (model, optimizer,
+the kept weights) beside the cache. On a GPU the step runs at the recipe's batch size; on a CPU at
+a batch small enough for about a second a step, scaled per image (a CPU's throughput barely
+depends on the batch).
 
-The forecast adds each job's time (its runs' training, per-epoch evaluation and corruption
-benchmark, plus the start-up this process measured: imports, model build) and packs the jobs
-longest-first onto the slots that run at once: Snakemake's batches onto ``--slots`` (its cores
-over runtime.threads on a CPU, its ``gpu`` resource on a GPU), DVC's runs onto its workers.
-Runs that share a GPU (``runtime.runs_per_gpu``) are given as a range: from no gain (one run
-per GPU at a time) to no loss (each as fast as alone). The light stages (download, prepare,
-figures) are not in it. On a CPU, a forecast over two hours ends in a warning naming the quick
-preset. Snakemake prints this at its start (``onstart``), from a cache of the measurements
-keyed by everything they depend on; DVC's train stage prints it before it trains.
+The forecast is of the whole DAG, itemised in job-seconds: optimizer steps; per-epoch validation
+and test passes; the robustness evaluation (every corrupted set through each run's weights);
+checkpoint writes (after a run's first evaluated epoch, every ``runtime.checkpoint_every_s`` of
+training, and at its end); compilation (``runtime.compile``: assumed, see ``COMPILE_S``, since
+compiling here would take longer than the plan; ``gpu_check.sh`` measures it); each job's
+start-up as this process measured it (imports, model build); and the light stages (prepare,
+corrupt, cost, collect, figures, report: estimates from a measured quick run on a 2-core CPU,
+scaled by their sizes; the download is not counted, it is the network's). The jobs are packed
+longest-first onto the slots that run at once (Snakemake's batches and the corrupt and cost jobs
+onto ``--slots``: its cores over runtime.threads on a CPU, its ``gpu`` resource on a GPU; DVC's
+stages one after another, its runs onto the workers), between prepare before them and collect,
+figures and report after. Runs that share a GPU (``runtime.runs_per_gpu``) are given as a range:
+from no gain (one run per GPU at a time) to no loss. On a CPU, a forecast over two hours ends in
+a warning naming the quick preset. Snakemake prints this at its start (``onstart``), from a
+cache of the measurements keyed by everything they depend on; DVC's train stage prints it before
+it trains.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +45,16 @@ from cnnvit.config.types import Params, RunSpec
 
 CPU_STEP_BUDGET_FLOP = 3e10  # ~1 s of a CPU thread: the measured batch's 3 x forward FLOPs
 CPU_WARNING_S = 2 * 3600
-EVAL_COST = 1 / 3  # an evaluated image costs a third of a trained one (forward only)
+# torch.compile (inductor) of one model's training step: its first process, and a later one that
+# finds inductor's on-disk cache warm. Assumed (a cold compile of a paper-size model takes about a
+# minute on a GPU machine's CPUs); gpu_check.sh's compile rows measure it.
+COMPILE_S = {"first": 60.0, "warm": 15.0}
+# The light stages' job-seconds, start-up included, from `snakemake --config preset=quick` on a
+# 2-core CPU (README): fixed parts, and the per-unit parts that grow with the preset.
+LIGHT_S = {"prepare": 22.0, "collect": 4.0, "figures": 12.0, "report": 4.0}
+CORRUPT_S = (3.0, 0.3e-3)  # start-up, and seconds per corrupted image
+COST_S = (5.0, 35)  # start-up, and the batch-1 forward passes of each model x size (warm-up + timed)
+MEASURE_VERSION = 2  # of the cached measurements' fields
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,8 @@ class Measured:
     flops: int  # forward FLOPs of one image
     batch: int  # the batch the step was timed at
     step_s: float  # seconds of one optimizer step at that batch
+    eval_image_s: float  # seconds of one image of an evaluation pass
+    checkpoint_s: float  # seconds to write one checkpoint of the run's size
 
     @property
     def image_s(self) -> float:
@@ -52,18 +73,20 @@ class Measured:
 def _key(params: Params, model: str, batch: int) -> str:
     import torch
 
-    what = [params.active.models[model], batch, params.runtime.device, params.runtime.precision]
-    what += [params.runtime.threads, torch.__version__, platform.node(), platform.processor()]
+    r = params.runtime
+    what = [MEASURE_VERSION, params.active.models[model], batch, r.device, r.precision, r.eval_batch_size]
+    what += [r.threads, torch.__version__, platform.node(), platform.processor()]
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def measure(params: Params, model: str, recipe: str, steps: int = 4) -> tuple[Measured, str]:
-    """Time the trainer's step for ``model`` under ``recipe`` on random images; and the device,
-    with the precision the run would resolve to there."""
+def measure(params: Params, model: str, recipe: str, steps: int = 4, where: Path | None = None) -> tuple[Measured, str]:
+    """Time the trainer's step, its evaluation and a checkpoint write for ``model`` under
+    ``recipe`` on random images; and the device, with the precision the run would resolve to."""
     import torch
 
     from cnnvit.config.runs import run_config
     from cnnvit.models import flops_per_image
+    from cnnvit.training.checkpoint import save
     from cnnvit.training.data import Prepared, Split
     from cnnvit.training.device import resolve_precision, select_device, use_precision
     from cnnvit.training.engine import Trainer
@@ -73,6 +96,7 @@ def measure(params: Params, model: str, recipe: str, steps: int = 4) -> tuple[Me
     use_precision(precision, device)
     torch.set_num_threads(params.runtime.threads)
     cfg = run_config(params, RunSpec(model, recipe, 0))
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, compile=False))  # eager: see above
     probe = cfg.model.build()
     flops = flops_per_image(probe, "cpu")
     batch = cfg.recipe.batch_size
@@ -87,7 +111,17 @@ def measure(params: Params, model: str, recipe: str, steps: int = 4) -> tuple[Me
     trainer.steps_per_epoch = steps
     trainer.train_epoch(1, max_steps=2)  # warm-up: allocations, cuDNN's algorithm search
     row = trainer.train_epoch(2, max_steps=steps)
-    return Measured(flops, batch, row["epoch_seconds"] / steps), f"{device_name}, {precision}"
+    eval_batch = min(len(split), params.runtime.eval_batch_size)
+    trainer.evaluate(split, eval_batch)  # warm-up
+    began = time.perf_counter()
+    trainer.evaluate(split, eval_batch)
+    eval_image_s = (time.perf_counter() - began) / len(split)
+    with tempfile.TemporaryDirectory(dir=where if where and where.is_dir() else None) as tmp:
+        began = time.perf_counter()
+        save(Path(tmp) / "probe.pt", {"state": trainer.state(), "kept": {"selected_model": trainer.weights()}})
+        checkpoint_s = time.perf_counter() - began
+    measured = Measured(flops, batch, row["epoch_seconds"] / steps, eval_image_s, checkpoint_s)
+    return measured, f"{device_name}, {precision}"
 
 
 def measure_all(params: Params, runs: list[RunSpec], cache: Path | None = None) -> tuple[dict, str, float]:
@@ -106,7 +140,7 @@ def measure_all(params: Params, runs: list[RunSpec], cache: Path | None = None) 
         if key in stored:
             m, device = Measured(**stored[key]["measured"]), stored[key]["device"]
         else:
-            m, device = measure(params, model, recipe)
+            m, device = measure(params, model, recipe, where=cache)
             stored[key] = {"measured": m.__dict__, "device": device, "startup_s": startup}
         startup = stored[key].get("startup_s", startup)
         out[model] = m
@@ -117,21 +151,57 @@ def measure_all(params: Params, runs: list[RunSpec], cache: Path | None = None) 
     return out, device, startup
 
 
-def run_seconds(params: Params, run: RunSpec, m: Measured) -> tuple[float, float, int]:
-    """(training seconds incl. its per-epoch evaluation, corruption-benchmark seconds, trained
-    images) of one run, from its measured per-image time."""
+def checkpoint_writes(evaluations: int, train_s: float, every_s: float) -> int:
+    """Checkpoints a run writes (as cnnvit.stages.train does): after its first evaluated epoch,
+    after one ending ``every_s`` or more after the last, and the finished run's."""
+    if evaluations <= 1:
+        return 1
+    between = evaluations - 2  # the evaluated epochs after the first and before the last
+    if every_s > 0:
+        between = min(between, int(train_s / every_s))
+    return 2 + between
+
+
+def run_parts(params: Params, run: RunSpec, m: Measured) -> dict[str, float]:
+    """One run's job-seconds by part, from the measured times, and its trained images."""
     from cnnvit.config.runs import epochs_for
 
     p, d = params.active, params.data
     n_train = round((p.train_size or max(0, d.expect_train - d.val_size)) * run.fraction)
     epochs = epochs_for(params, run)
     every = max(1, round(run.fraction**-1)) if epochs > 1 and run.fraction < 1 else 1
-    evaluated = math.ceil(epochs / every) * ((p.val_size or d.val_size) + (p.test_size or d.expect_test))
+    evaluations = math.ceil(epochs / every)
+    evaluated = evaluations * ((p.val_size or d.val_size) + (p.test_size or d.expect_test))
     corrupted = (p.robustness_images or p.test_size or d.expect_test) * (
         1 + len(params.robustness.corruptions) * len(params.robustness.severities)
     )
     trained = n_train * epochs
-    return (trained + EVAL_COST * evaluated) * m.image_s, EVAL_COST * corrupted * m.image_s, trained
+    steps, evaluation = trained * m.image_s, evaluated * m.eval_image_s
+    writes = checkpoint_writes(evaluations, steps + evaluation, params.runtime.checkpoint_every_s)
+    return {
+        "optimizer steps": steps,
+        "per-epoch evaluation": evaluation,
+        "checkpoints": writes * m.checkpoint_s,
+        "robustness evaluation": corrupted * m.eval_image_s,
+        "trained": float(trained),
+        "writes": float(writes),
+    }
+
+
+TRAIN_PARTS = ("optimizer steps", "per-epoch evaluation", "checkpoints")
+
+
+def light_stages(params: Params, measured: dict) -> dict[str, float]:
+    p, d = params.active, params.data
+    sets = len(params.robustness.corruptions) * len(params.robustness.severities)
+    out = dict(LIGHT_S)
+    out["corrupt"] = CORRUPT_S[0] + CORRUPT_S[1] * (p.robustness_images or p.test_size or d.expect_test) * sets
+    cells = len(params.cost.sizes) * COST_S[1]
+    out["cost"] = COST_S[0] + sum(
+        cells * max(2e-3, m.eval_image_s) + params.cost.batch * (6 * m.eval_image_s + 3 * m.image_s)
+        for m in measured.values()
+    )
+    return out
 
 
 def makespan(durations: list[float], slots: int) -> float:
@@ -153,13 +223,15 @@ def fmt_duration(seconds: float) -> str:
 def forecast(
     params: Params, runs: list[RunSpec], measured: dict, startup: float, jobs: str, slots: int, device: str
 ) -> dict:
-    """Training PFLOP, per-model figures and the forecast wall time (a low-high range where runs
-    share a GPU) of ``runs`` run as ``jobs`` (snakemake or dvc) on ``slots`` at once."""
+    """Training PFLOP, per-model figures, the job-seconds of each part, and the forecast wall time
+    of the whole DAG (a low-high range where runs share a GPU) of ``runs`` run as ``jobs``
+    (snakemake or dvc) on ``slots`` at once."""
     from cnnvit.batch import batches
 
-    per_run = {run: run_seconds(params, run, measured[run.model]) for run in runs}
+    per_run = {run: run_parts(params, run, measured[run.model]) for run in runs}
+    compiled = params.runtime.compile is not False
     models: dict[str, dict] = {}
-    for run, (train_s, corrupt_s, trained) in per_run.items():
+    for run, part in per_run.items():
         m = measured[run.model]
         row = models.setdefault(
             run.model,
@@ -167,22 +239,42 @@ def forecast(
              "hours": 0.0},
         )  # fmt: skip
         row["runs"] += 1
-        row["pflop"] += 3 * m.flops * trained / 1e15
-        row["hours"] += (train_s + corrupt_s) / 3600
+        row["pflop"] += 3 * m.flops * part["trained"] / 1e15
+        row["hours"] += sum(part[k] for k in (*TRAIN_PARTS, "robustness evaluation")) / 3600
+    light = light_stages(params, measured)
+    first_compile: set[str] = set()
+
+    def compile_s(model: str) -> float:
+        if not compiled:
+            return 0.0
+        warm = model in first_compile
+        first_compile.add(model)
+        return COMPILE_S["warm" if warm else "first"]
+
     if jobs == "snakemake":
         groups = [[r for r in b.runs if r in per_run] for b in batches(params)]
-        durations = [startup + sum(per_run[r][k] for r in g) for g in groups if g for k in (0, 1)]
-        n_jobs = len(durations)
-    else:  # DVC: two stages one after the other, each a pool of workers that start once
-        durations = []
-        n_jobs = 2
+        trains = [(g, compile_s(g[0].model)) for g in groups if g]
+        durations = [startup + c + sum(per_run[r][k] for r in g for k in TRAIN_PARTS) for g, c in trains]
+        durations += [startup + sum(per_run[r]["robustness evaluation"] for r in g) for g, _ in trains]
+        n_jobs, starts, compiles = len(durations), len(durations), sum(c for _, c in trains)
+        durations += [light["corrupt"], light["cost"]]  # beside the trainings, in the same lanes
+        serial = light["prepare"] + light["collect"] + light["figures"] + light["report"]
+    else:  # DVC: the stages one after another, train and evaluate each a pool of workers that start once
+        n_jobs, starts = 2, 2
+        each = {r: compile_s(r.model) for r in per_run}  # a worker's first run of a model compiles it cold
+        compiles = sum(each.values())
+        serial = sum(light.values())
     share = params.runtime.runs_per_gpu if device.startswith("cuda") else 1
     wall = []
     for lanes in sorted({max(1, slots // share), slots}):
         if jobs == "snakemake":
-            wall.append(makespan(durations, lanes))
+            wall.append(serial + makespan(durations, lanes))
         else:
-            wall.append(sum(startup + makespan([per_run[r][k] for r in per_run], lanes) for k in (0, 1)))
+            train = [sum(p[k] for k in TRAIN_PARTS) + each[r] for r, p in per_run.items()]
+            evals = [p["robustness evaluation"] for p in per_run.values()]
+            wall.append(serial + 2 * startup + makespan(train, lanes) + makespan(evals, lanes))
+    parts = {k: sum(p[k] for p in per_run.values()) for k in (*TRAIN_PARTS, "robustness evaluation")}
+    parts |= {"compile": compiles, "start-up": starts * startup, "light stages": sum(light.values())}
     return {
         "preset": params.preset,
         "device": device,
@@ -193,8 +285,24 @@ def forecast(
         "job_count": n_jobs,
         "slots": slots,
         "startup_s": startup,
+        "parts_s": parts,
+        "light_s": light,
+        "checkpoint_writes": int(sum(p["writes"] for p in per_run.values())),
         "forecast_s": sorted(wall),
     }
+
+
+def parts_line(plan: dict, params: Params) -> str:
+    p, r = plan["parts_s"], params.runtime
+    every = f"every {r.checkpoint_every_s:g} s" if r.checkpoint_every_s else "every evaluated epoch"
+    compiled = f"{p['compile']:.0f} s (assumed, runtime.compile {r.compile})" if p["compile"] else "none (eager)"
+    light = ", ".join(f"{k} {v:.0f}" for k, v in plan["light_s"].items())
+    return (
+        f"  job-seconds: optimizer steps {p['optimizer steps']:.0f}, per-epoch evaluation "
+        f"{p['per-epoch evaluation']:.0f}, robustness evaluation {p['robustness evaluation']:.0f}, checkpoints "
+        f"{p['checkpoints']:.0f} ({plan['checkpoint_writes']} writes, {every}), compile {compiled}, start-up "
+        f"{p['start-up']:.0f}, light stages {p['light stages']:.0f} ({light}; the download not counted)"
+    )
 
 
 def report_lines(plan: dict, params: Params) -> list[str]:
@@ -208,14 +316,15 @@ def report_lines(plan: dict, params: Params) -> list[str]:
         step = f"{m['step_ms']:.1f} ms @{m['batch']}"
         took = fmt_duration(3600 * m["hours"])
         lines.append(f"  {name:<16}{m['runs']:>5}{m['gflop_per_image']:>11.3g}{m['pflop']:>10.3g}{step:>20}{took:>12}")
+    lines.append(parts_line(plan, params))
     low, high = plan["forecast_s"][0], plan["forecast_s"][-1]
     span = fmt_duration(low) if low == high else f"{fmt_duration(low)} to {fmt_duration(high)}"
     start = f"{plan['startup_s']:.0f} s start-up a"
     if plan["jobs"] == "dvc":
-        how = f"DVC's train and evaluate stages, {plan['slots']} workers each, {start} stage"
+        how = f"DVC's stages in turn, train and evaluate with {plan['slots']} workers each, {start} stage"
     else:
         how = f"{plan['job_count']} snakemake jobs, {plan['slots']} at once, {start} job"
-    lines.append(f"  forecast: {span} for training and evaluation ({how}; the light stages are extra)")
+    lines.append(f"  forecast: {span} for the whole DAG ({how}; the download not counted)")
     if device.startswith("cpu") and high > CPU_WARNING_S:
         lines.append(
             f"warning: that is {fmt_duration(high)} on this machine's CPU. For a look at the whole pipeline in "

@@ -1,0 +1,75 @@
+"""`cnnvit plan`'s forecast of the whole DAG, itemised: optimizer steps, per-epoch and robustness
+evaluation, checkpoint writes on the cadence, compilation, start-up and the light stages."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_params
+
+from cnnvit import plan
+from cnnvit.config.load import params_from_dict
+
+
+def params_with(**runtime):
+    raw = tiny_params("/nowhere.tar.gz", "0" * 32, epochs=4, models=["vit", "resnet50"], seeds=[0, 1])
+    raw["runtime"].update(runtime)
+    return params_from_dict(raw)
+
+
+M = plan.Measured(flops=10**7, batch=32, step_s=0.32, eval_image_s=0.002, checkpoint_s=0.5)
+
+
+@pytest.mark.parametrize(
+    ("evaluations", "train_s", "every_s", "writes"),
+    [(1, 99.0, 300, 1), (20, 99.0, 0, 20), (20, 1000.0, 300, 5), (3, 10.0, 300, 2), (20, 10**6, 300, 20)],
+)
+def test_checkpoint_writes_follow_the_train_stages_cadence(evaluations, train_s, every_s, writes):
+    assert plan.checkpoint_writes(evaluations, train_s, every_s) == writes
+
+
+def test_the_forecast_itemises_the_whole_dag():
+    params = params_with(checkpoint_every_s=0)
+    runs = params.all_runs()  # 2 models x 2 recipes x 2 seeds, 4 epochs of 80 images
+    measured = {"vit": M, "resnet50": M}
+    got = plan.forecast(params, runs, measured, startup=5.0, jobs="snakemake", slots=2, device="cpu: x")
+    parts = got["parts_s"]
+    assert parts["optimizer steps"] == pytest.approx(8 * 80 * 4 * 0.01)  # 8 runs x 320 images x 10 ms
+    assert parts["per-epoch evaluation"] == pytest.approx(8 * 4 * (20 + 20) * 0.002)  # val + test, every epoch
+    assert parts["robustness evaluation"] == pytest.approx(8 * 10 * (1 + 2 * 2) * 0.002)  # 10 images x 5 sets
+    assert got["checkpoint_writes"] == 8 * 4 and parts["checkpoints"] == pytest.approx(8 * 4 * 0.5)
+    assert parts["compile"] == 0 and parts["start-up"] == 8 * 5.0  # 4 train + 4 evaluate jobs
+    light = got["light_s"]
+    assert set(light) == {"prepare", "corrupt", "cost", "collect", "figures", "report"}
+    serial = light["prepare"] + light["collect"] + light["figures"] + light["report"]
+    assert got["forecast_s"][0] > serial + (parts["optimizer steps"] + parts["per-epoch evaluation"]) / 2
+    lines = plan.report_lines(got, params)
+    assert any(ln.startswith("  job-seconds: optimizer steps 26, per-epoch evaluation 3,") for ln in lines), lines
+    assert any("(8 snakemake jobs, 2 at once, 5 s start-up a job; the download not counted)" in ln for ln in lines)
+    assert any("32 writes, every evaluated epoch" in ln and "compile none (eager)" in ln for ln in lines)
+
+
+def test_compilation_is_in_the_forecast_when_it_is_on():
+    params = params_with(compile="reduce-overhead")
+    runs = params.all_runs()
+    measured = {"vit": M, "resnet50": M}
+    eager = plan.forecast(params_with(), runs, measured, 5.0, "snakemake", 2, "cpu: x")
+    got = plan.forecast(params, runs, measured, 5.0, "snakemake", 2, "cpu: x")
+    # 4 training jobs: each model's first compiles cold, its second finds inductor's cache warm
+    assert got["parts_s"]["compile"] == 2 * plan.COMPILE_S["first"] + 2 * plan.COMPILE_S["warm"]
+    assert got["forecast_s"][0] > eager["forecast_s"][0]
+    dvc = plan.forecast(params, runs, measured, 5.0, "dvc", 2, "cpu: x")
+    assert dvc["parts_s"]["compile"] == 2 * plan.COMPILE_S["first"] + 6 * plan.COMPILE_S["warm"]
+    assert any(
+        "compile 150 s (assumed, runtime.compile reduce-overhead)" in ln for ln in plan.report_lines(got, params)
+    )
+
+
+def test_measure_times_a_step_an_evaluation_and_a_checkpoint_eagerly(tmp_path):
+    from torch._dynamo.utils import counters
+
+    params = params_with(compile=True)
+    before = counters["stats"]["unique_graphs"]
+    m, device = plan.measure(params, "vit", "paper", where=tmp_path)
+    assert m.step_s > 0 and m.eval_image_s > 0 and m.checkpoint_s > 0 and m.batch >= 2
+    assert counters["stats"]["unique_graphs"] == before  # runtime.compile is not applied to the measurement
+    assert device.startswith("cpu") and device.endswith(", fp32") and list(tmp_path.iterdir()) == []
