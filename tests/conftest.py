@@ -209,6 +209,7 @@ def tiny_params(
     cfg["data"].update(url=url, md5=checksum, sha256=None, format=fmt)
     cfg["data"].update(expect_train=5 * per_batch, expect_test=per_batch, val_size=VAL_SIZE, val_seed=0)
     cfg["runs"].update(models=models or list(TINY_MODELS), recipes=recipes or ["paper", "modern"], seeds=seeds or [0])
+    cfg["analysis"]["claims"] = claims_for(cfg["runs"]["models"])
     cfg["runtime"]["eval_batch_size"] = 64
     cfg["robustness"].update(corruptions=["gaussian_noise", "contrast"], severities=[1, 5])
     cfg["cost"].update(sizes=[32, 64], batch=8)
@@ -226,6 +227,13 @@ def tiny_params(
         "models": dict(TINY_MODELS),
     }
     return cfg
+
+
+def claims_for(models) -> list[str]:
+    """The paper's claims whose two models are both among ``models`` (the others cannot be tested)."""
+    from cnnvit.analysis.paper import CLAIMS
+
+    return [c.id for c in CLAIMS if all(m in models for m in c.models)]
 
 
 def write_yaml(path: Path, obj) -> Path:

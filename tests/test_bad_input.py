@@ -274,20 +274,27 @@ def test_non_finite_numbers_in_a_run_are_refused_naming_it(tmp_path, capsys):
 
 
 def test_a_run_that_explodes_is_flagged_as_diverged(prepared, tmp_path, monkeypatch):
-    """A ResNet50 at lr=1000 ended at chance with a test loss of 1.2e19 and was recorded as normal."""
+    """A ResNet50 at lr=1000 ended at chance with a loss of 1.2e19 and was recorded as normal. The
+    flag reads the validation split, never the test set (issue 25.10), and a run still at chance
+    after one epoch is under-trained, not diverged (issue 28)."""
     from cnnvit.analysis.records import diverged
-    from cnnvit.training.engine import Evaluation
 
-    row = {"train_loss": 2.0, "train_acc": 40.0, "test_loss": 1.2e19, "test_acc": 10.0}
-    assert "test loss 1.2e+19" in diverged([row], 10)
-    assert "still at chance" in diverged([row | {"test_loss": 2.3, "train_acc": 10.0, "train_loss": 2.31}], 10)
-    assert diverged([row | {"test_loss": 1.9}], 10) is None
+    row = {"epoch": 5, "train_loss": 2.0, "train_acc": 40.0, "val_loss": 1.2e19, "test_loss": 1.9, "test_acc": 10.0}
+    assert "validation loss 1.2e+19" in diverged([row], 10)
+    chance = row | {"val_loss": 2.3, "train_acc": 10.0, "train_loss": 2.31}
+    assert "still at chance" in diverged([chance], 10)
+    assert diverged([chance | {"epoch": 1}], 10) is None  # one epoch at chance: slow, not diverged
+    assert diverged([row | {"val_loss": 1.9, "test_loss": 1.2e19}], 10) is None  # the test set decides nothing
     archive, data = prepared
     real = train.Trainer.evaluate
-    exploded = lambda self, split=None, bs=None: Evaluation(1.2e19, 10.0, real(self, split, bs).logits)  # noqa: E731
+
+    def exploded(self, split=None, bs=None):
+        got = real(self, split, bs)
+        return type(got)(1.2e19, 10.0, got.logits) if split is self.data.val else got
+
     monkeypatch.setattr(train.Trainer, "evaluate", exploded)
     s = train.train_run(cfg(archive, 1), data, tmp_path / "out", tmp_path / "ck")
-    assert "test loss 1.2e+19" in s.diverged
+    assert "validation loss 1.2e+19" in s.diverged
     assert json.loads((tmp_path / "out/summary.json").read_text())["diverged"] == s.diverged
 
 

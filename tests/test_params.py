@@ -9,7 +9,7 @@ import typing
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, claims_for
 
 from cnnvit.cli import main
 from cnnvit.config import types
@@ -24,7 +24,9 @@ PARAMS = ROOT / "params.yaml"
 
 def test_shipped_params_are_valid_for_every_preset():
     for preset in load_params(PARAMS).presets:
-        p = load_params(PARAMS, [f"preset={preset}", f"runs.models={list(load_params(PARAMS).presets[preset].models)}"])
+        models = list(load_params(PARAMS).presets[preset].models)
+        claims = f"analysis.claims={claims_for(models)}"
+        p = load_params(PARAMS, [f"preset={preset}", f"runs.models={models}", claims])
         for run in p.all_runs():
             assert run_config(p, run).preset == preset
 

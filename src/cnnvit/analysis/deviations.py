@@ -14,28 +14,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from cnnvit.analysis.paper import MODELS
 from cnnvit.config.types import Params
 from cnnvit.models import spec_from_dict
 
 NOT_STATED = "not stated"
-
-# What the paper says about each of its models (model name in params.yaml -> (section, its words)).
-PAPER_MODELS = {
-    "resnet50": (
-        "§2.3",
-        "built by hand in Keras with a ResidualBlock function (stem and widths not stated); Keras defaults "
-        "(BatchNorm momentum 0.99, epsilon 1e-3; Glorot-uniform initialisation) unless said otherwise",
-    ),
-    "vit": (
-        "§2.2",
-        "a PyTorch ViT, code from ChatGPT and timm's vision_transformer.py (patch, width, depth not stated)",
-    ),
-    "cnn_vit": (
-        "§1, §2.4",
-        'a "variable convolutional layer" (§1); a three-layer CNN feeding timm\'s ViT, which "splits the image '
-        'into blocks of a pre-set patch_size, in this case, 64" (§2.4); channels and strides not stated',
-    ),
-}
 
 
 def _model_rows(params: Params, per_run: pd.DataFrame) -> list[dict]:
@@ -48,20 +31,35 @@ def _model_rows(params: Params, per_run: pd.DataFrame) -> list[dict]:
             if len(size)
             else ""
         )
-        section, paper = PAPER_MODELS.get(name, ("", "not in the paper"))
+        paper_model = MODELS.get(name)
+        section, paper = (paper_model.section, paper_model.built) if paper_model else ("", "not in the paper")
+        stem = getattr(spec, "stem", "")
         if name == "resnet50":
             why = (
-                "timm's standard ResNet-50 (PyTorch BatchNorm momentum 0.1 = Keras 0.9, epsilon 1e-5, Kaiming "
-                "initialisation), as close to a Keras ResNet50 as a stem goes"
-                if getattr(spec, "stem", "") == "imagenet"
-                else "a CIFAR stem keeps 32x32 maps in the first stage"
+                "the paper gives neither stem nor widths; this is timm's ResNet (Bottleneck blocks, post-activation: "
+                "BN and ReLU after each convolution, where §1 describes pre-activation; PyTorch BatchNorm momentum "
+                "0.1 = Keras 0.9, epsilon 1e-5, Kaiming initialisation), "
+                + (
+                    "with the standard 7x7/2 stem and max-pool (ImageNet's); resnet50_cifar shows what the stem changes"
+                    if stem == "imagenet"
+                    else "with a 3x3/1 CIFAR stem"
+                )
             )
         elif name == "cnn_vit":
             why = (
                 "a patch size of 64 cannot cut a 32x32 image (or the stem's smaller map); the stem's output cells "
-                "are the tokens instead, and its layers are fixed, not variable"
+                'are the tokens instead. "Variable convolutional layer" most likely translates deformable convolution '
+                "(a learned offset per kernel tap): these stem layers are plain convolutions, and the deformable "
+                "reading is the ablation model cnn_vit_deform"
+                + ("" if getattr(spec, "stem_conv", "plain") == "plain" else " (this entry is that reading)")
             )
-        elif name in PAPER_MODELS:
+        elif spec.arch == "cnn_vit":
+            why = (
+                'the deformable-convolution reading of §1\'s "variable convolutional layer": the hybrid with a '
+                "deformable convolution (torchvision's DeformConv2d, offsets from a zero-initialised convolution) in "
+                "its stem, an ablation of cnn_vit"
+            )
+        elif name in MODELS:
             vit_s = tuple(getattr(spec, k, 0) for k in ("embed_dim", "depth", "num_heads")) == (384, 12, 6)
             why = "the paper does not give the sizes; " + (
                 "these are the standard ViT-S ones at 32x32"
@@ -69,7 +67,7 @@ def _model_rows(params: Params, per_run: pd.DataFrame) -> list[dict]:
                 else f"the {params.preset} preset's own (ViT-S is 384 wide, 12 deep, 6 heads)"
             )
         elif spec.arch == "resnet50":
-            why = f"the same network with the {getattr(spec, 'stem', '?')} stem: what the stem alone changes"
+            why = f"the same network with the {stem} stem: what the stem alone changes"
         else:
             why = "the modernised CNN of the related work, as a fourth point of comparison"
         if spec.pretrained:
@@ -175,10 +173,10 @@ def deviations(params: Params, per_run: pd.DataFrame) -> list[dict]:
             "aspect": "runs per model",
             "section": "§3",
             "paper": 'ViT trained 20 times, ResNet50 3 times, CNN+ViT 10 times; "the more complete data of them was '
-            'recorded": one run each, picked after seeing them',
+            'recorded": one run each, how it was chosen not said',
             "this_run": f"{len(params.runs.seeds)} seeds per model and recipe "
             f"({', '.join(map(str, params.runs.seeds))}), every one reported",
-            "why": "a pick among 3 to 20 tries is a best-of-N; verdicts need every run and a noise estimate",
+            "why": "one run per model gives no noise estimate; verdicts need every run",
         },
         {
             "aspect": "epoch reported; early stopping",
@@ -193,9 +191,10 @@ def deviations(params: Params, per_run: pd.DataFrame) -> list[dict]:
         {
             "aspect": "validation split",
             "section": "§2.3",
-            "paper": "none: the test set served as the validation data",
+            "paper": "for the ResNet50, none: its test set served as the validation data (§2.3); for the ViT and the "
+            "hybrid not stated",
             "this_run": f"{data.val_size:,} images carved out of the 50,000 (stratified, val_seed {data.val_seed}), "
-            f"never trained on; {joined(n_val)} of them used per run, the same for every run",
+            f"never trained on; {joined(n_val)} of them used per run, the same for every run and model",
             "why": "to choose epochs without looking at the test set",
         },
         {

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from cnnvit.analysis.verdicts import expected_calibration_error
+from cnnvit.analysis.stats import expected_calibration_error
 from cnnvit.errors import CnnvitError
 
 

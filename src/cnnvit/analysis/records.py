@@ -140,14 +140,20 @@ class RunSummary:
             raise CnnvitError(f"{where}: malformed summary ({exc}): delete it and train the run again") from None
 
 
+MIN_EPOCHS_AT_CHANCE = 3  # a run still at chance after fewer epochs may just be slow to start
+
+
 def diverged(rows: list[dict], num_classes: int) -> str | None:
-    """Why a finished run should be read as diverged, or None: an exploding test loss (over ten
-    times that of a uniform guess), or a model still at chance on the data it trained on."""
+    """Why a finished run should be read as diverged, or None, from what it trained on and its
+    validation split (never the test set): an exploding validation loss (over ten times that of a
+    uniform guess), or, after a few epochs, a model still at chance on its own training data."""
     last, chance_loss, chance_acc = rows[-1], math.log(num_classes), 100 / num_classes
-    if not math.isfinite(last["test_loss"]) or last["test_loss"] > 10 * chance_loss:
-        return f"test loss {last['test_loss']:.3g} at the last epoch (a uniform guess scores {chance_loss:.2f})"
-    if last["train_acc"] <= chance_acc * 1.05 and last["train_loss"] >= chance_loss:
-        return f"training accuracy {last['train_acc']:.1f}% at the last epoch: still at chance ({chance_acc:g}%)"
+    if not math.isfinite(last["val_loss"]) or last["val_loss"] > 10 * chance_loss:
+        return f"validation loss {last['val_loss']:.3g} at the last epoch (a uniform guess scores {chance_loss:.2f})"
+    at_chance = last["train_acc"] <= chance_acc * 1.05 and last["train_loss"] >= chance_loss
+    if at_chance and last["epoch"] >= MIN_EPOCHS_AT_CHANCE:
+        acc, epochs = last["train_acc"], last["epoch"]
+        return f"training accuracy {acc:.1f}% after {epochs} epochs: still at chance ({chance_acc:g}%)"
     return None
 
 

@@ -14,6 +14,7 @@ import math
 import pandas as pd
 
 from cnnvit.analysis.paper import NOTES, TABLE_NUMBER, paper_best_final, paper_epochs
+from cnnvit.analysis.stats import binomial_se
 from cnnvit.models import spec_from_dict
 
 COLUMNS = [("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc")]
@@ -40,43 +41,110 @@ def fmt_seconds(s: float) -> str:
     return f"{h} h {m} m" if h else (f"{m} m {sec} s" if m else f"{sec} s")
 
 
-def magnitude(c) -> str:
-    """A sentence on whether the effect is as large as the paper's, and what could be detected."""
-    gap, low, high = c.paper_diff_pp, c.ci_low_pp, c.ci_high_pp
-    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
-        return "No interval: with fewer than two seeds a side there is no estimate of the noise."
-    size = f"these seeds and this test set detect a difference of about ±{c.detectable_pp:.1f} pp or more"
-    if math.isnan(gap):
-        return f"The paper gives no gap for this pair; {size}."
-    if low <= gap <= high:
-        where = f"the paper's gap ({gap:+.2f} pp) lies inside the interval: an effect as large as the paper's fits"
-    elif gap > high:
-        where = f"the effect here is smaller than the paper's {gap:+.2f} pp, which lies above the interval"
-    else:
-        where = f"the effect here is larger than the paper's {gap:+.2f} pp, which lies below the interval"
-    return f"{where.capitalize()}; {size}."
+def paper_sentence(c) -> str:
+    """How this run's effect compares with the paper's own gap, each with its noise."""
+    if isinstance(c.paper_gap_pp, float) and math.isnan(c.paper_gap_pp):
+        return ""
+    ours = f"this run's last epoch gives {c.final_diff_pp:+.2f} pp"
+    paper = (
+        f"the paper's Tables 1-3 at epoch {int(c.paper_gap_epoch)} give {c.paper_gap_pp:+.2f} pp "
+        f"(one run: ±{c.paper_gap_se_pp:.1f} pp of seed and test-set noise, taken from this run's spread)"
+    )
+    if c.paper_gap_consistent is True:
+        return f"{ours}, consistent with the paper's effect: {paper}."
+    if c.paper_gap_consistent is False:
+        size = "smaller" if abs(c.final_diff_pp) < abs(c.paper_gap_pp) else "larger"
+        return f"{ours}, an effect {size} than the paper's beyond their joint noise: {paper}."
+    return f"{paper}."
 
 
 def claim_rows(claims: pd.DataFrame) -> list[dict]:
-    return [
-        {
-            "claim": c.claim,
-            "recipe": c.recipe,
-            "verdict": c.verdict,
-            "seeds": f"{c.seeds_winner} / {c.seeds_loser}",
-            "diff": fmt(c.diff_pp, 2, sign=True),
-            "ci": f"[{fmt(c.ci_low_pp, 2, sign=True)}, {fmt(c.ci_high_pp, 2, sign=True)}]",
-            "test": c.test + (" (SE at the test-set floor)" if c.se_floored is True else ""),
-            "p": fmt_p(c.p_value),
-            "p_holm": fmt_p(c.p_holm),
-            "paper": fmt(c.paper_diff_pp, 2, sign=True),
-            "in_interval": "yes" if c.paper_gap_in_interval is True else "no",
-            "detectable": fmt(c.detectable_pp, 1),
-            "mcnemar": f"{c.mcnemar_seeds_agree} (max p {fmt_p(c.mcnemar_p_max)})" if c.mcnemar_seeds_agree else DASH,
-            "sentence": magnitude(c),
-        }
-        for c in claims.itertuples()
-    ]
+    rows = []
+    for c in claims.itertuples():
+        rows.append(
+            {
+                "claim": c.claim,
+                "section": c.section,
+                "quote": c.quote,
+                "recipe": c.recipe,
+                "verdict": c.verdict,
+                "seeds": f"{c.seeds_a} / {c.seeds_b}",
+                "diff": fmt(c.diff_pp, 2, sign=True),
+                "level": f"{100 * c.level:.1f}%",
+                "ci": f"[{fmt(c.ci_low_pp, 2, sign=True)}, {fmt(c.ci_high_pp, 2, sign=True)}]",
+                "threshold": fmt(c.threshold_pp, 1, sign=True) if c.threshold_pp else "0",
+                "p": fmt_p(c.p_adjusted),
+                "mde": fmt(c.mde_pp, 1),
+                "se": f"{fmt(c.se_seed_pp, 2)} / {fmt(c.se_image_pp, 2)}",
+                "paper": fmt(c.paper_gap_pp, 2, sign=True),
+                "consistent": {True: "yes", False: "no"}.get(c.paper_gap_consistent, DASH),
+                "mcnemar": f"{c.mcnemar_seeds_agree} (max p {fmt_p(c.mcnemar_p_max)})"
+                if c.mcnemar_seeds_agree
+                else DASH,
+                "to_decide": c.to_decide if isinstance(c.to_decide, str) else "",
+                "paper_sentence": paper_sentence(c),
+            }
+        )
+    return rows
+
+
+VERDICT_WORDS = {
+    "reproduced": "reproduced",
+    "contradicted": "contradicted",
+    "inconclusive": "not decided",
+}
+
+
+def conclusions(claims: pd.DataFrame, n_test: int) -> list[str]:
+    """One sentence per claim and recipe: what this run concludes, and how firmly."""
+    out = []
+    for c in claims.itertuples():
+        where = f"{c.diff_pp:+.2f} pp ({100 * c.level:.1f}% interval {c.ci_low_pp:+.2f} to {c.ci_high_pp:+.2f})"
+        if c.verdict == "inconclusive":
+            tail = (
+                f"the interval holds the threshold ({c.threshold_pp:+g} pp); these {c.seeds_a} seeds and "
+                f"{n_test:,} test images detect {c.mde_pp:.1f} pp (80% power)"
+            )
+            if isinstance(c.to_decide, str) and c.to_decide:
+                tail += f"; {c.to_decide}"
+        else:
+            side = "above" if c.verdict == "reproduced" else "below"
+            tail = f"the whole interval lies {side} the threshold ({c.threshold_pp:+g} pp)"
+        out.append(f"{c.claim} (recipe {c.recipe}): {VERDICT_WORDS[c.verdict]}. Difference {where}: {tail}.")
+    return out
+
+
+def untested(claim_ids: tuple[str, ...], models: tuple[str, ...]) -> list[str]:
+    """The paper's claims this run does not test, and what each would need."""
+    from cnnvit.analysis.paper import CLAIMS, MODELS
+
+    out = []
+    for c in CLAIMS:
+        if c.id in claim_ids:
+            continue
+        need = [MODELS[m].display for m in c.models if m not in models]
+        why = f"needs {' and '.join(need)} in runs.models and" if need else "needs"
+        out.append(
+            f"{c.statement(2.0).split(' within')[0]} ({c.section}): not tested; it {why} {c.id} in analysis.claims."
+        )
+    return out
+
+
+def unequal_observation() -> str:
+    """Table 4's ResNet50-above-CNN+ViT, told as what it is: a comparison at unequal epochs."""
+    from cnnvit.analysis.paper import EQUAL_EPOCH, UNEQUAL_OBSERVATION, accuracy_at
+
+    t4 = paper_best_final().set_index("model")
+    r, h = t4.loc["resnet50"], t4.loc["cnn_vit"]
+    eq_r, eq_h = accuracy_at("resnet50", EQUAL_EPOCH), accuracy_at("cnn_vit", EQUAL_EPOCH)
+    return (
+        f'Table 4 observes that "{UNEQUAL_OBSERVATION[0]}" ({UNEQUAL_OBSERVATION[1]}): ResNet50 {r.table4:.2f}% after '
+        f"{int(r.final_epoch)} epochs against CNN+ViT {h.table4:.2f}% after {int(h.final_epoch)}, a comparison at "
+        f"unequal epochs ({int(r.final_epoch)} vs {int(h.final_epoch)}), which this pipeline does not test: its runs "
+        f"train every model for the same epochs. At equal epochs the paper's own Tables 2 and 3 give ResNet50 "
+        f"{eq_r:.2f}% and CNN+ViT {eq_h:.2f}% at epoch {EQUAL_EPOCH} ({eq_h - eq_r:+.2f} pp), the comparison its "
+        "conjecture is about."
+    )
 
 
 def epoch_table(epochs: pd.DataFrame, model: str, recipe: str) -> dict:
@@ -107,33 +175,51 @@ def epoch_table(epochs: pd.DataFrame, model: str, recipe: str) -> dict:
 
 
 def table4(summary: pd.DataFrame, recipe: str) -> list[dict]:
+    """Table 4 beside this run: the paper's value is each model's last epoch, so it is set beside
+    this run's last epoch (``final``), with the noise of a one-run value; the headline (selected)
+    and the optimistic best-on-test are shown apart (:func:`timing_rows`)."""
     paper = paper_best_final().set_index("model")
     rows = []
     for r in summary[(summary.recipe == recipe) & (summary.fraction == 1.0)].itertuples():
         p = paper.loc[r.model] if r.model in paper.index else None
+        gap = DASH
+        if p is not None and not math.isnan(r.final_test_acc_mean):
+            sd = 0.0 if math.isnan(r.final_test_acc_std) else r.final_test_acc_std
+            # ours: a mean over seeds; the paper's: one run, with a seed's spread and its own 10,000 images
+            se = math.hypot(sd * math.sqrt(1 + 1 / r.seeds), binomial_se(p.table4, 10_000))
+            gap = f"{r.final_test_acc_mean - p.table4:+.2f} ± {1.96 * se:.2f}"
         rows.append(
             {
                 "name": r.label,
-                "train_time": fmt_seconds(r.train_seconds),
-                "wall_time": fmt_seconds(r.wall_seconds),
-                "epochs": fmt(r.epochs, 0),
-                "selected_epoch": fmt(r.selected_epoch, 1 if r.selected_epoch % 1 else 0),
-                "selected": fmt(r.selected_test_acc_mean, 2, True),
-                "std": fmt(r.selected_test_acc_std, 2),
-                "final": fmt(r.final_test_acc_mean, 2, True),
-                "best": fmt(r.best_test_acc_mean, 2, True),
-                "optimism": fmt(r.optimism_pp, 2, sign=True),
-                "seeds": int(r.seeds),
-                "se": fmt(r.binomial_se_pp, 2),
-                "paper_time": fmt_seconds(p.hours * 3600) if p is not None else DASH,
                 "paper_epochs": int(p.epochs) if p is not None else DASH,
-                "paper_t4": fmt(p.table4_best, 2, True) if p is not None else DASH,
+                "paper_time": fmt_seconds(p.hours * 3600) if p is not None else DASH,
+                "paper_t4": f"{p.table4:.2f}% (epoch {int(p.final_epoch)})" if p is not None else DASH,
                 "paper_best": f"{p.best:.2f}% (epoch {int(p.best_epoch)})" if p is not None else DASH,
-                "paper_final": f"{p.final:.2f}% (epoch {int(p.final_epoch)})" if p is not None else DASH,
-                "diff": fmt(r.best_test_acc_mean - p.table4_best, 2, sign=True) if p is not None else DASH,
+                "epochs": fmt(r.epochs, 0),
+                "final": f"{fmt(r.final_test_acc_mean, 2, True)} ± {fmt(r.final_test_acc_std, 2)}",
+                "diff": gap,
+                "selected": f"{fmt(r.selected_test_acc_mean, 2, True)} ± {fmt(r.selected_test_acc_std, 2)}",
+                "selected_epoch": fmt(r.selected_epoch, 1 if r.selected_epoch % 1 else 0),
+                "seeds": int(r.seeds),
             }
         )
     return rows
+
+
+def timing_rows(summary: pd.DataFrame, recipe: str) -> list[dict]:
+    """What the runs cost, and what choosing the epoch on the test set would have added."""
+    return [
+        {
+            "name": r.label,
+            "train_time": fmt_seconds(r.train_seconds),
+            "wall_time": fmt_seconds(r.wall_seconds),
+            "best": fmt(r.best_test_acc_mean, 2, True),
+            "optimism": fmt(r.optimism_pp, 2, sign=True),
+            "se": fmt(r.binomial_se_pp, 2),
+            "std": fmt(r.selected_test_acc_std, 2),
+        }
+        for r in summary[(summary.recipe == recipe) & (summary.fraction == 1.0)].itertuples()
+    ]
 
 
 def calibration_rows(summary: pd.DataFrame) -> list[dict]:

@@ -170,10 +170,10 @@ class Difference:
             return 1.0 if gap == 0 else 0.0
         if gap == 0:
             return 1.0
-        lo, hi = 1e-300, 1.0  # alpha: the interval at 1 - alpha is wider for a smaller alpha
+        lo = 1e-12  # below this the quantiles lose precision: report the bound
         if self.half_width(1 - lo) < gap:
-            return 0.0
-        return float(brentq(lambda a: self.half_width(1 - a) - gap, lo, hi - 1e-15, xtol=1e-12, rtol=1e-10))
+            return lo
+        return float(brentq(lambda a: self.half_width(1 - a) - gap, lo, 1.0 - 1e-12, xtol=1e-14, rtol=1e-10))
 
     def mde(self, level: float = 0.95, power: float = POWER) -> float:
         """The minimum detectable effect: the |difference - threshold| that an interval at

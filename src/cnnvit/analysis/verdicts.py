@@ -1,24 +1,24 @@
-"""Seed statistics, paired comparisons and the three-way verdicts: pure functions of accuracies.
+"""The paper's claims judged from this run's per-image predictions, and the per-model summary.
 
-    seed_stats([61.2, 60.4, 62.0])           # n, mean, sample std, 95% t-interval of the mean
-    compare(a, b, floor)                     # winner - loser, by seed: paired t when the seeds match,
-                                             # else Welch; SE floored at the test set's binomial SE
-    holm([0.01, 0.04, 0.3])                  # Holm-adjusted p-values (statsmodels)
-    claims_table(per_run, CLAIMS, gaps, ...)  # results/tables/claims.csv
+    claims_table(CLAIMS, recipes, right, final, margin=2.0)   # results/tables/claims.csv
+    crossing(right_by_fraction, "vit", "resnet50", "paper")   # the data-size curves (exploratory)
+    summarise(per_run)                                         # results/tables/summary.csv
 
-A claim "winner beats loser" is judged on the test accuracy of the epoch chosen on the validation
-split (or of the last epoch; never the best on the test set). Runs of two models that share their
-seeds share data order, augmentation draws and subsets, so their per-seed differences are tested
-with a paired t-test; otherwise Welch's t-test. The standard error never goes below the binomial
-standard error of the two accuracies on this many test images (seeds that agree to the last
-image do not make the test set infinitely large). The paper's three claims are one family per
-recipe: their p-values are Holm-adjusted and the verdict uses the adjusted one: ``reproduced`` when
-it is below 0.05 and the difference is positive, ``contradicted`` when it is below 0.05 and the
-difference is negative, ``inconclusive`` otherwise, and always with fewer than 2 seeds a side.
-Other comparisons (the stem variant, the data-size pairs) are exploratory: unadjusted, and marked so.
-Beside each verdict: whether the paper's own gap lies inside the interval, the smallest difference
-these seeds and test set could have detected (the interval's half-width), and McNemar's exact test
-on the per-image predictions of each seed.
+Each claim is a difference ``a - b`` of test accuracy (pp) at the epoch chosen on the validation
+split (``analysis.metric: selected``; or the last epoch), estimated from the per-image correctness
+of every seed of both models on the same test images (:func:`cnnvit.analysis.stats.paired_difference`:
+seed noise and test-image noise, each with its own degrees of freedom, combined in quadrature).
+
+The claims of one recipe are one family, tested at the Bonferroni level: each interval is a
+``1 - 0.05/m`` interval (m = the claims planned, ``analysis.claims``), and the verdict is read off
+that very interval against the claim's threshold (0 for "a beats b", ``-margin`` for "a comes
+close to b or exceeds it"): ``reproduced`` when the whole interval lies above it, ``contradicted``
+when below, ``inconclusive`` when it holds it (and always with fewer than 2 seeds a side). The
+adjusted p-value (``m`` x the two-sided p of "the difference equals the threshold", capped at 1)
+is below 0.05 exactly when the interval excludes the threshold. Beside each verdict: the minimum
+detectable effect (80% power at the same level), what would decide an inconclusive claim, the
+paper's own gap with its noise, and McNemar's exact test per seed. Other comparisons (a variant
+of a paper model, the data-size pairs) are exploratory: 95% intervals, unadjusted, marked so.
 """
 
 from __future__ import annotations
@@ -26,77 +26,248 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.multitest import multipletests
 
-CONFIDENCE = 0.95
-ALPHA = 1 - CONFIDENCE
+from cnnvit.analysis.paper import Claim, paper_gap
+from cnnvit.analysis.stats import (
+    NAN,
+    POWER,
+    Difference,
+    binomial_se,
+    decide,
+    mcnemar_p,
+    paired_difference,
+    seed_stats,
+    t_quantile,
+)
+
+ALPHA = 0.05
+FULL_TEST_SET = 10_000  # CIFAR-10's test split: the most test images any preset can score on
+MAX_SEEDS = 50  # beyond this, "more seeds" is no advice
 CLAIM_COLUMNS = [
+    "claim_id",
     "claim",
-    "winner",
-    "loser",
+    "kind",
+    "a",
+    "b",
     "recipe",
-    "seeds_winner",
-    "seeds_loser",
+    "metric",
+    "seeds_a",
+    "seeds_b",
+    "n_test",
     "diff_pp",
+    "threshold_pp",
+    "level",
     "ci_low_pp",
     "ci_high_pp",
-    "paper_diff_pp",
     "verdict",
-    # added with the paired statistics
-    "metric",
-    "test",
+    "p_adjusted",
+    "mde_pp",
+    "to_decide",
     "se_pp",
-    "se_floored",
-    "p_value",
-    "p_holm",
-    "detectable_pp",
-    "paper_gap_in_interval",
+    "se_seed_pp",
+    "se_image_pp",
+    "df",
+    "test",
+    "final_diff_pp",
+    "paper_gap_pp",
+    "paper_gap_epoch",
+    "paper_gap_se_pp",
+    "paper_gap_consistent",
+    "paper_table4_gap_pp",
+    "paper_table4_epochs",
     "mcnemar_p_max",
     "mcnemar_seeds_agree",
     "exploratory",
+    "quote",
+    "section",
 ]
-NAN = float("nan")
+
+Right = Mapping[tuple[str, str, int], np.ndarray]  # (model, recipe, seed) -> per test image: was it right?
 
 
-@dataclass(frozen=True)
-class SeedStats:
-    n: int
-    mean: float
-    std: float  # sample std (ddof 1); NaN for one seed
-    ci_low: float
-    ci_high: float
+def difference(right: Right, a: str, b: str, recipe: str) -> Difference:
+    """a - b in pp over every seed either ran, from per-image correctness."""
+    xa = {s: 100.0 * r for (m, rc, s), r in right.items() if (m, rc) == (a, recipe)}
+    xb = {s: 100.0 * r for (m, rc, s), r in right.items() if (m, rc) == (b, recipe)}
+    return paired_difference(xa, xb)
+
+
+def to_decide(d: Difference, threshold: float, level: float) -> str:
+    """For an inconclusive claim: how many seeds (or test images) would make its MDE as small as
+    the distance between its estimate and its threshold."""
+    if not d.testable:
+        return "run at least 2 seeds of each model (runs.seeds)"
+    gap = abs(d.diff - threshold)
+    if d.mde(level) <= gap:
+        return ""
+    images = max(d.n_images, FULL_TEST_SET)
+    for seeds in range(max(d.seeds) + 1, MAX_SEEDS + 1):
+        for n in dict.fromkeys((d.n_images, images)):
+            if d.scaled(seeds, n).mde(level) <= gap:
+                more = f" and all {n:,} test images (test_size: 0)" if n > d.n_images else ""
+                return f"about {seeds} seeds a model{more} would detect a difference of {gap:.1f} pp from the threshold"
+    best = d.scaled(MAX_SEEDS, images).mde(level)
+    return (
+        f"no practical number of seeds: the estimate is {gap:.2f} pp from the threshold, and even {MAX_SEEDS} seeds "
+        f"on {images:,} test images detect only {best:.1f} pp"
+    )
+
+
+def _mcnemar(right: Right, a: str, b: str, recipe: str, sign: float) -> tuple[float, str]:
+    """McNemar's exact p per seed both ran: the largest, and how many seeds are significant with the
+    estimate's sign."""
+    seeds = sorted(
+        {s for m, rc, s in right if (m, rc) == (a, recipe)} & {s for m, rc, s in right if (m, rc) == (b, recipe)}
+    )
+    if not seeds:
+        return NAN, ""
+    agree, ps = 0, []
+    for s in seeds:
+        ra, rb = right[(a, recipe, s)], right[(b, recipe, s)]
+        p = mcnemar_p(ra, rb)
+        ps.append(p)
+        agree += p < ALPHA and np.sign(ra.mean() - rb.mean()) == sign
+    return max(ps), f"{agree}/{len(seeds)}"
+
+
+def claim_row(
+    claim: Claim, recipe: str, right: Right, final: Right, margin: float, planned: int, exploratory: bool, metric: str
+) -> dict | None:
+    """One claim in one recipe, or None when one of its models has no run in that recipe."""
+    d = difference(right, claim.a, claim.b, recipe)
+    if math.isnan(d.diff):
+        return None
+    level = 1 - ALPHA if exploratory else 1 - ALPHA / planned
+    threshold = claim.threshold(margin)
+    low, high = d.interval(level)
+    p = d.p_value(threshold)
+    fin = difference(final, claim.a, claim.b, recipe)
+    gap = paper_gap(claim) if not exploratory else None
+    se_paper = math.sqrt(sum(fin.seed_var) + fin.image_var / FULL_TEST_SET) if fin.testable else NAN
+    consistent: object = NAN
+    if gap is not None and fin.testable:
+        consistent = bool(abs(fin.diff - gap.equal) <= 1.96 * math.hypot(fin.se, se_paper))
+    p_max, agree = _mcnemar(right, claim.a, claim.b, recipe, np.sign(d.diff))
+    verdict = decide(low, high, threshold) if d.testable else "inconclusive"
+    return {
+        "claim_id": claim.id,
+        "claim": claim.statement(margin),
+        "kind": claim.kind,
+        "a": claim.a,
+        "b": claim.b,
+        "recipe": recipe,
+        "metric": metric,
+        "seeds_a": d.n_a,
+        "seeds_b": d.n_b,
+        "n_test": d.n_images,
+        "diff_pp": d.diff,
+        "threshold_pp": threshold,
+        "level": level,
+        "ci_low_pp": low,
+        "ci_high_pp": high,
+        "verdict": verdict,
+        "p_adjusted": p if exploratory else min(1.0, planned * p),
+        "mde_pp": d.mde(level, POWER),
+        "to_decide": to_decide(d, threshold, level) if verdict == "inconclusive" else "",
+        "se_pp": d.se,
+        "se_seed_pp": d.se_seed,
+        "se_image_pp": d.se_image,
+        "df": d.df,
+        "test": d.test,
+        "final_diff_pp": fin.diff,
+        "paper_gap_pp": gap.equal if gap else NAN,
+        "paper_gap_epoch": gap.equal_epoch if gap else NAN,
+        "paper_gap_se_pp": se_paper if gap else NAN,
+        "paper_gap_consistent": consistent,
+        "paper_table4_gap_pp": gap.table4 if gap else NAN,
+        "paper_table4_epochs": gap.table4_epochs if gap else "",
+        "mcnemar_p_max": p_max,
+        "mcnemar_seeds_agree": agree,
+        "exploratory": exploratory,
+        "quote": claim.quote,
+        "section": claim.section,
+    }
+
+
+def claims_table(
+    claims: Sequence[Claim],
+    recipes: Sequence[str],
+    right: Right,
+    final: Right,
+    margin: float,
+    metric: str = "selected",
+    planned: int | None = None,
+    exploratory: bool = False,
+) -> pd.DataFrame:
+    """Every claim in every recipe. ``right`` holds the per-image correctness at ``metric``'s epoch,
+    ``final`` at the last epoch (set beside the paper's last-epoch numbers). The family of a recipe
+    is ``planned`` claims (default: as many as given), tested at the Bonferroni level."""
+    planned = planned or max(1, len(claims))
+    rows = [
+        row
+        for recipe in recipes
+        for claim in claims
+        if (row := claim_row(claim, recipe, right, final, margin, planned, exploratory, metric)) is not None
+    ]
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def crossing(right_by_fraction: Mapping[float, Right], a: str, b: str, recipe: str, n_train: Mapping) -> dict:
+    """Where ``a``'s and ``b``'s accuracy-vs-data curves cross (exploratory: 95%, unadjusted)."""
+    points = []
+    for fraction in sorted(right_by_fraction):
+        d = difference(right_by_fraction[fraction], a, b, recipe)
+        if math.isnan(d.diff):
+            continue
+        low, high = d.interval(1 - ALPHA)
+        points.append(
+            {
+                "fraction": fraction,
+                "train_images": n_train.get(fraction),
+                "diff_pp": d.diff,
+                "ci_low_pp": low,
+                "ci_high_pp": high,
+                "test": d.test,
+                "p_value": d.p_value(0.0),
+                "verdict": decide(low, high) if d.testable else "inconclusive",
+            }
+        )
+    ahead = [p for p in points if p["verdict"] != "inconclusive"]
+    text = "fewer than two training-set sizes to compare"
+    if len(points) >= 2:
+        signs = [p["verdict"] for p in ahead]
+        flips = [(p, q) for p, q in itertools.pairwise(ahead) if p["verdict"] != q["verdict"]]
+        if flips:
+            p, q = flips[0]
+            lead = a if p["verdict"] == "reproduced" else b
+            text = (
+                f"the curves cross: {lead} is ahead at {p['train_images']} images and behind at "
+                f"{q['train_images']} (95% intervals, unadjusted)"
+            )
+        elif ahead and len(set(signs)) == 1:
+            lead = a if signs[0] == "reproduced" else b
+            other = b if lead == a else a
+            text = f"no crossing: {lead} is ahead of {other} wherever the difference is clear"
+        else:
+            text = "no crossing established: no training-set size gives a clear difference"
+        means = [float(p["diff_pp"]) for p in points]  # type: ignore[arg-type]
+        if any(x * y < 0 for x, y in itertools.pairwise(means)) and not flips:
+            text += " (the mean curves do cross, within the noise)"
+    return {"a": a, "b": b, "recipe": recipe, "points": points, "text": text}
+
+
+# ----------------------------------------------------------------------------- legacy seed-level t-tests
+# (robustness.py's pairs until they move to per-image pairing; then this goes)
 
 
 def _t(df: float) -> float:
-    return float(sps.t.ppf(1 - ALPHA / 2, df))
-
-
-def seed_stats(values) -> SeedStats:
-    v = np.asarray(list(values), dtype=float)
-    n = len(v)
-    if n == 0:
-        return SeedStats(0, NAN, NAN, NAN, NAN)
-    mean = float(v.mean())
-    if n < 2:
-        return SeedStats(1, mean, NAN, NAN, NAN)
-    std = float(v.std(ddof=1))
-    half = _t(n - 1) * std / math.sqrt(n)
-    return SeedStats(n, mean, std, mean - half, mean + half)
-
-
-def binomial_se(acc_pct: float, n: float) -> float:
-    """Standard error (pp) of an accuracy measured on ``n`` test images."""
-    if not n or math.isnan(acc_pct) or math.isnan(n):
-        return NAN
-    p = acc_pct / 100
-    return 100 * math.sqrt(p * (1 - p) / n)
+    return t_quantile(1 - ALPHA / 2, df)
 
 
 @dataclass(frozen=True)
@@ -139,7 +310,7 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], floor: float = 0.0) 
         if not math.isfinite(df):  # both sides without spread: Welch's df is 0/0
             df = float(min(len(va), len(vb)) - 1)
     if se >= floor and se > 0:  # scipy's own interval and p-value
-        ci = res.confidence_interval(CONFIDENCE)
+        ci = res.confidence_interval(1 - ALPHA)
         return Comparison(diff, float(ci.low), float(ci.high), se, False, df, float(res.pvalue), test)
     se = max(floor, se)
     if se == 0:
@@ -149,171 +320,10 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], floor: float = 0.0) 
     return Comparison(diff, diff - half, diff + half, se, True, df, p, test)
 
 
-def holm(p_values) -> list[float]:
-    """Holm's step-down adjustment (statsmodels); NaN p-values stay NaN and do not count."""
-    p = np.asarray(list(p_values), dtype=float)
-    out = np.full(len(p), NAN)
-    ok = ~np.isnan(p)
-    if ok.any():
-        out[ok] = multipletests(p[ok], alpha=ALPHA, method="holm")[1]
-    return [float(v) for v in out]
-
-
 def verdict(p: float, diff: float) -> str:
     if math.isnan(p) or p >= ALPHA or diff == 0:
         return "inconclusive"
     return "reproduced" if diff > 0 else "contradicted"
-
-
-def mcnemar_p(right_a: np.ndarray, right_b: np.ndarray) -> float:
-    """McNemar's exact test of two models on the same images (booleans: was each right?)."""
-    n01 = int((right_a & ~right_b).sum())
-    n10 = int((~right_a & right_b).sum())
-    both, neither = int((right_a & right_b).sum()), int((~right_a & ~right_b).sum())
-    return float(mcnemar([[both, n01], [n10, neither]], exact=True).pvalue)
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """ECE in percent: the mean over equal-width confidence bins of |accuracy - confidence|,
-    weighted by the share of images in each bin (Guo et al. 2017)."""
-    conf = probs.max(1)
-    right = probs.argmax(1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            total += inside.mean() * abs(right[inside].mean() - conf[inside].mean())
-    return 100 * float(total)
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def _accs(per_run: pd.DataFrame, model: str, recipe: str, metric: str, fraction: float = 1.0) -> pd.Series:
-    sel = (per_run.model == model) & (per_run.recipe == recipe) & (per_run.fraction == fraction)
-    return per_run.loc[sel].set_index("seed")[f"{metric}_test_acc"]
-
-
-def floor_se(per_run: pd.DataFrame, a: pd.Series, b: pd.Series) -> float:
-    """The binomial standard error of the difference of the two mean accuracies on this test set."""
-    n = float(per_run["n_test"].max()) if "n_test" in per_run and per_run["n_test"].notna().any() else NAN
-    return math.hypot(binomial_se(float(a.mean()), n), binomial_se(float(b.mean()), n)) if n == n else 0.0
-
-
-def comparison_row(per_run: pd.DataFrame, winner: str, loser: str, recipe: str, metric: str, fraction: float = 1.0):
-    a, b = _accs(per_run, winner, recipe, metric, fraction), _accs(per_run, loser, recipe, metric, fraction)
-    if a.empty or b.empty:
-        return None
-    return a, b, compare(a.to_dict(), b.to_dict(), floor_se(per_run, a, b))
-
-
-def claims_table(
-    per_run: pd.DataFrame,
-    claims,
-    paper_gaps: dict,
-    metric: str = "selected",
-    right: Mapping[tuple[str, str, int], np.ndarray] | None = None,
-    exploratory: bool = False,
-) -> pd.DataFrame:
-    """Every (winner, loser, claim) of ``claims`` for every recipe, on the full training set.
-    ``right[(model, recipe, seed)]`` (the per-image correctness at ``metric``'s epoch) adds
-    McNemar's test per seed. The claims of one recipe are Holm-adjusted unless ``exploratory``."""
-    rows = []
-    for recipe in dict.fromkeys(per_run.recipe):
-        family = []
-        for winner, loser, text in claims:
-            got = comparison_row(per_run, winner, loser, recipe, metric)
-            if got is None:
-                continue
-            a, b, c = got
-            gap = paper_gaps.get((winner, loser), NAN)
-            p_mc = [
-                mcnemar_p(right[(winner, recipe, s)], right[(loser, recipe, s)])
-                for s in sorted(set(a.index) & set(b.index))
-                if right is not None and (winner, recipe, s) in right and (loser, recipe, s) in right
-            ]
-            agree = [
-                s
-                for s, p in zip(sorted(set(a.index) & set(b.index)), p_mc, strict=False)
-                if p < ALPHA and np.sign(a[s] - b[s]) == np.sign(c.diff)
-            ]
-            family.append(
-                {
-                    "claim": text,
-                    "winner": winner,
-                    "loser": loser,
-                    "recipe": recipe,
-                    "seeds_winner": len(a),
-                    "seeds_loser": len(b),
-                    "diff_pp": c.diff,
-                    "ci_low_pp": c.ci_low,
-                    "ci_high_pp": c.ci_high,
-                    "paper_diff_pp": gap,
-                    "metric": metric,
-                    "test": c.test,
-                    "se_pp": c.se,
-                    "se_floored": c.floored,
-                    "p_value": c.p_value,
-                    "detectable_pp": c.half_width,
-                    "paper_gap_in_interval": bool(c.ci_low <= gap <= c.ci_high) if gap == gap else False,
-                    "mcnemar_p_max": max(p_mc) if p_mc else NAN,
-                    "mcnemar_seeds_agree": f"{len(agree)}/{len(p_mc)}" if p_mc else "",
-                    "exploratory": exploratory,
-                }
-            )
-        adjusted = [r["p_value"] for r in family] if exploratory else holm(r["p_value"] for r in family)
-        for r, p in zip(family, adjusted, strict=True):
-            r["p_holm"] = NAN if exploratory else p
-            r["verdict"] = verdict(p, r["diff_pp"])
-        rows += family
-    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
-
-
-def crossing(per_run: pd.DataFrame, a: str, b: str, recipe: str, metric: str = "selected") -> dict:
-    """Where ``a``'s and ``b``'s accuracy-vs-data curves cross (exploratory: unadjusted tests)."""
-    points = []
-    for fraction in sorted(set(per_run.fraction)):
-        got = comparison_row(per_run, a, b, recipe, metric, fraction)
-        if got is None:
-            continue
-        n = per_run.loc[(per_run.fraction == fraction) & (per_run.model == a), "n_train"]
-        c = got[2]
-        points.append(
-            {
-                "fraction": fraction,
-                "train_images": int(n.iloc[0]) if n.notna().any() else None,
-                "diff_pp": c.diff,
-                "ci_low_pp": c.ci_low,
-                "ci_high_pp": c.ci_high,
-                "test": c.test,
-                "p_value": c.p_value,
-                "verdict": verdict(c.p_value, c.diff),
-            }
-        )
-    ahead = [p for p in points if p["verdict"] != "inconclusive"]
-    text = "fewer than two training-set sizes to compare"
-    if len(points) >= 2:
-        signs = [p["verdict"] for p in ahead]
-        flips = [(p, q) for p, q in itertools.pairwise(ahead) if p["verdict"] != q["verdict"]]
-        if flips:
-            p, q = flips[0]
-            lead = a if p["verdict"] == "reproduced" else b
-            text = (
-                f"the curves cross: {lead} is ahead at {p['train_images']} images and behind at "
-                f"{q['train_images']} (p < {ALPHA:g} at both, unadjusted)"
-            )
-        elif ahead and len(set(signs)) == 1:
-            lead = a if signs[0] == "reproduced" else b
-            other = b if lead == a else a
-            text = f"no crossing: {lead} is ahead of {other} wherever the difference is significant"
-        else:
-            text = "no crossing established: no training-set size gives a significant difference"
-        means = [p["diff_pp"] for p in points]
-        if any(x * y < 0 for x, y in itertools.pairwise(means)) and not flips:
-            text += " (the mean curves do cross, within the noise)"
-    return {"a": a, "b": b, "recipe": recipe, "points": points, "text": text}
 
 
 SUMMARY_METRICS = ("selected", "final", "best")

@@ -328,8 +328,24 @@ def check(cfg: dict, source: str = "params.yaml") -> None:
                 f"{source}: runs.models: model {model!r} is not defined in preset {preset!r}; define "
                 f"presets.{preset}.models.{model} or use one of {', '.join(sorted(models))}"
             )
+    check_claims(cfg, source)
     check_fractions(cfg["runs"].get("train_fractions", [1.0]), known_pool(cfg), source)
     check_test_subsets(cfg, source)
+
+
+def check_claims(cfg: dict, source: str) -> None:
+    """Each claim to test needs both its models among the runs: a verdict must never be computed
+    from the wrong pairs, nor a claim dropped without a word."""
+    from cnnvit.analysis.paper import CLAIMS
+
+    runs = cfg["runs"]["models"]
+    for claim in CLAIMS:
+        missing = [m for m in claim.models if m not in runs]
+        if claim.id in cfg["analysis"]["claims"] and missing:
+            raise CnnvitError(
+                f"{source}: analysis.claims: {claim.id} needs {' and '.join(missing)}, which runs.models does not "
+                f"list: add {' and '.join(missing)} to runs.models, or drop {claim.id} from analysis.claims"
+            )
 
 
 def known_pool(cfg: dict) -> int:

@@ -103,6 +103,8 @@ class Runtime:
 @dataclass(frozen=True)
 class Analysis:
     metric: VerdictMetric  # the test accuracy the verdicts use: at the epoch chosen on validation, or the last
+    claims: tuple[str, ...]  # ids of cnnvit.analysis.paper.CLAIMS: one family
+    close_margin_pp: float  # "close to ResNet50": the non-inferiority margin of hybrid_near_resnet
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,12 @@ warning). Writes, in ``--out-dir`` (replaced as a whole, so the tables always be
 - ``runs.csv``: one row per run (selected, final and best test accuracy, calibration, costs);
   ``summary.csv``: one row per model x recipe x fraction, with the seed mean, std and 95%
   t-interval of each accuracy, the best-over-test optimism and calibration (cnnvit.analysis.verdicts);
-- ``claims.csv``: the paper's claims, one row per claim x recipe, with verdicts on the accuracy
-  ``analysis.metric`` names (paired t or Welch, Holm-adjusted, McNemar beside);
-  ``variants.csv``: the same claims with each variant of a paper model (the ResNet stem), exploratory;
+- ``claims.csv``: the paper's claims (``analysis.claims``), one row per claim x recipe: the
+  difference on the accuracy ``analysis.metric`` names, from every seed's per-image predictions,
+  its interval at the Bonferroni level, the verdict that interval gives, the minimum detectable
+  effect and the paper's own gap (cnnvit.analysis.verdicts);
+  ``variants.csv``: the same claims with each variant of a paper model (the ResNet stem, the
+  deformable hybrid), exploratory;
 - ``datasize.csv`` and ``datasize_pairs.csv``: accuracy against training-set size, and every pair
   of models at every size (exploratory);
 - ``per_class.csv`` and ``confusion.csv``: per-class accuracy and confusion counts, pooled over seeds;
@@ -28,8 +31,10 @@ warning). Writes, in ``--out-dir`` (replaced as a whole, so the tables always be
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +42,7 @@ import pandas as pd
 
 from cnnvit.analysis import predictions as P
 from cnnvit.analysis import robustness as R
-from cnnvit.analysis.paper import CLAIMS, PAPER_NAME, paper_gaps
+from cnnvit.analysis.paper import CLAIMS, PAPER_NAME
 from cnnvit.analysis.records import (
     METRICS,
     METRICS_FILE,
@@ -47,7 +52,7 @@ from cnnvit.analysis.records import (
     RunSummary,
     read_predictions,
 )
-from cnnvit.analysis.verdicts import claims_table, crossing, summarise
+from cnnvit.analysis.verdicts import Right, claims_table, crossing, summarise
 from cnnvit.artifacts import atomic_dir, cpu_name, provenance, read_json, write_json
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec, resolves_to
@@ -123,7 +128,13 @@ def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame
     s = RunSummary.from_json({**base, **raw} if isinstance(raw, dict) else raw, str(d / SUMMARY_FILE))
     check_config(s, run_config(params, run).identity(), str(d / SUMMARY_FILE))
     m = read_metrics(d / METRICS_FILE)
-    preds = read_predictions(d / PREDICTIONS_FILE) if (d / PREDICTIONS_FILE).exists() or s.config else {}
+    if not (d / PREDICTIONS_FILE).exists():
+        raise CnnvitError(
+            f"run {run.name} has no {PREDICTIONS_FILE} in {d}: its per-image predictions decide the verdicts; train "
+            f"it again (delete {d} and run cnnvit train --model {run.model} --recipe {run.recipe} --seed {run.seed})"
+        )
+    preds = read_predictions(d / PREDICTIONS_FILE)
+    check_predictions(s, preds, d)
     cols = [c.column for c in VALUE_METRICS if c.column in m.columns]
     long = m.melt(id_vars="epoch", value_vars=cols, var_name="column")
     split = {c.column: (c.split, c.metric) for c in METRICS}
@@ -131,6 +142,18 @@ def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame
     long["metric"] = long.column.map(lambda c: split[c][1])
     long = long.assign(run=run.name, model=run.model, recipe=run.recipe, fraction=run.fraction, seed=run.seed)
     return long[["run", "model", "recipe", "fraction", "seed", "epoch", "split", "metric", "value"]], s, preds
+
+
+def check_predictions(s: RunSummary, preds: dict, d: Path) -> None:
+    """The predictions must be this run's: the accuracies its summary records are what they give."""
+    for metric in ("selected", "final"):
+        got = 100 * float(P.correct(preds, metric).mean())
+        recorded = getattr(s, f"{metric}_test_acc")
+        if abs(got - recorded) > 1e-6 * max(1.0, abs(recorded)):
+            raise CnnvitError(
+                f"{d}: {SUMMARY_FILE} records {metric}_test_acc {recorded:.4f} but {PREDICTIONS_FILE} gives "
+                f"{got:.4f}: the run's files do not belong together; delete {d} and train the run again"
+            )
 
 
 def per_run_row(s: RunSummary, preds: dict) -> dict:
@@ -165,35 +188,43 @@ def variants(params: Params) -> dict[str, str]:
     return out
 
 
-def variant_claims(per_run: pd.DataFrame, params: Params, right: dict) -> pd.DataFrame:
-    """The paper's claims with each variant of a paper model in its place: exploratory."""
-    gaps, metric = paper_gaps(), params.analysis.metric
-    tables = [claims_table(per_run, [], gaps, metric, right, exploratory=True)]
+def variant_claims(params: Params, right: Right, final: Right) -> pd.DataFrame:
+    """The paper's claims with each variant of a paper model in its place: exploratory (95%, unadjusted)."""
+    analysis, tables = params.analysis, []
     for variant, paper_model in variants(params).items():
-        swapped = [
-            (variant if w == paper_model else w, variant if lo == paper_model else lo, text)
-            for w, lo, text in CLAIMS
-            if paper_model in (w, lo)
-        ]
-        vgaps = {
-            (variant if w == paper_model else w, variant if lo == paper_model else lo): g for (w, lo), g in gaps.items()
-        }
-        t = claims_table(per_run, swapped, vgaps, metric, right, exploratory=True)
         label = f"{spec_from_dict(params.active.models[variant]).display} as {variant}"
-        tables.append(t.assign(claim=t.claim + f" ({label})"))
-    return pd.concat(tables, ignore_index=True)
+        swapped = [
+            dataclasses.replace(
+                c,
+                id=f"{c.id}:{variant}",
+                a=variant if c.a == paper_model else c.a,
+                b=variant if c.b == paper_model else c.b,
+                text=f"{c.text} ({label})",
+            )
+            for c in CLAIMS
+            if paper_model in c.models and c.id in analysis.claims
+        ]
+        tables.append(
+            claims_table(
+                swapped, params.runs.recipes, right, final, analysis.close_margin_pp, analysis.metric, exploratory=True
+            )
+        )
+    return pd.concat(tables, ignore_index=True) if tables else claims_table([], [], {}, {}, 0.0)
 
 
-def datasize(summary: pd.DataFrame, per_run: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    acc = f"{metric}_test_acc"
+def datasize(
+    summary: pd.DataFrame, params: Params, by_fraction: Mapping[float, Right]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    acc = f"{params.analysis.metric}_test_acc"
     cols = ["model", "label", "recipe", "fraction", "n_train", f"{acc}_mean", f"{acc}_std", f"{acc}_ci_low",
             f"{acc}_ci_high", "seeds"]  # fmt: skip
     table = summary[cols].rename(columns={"n_train": "train_images"}).sort_values(["recipe", "model", "fraction"])
     table["train_images"] = table.train_images.round().astype("Int64")  # a count, the same for every seed
     rows = []
-    for recipe in dict.fromkeys(per_run.recipe):
-        for a, b in itertools.combinations(dict.fromkeys(per_run.model), 2):
-            c = crossing(per_run, a, b, recipe, metric)
+    for recipe in params.runs.recipes:
+        for a, b in itertools.combinations(params.runs.models, 2):
+            n_train = dict(zip(table.fraction[table.model == a], table.train_images[table.model == a], strict=True))
+            c = crossing(by_fraction, a, b, recipe, n_train)
             rows += [
                 {"a": a, "b": b, "recipe": recipe, **p, "text": c["text"], "exploratory": True} for p in c["points"]
             ]
@@ -211,12 +242,14 @@ def dvc_metrics(summary: pd.DataFrame, claims: pd.DataFrame) -> dict:
             "seeds": int(r.seeds),
         }
     verdicts = {
-        f"{c.winner}_vs_{c.loser}-{c.recipe}": {
+        f"{c.claim_id}-{c.recipe}": {
             "verdict": c.verdict,
             "diff_pp": round(c.diff_pp, 4),
             "ci_low_pp": round(c.ci_low_pp, 4),
             "ci_high_pp": round(c.ci_high_pp, 4),
-            "p_holm": round(c.p_holm, 6),
+            "level": round(c.level, 4),
+            "p_adjusted": round(c.p_adjusted, 6),
+            "mde_pp": round(c.mde_pp, 4),
         }
         for c in claims.itertuples()
     }
@@ -274,16 +307,23 @@ def collect(params: Params, runs_dir, out_dir, eval_dir=paths.EVAL_DIR, cost=pat
     loaded = [load_run(params, run, runs_dir) for run in params.all_runs()]
     long = pd.concat([x[0] for x in loaded], ignore_index=True)
     per_run = pd.DataFrame([per_run_row(s, preds) for _, s, preds in loaded])
-    whole = {(s.model, s.recipe, s.seed): preds for _, s, preds in loaded if preds and s.fraction == 1.0}
+    by_fraction: dict[float, dict] = {}
+    for _, s, preds in loaded:
+        by_fraction.setdefault(s.fraction, {})[(s.model, s.recipe, s.seed)] = preds
+    whole = by_fraction.get(1.0, {})
     P.check_same_images({f"{k[0]}-{k[1]}-s{k[2]}": v for k, v in whole.items()})
     right = {k: P.correct(v, metric) for k, v in whole.items()}
+    final = {k: P.correct(v, "final") for k, v in whole.items()}
     names = labels(params)
     long.insert(2, "label", long.model.map(names))
     per_run.insert(2, "label", per_run.model.map(names))
     summary = summarise(per_run)
     summary.insert(1, "label", summary.model.map(names))
-    claims = claims_table(per_run, CLAIMS, paper_gaps(), metric, right)
-    size_table, pairs = datasize(summary, per_run, metric)
+    a = params.analysis
+    tested = [c for c in CLAIMS if c.id in a.claims]
+    claims = claims_table(tested, params.runs.recipes, right, final, a.close_margin_pp, metric, planned=len(tested))
+    sized = {f: {k: P.correct(v, metric) for k, v in runs.items()} for f, runs in by_fraction.items()}
+    size_table, pairs = datasize(summary, params, sized)
     devices = sorted({s.device for _, s, _ in loaded if s.device}) or ["not recorded"]
     prov = provenance(params.raw, ", ".join(devices))
     prov["collected_on"] = cpu_name()
@@ -297,7 +337,7 @@ def collect(params: Params, runs_dir, out_dir, eval_dir=paths.EVAL_DIR, cost=pat
         "runs.csv": per_run,
         "summary.csv": summary,
         "claims.csv": claims,
-        "variants.csv": variant_claims(per_run, params, right),
+        "variants.csv": variant_claims(params, right, final),
         "datasize.csv": size_table,
         "datasize_pairs.csv": pairs,
         "per_class.csv": P.per_class(whole, metric),
@@ -325,7 +365,7 @@ def run(args, params: Params) -> None:
     claims = collect(params, args.runs_dir, args.out_dir, args.eval_dir, args.cost)
     for c in claims.itertuples():
         print(
-            f"{c.verdict:>12}  {c.claim} [{c.recipe}]: {c.diff_pp:+.2f} pp, 95% CI [{c.ci_low_pp:+.2f}, "
-            f"{c.ci_high_pp:+.2f}], {c.test}, p {c.p_value:.3g}, Holm {c.p_holm:.3g} ({c.seeds_winner} vs "
-            f"{c.seeds_loser} seeds; paper {c.paper_diff_pp:+.2f}, in the interval: {c.paper_gap_in_interval})"
+            f"{c.verdict:>12}  {c.claim} [{c.recipe}]: {c.diff_pp:+.2f} pp, {100 * c.level:.2f}% interval "
+            f"[{c.ci_low_pp:+.2f}, {c.ci_high_pp:+.2f}] against {c.threshold_pp:+g}, MDE {c.mde_pp:.2f} pp "
+            f"({c.seeds_a} vs {c.seeds_b} seeds, {c.n_test:,} test images)"
         )

@@ -19,11 +19,12 @@ import jinja2
 import yaml
 
 from cnnvit.analysis.deviations import deviations
-from cnnvit.analysis.paper import NOTES, PAPER_NAME, TABLE_NUMBER
+from cnnvit.analysis.paper import NOTES, TABLE_NUMBER
 from cnnvit.analysis.sections import (
     attention_sentences,
     calibration_rows,
     claim_rows,
+    conclusions,
     cost_rows,
     datasize_section,
     efficiency,
@@ -32,6 +33,9 @@ from cnnvit.analysis.sections import (
     robustness_pair_rows,
     robustness_rows,
     table4,
+    timing_rows,
+    unequal_observation,
+    untested,
 )
 from cnnvit.artifacts import read_json, write_text
 from cnnvit.config.types import Params
@@ -104,9 +108,16 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
         metric=params.analysis.metric,
         recipes=recipes,
         claims=claim_rows(t["claims"]),
+        conclusions=conclusions(t["claims"], n_test),
+        untested=untested(params.analysis.claims, params.runs.models),
+        unequal=unequal_observation(),
+        n_claims=len(params.analysis.claims),
+        claim_level=f"{100 * (1 - 0.05 / max(1, len(params.analysis.claims))):.2f}%",
+        margin=f"{params.analysis.close_margin_pp:g}",
+        timing={r: timing_rows(t["summary"], r) for r in recipes},
         diverged=[(r.run, r.diverged) for r in t["runs"].itertuples() if isinstance(getattr(r, "diverged", None), str)],
         variants=claim_rows(t["variants"]),
-        single_seed=bool((t["claims"][["seeds_winner", "seeds_loser"]] < 2).any().any()) if len(t["claims"]) else True,
+        single_seed=bool((t["claims"][["seeds_a", "seeds_b"]] < 2).any().any()) if len(t["claims"]) else False,
         deviations=deviations(params, t["runs"]),
         table4={r: table4(t["summary"], r) for r in recipes},
         calibration=calibration_rows(t["summary"]),
@@ -128,7 +139,6 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
         datasize_fig=inline("datasize.png"),
         cost_fig=inline("cost.png"),
         provenance=prov,
-        paper_models=PAPER_NAME,
         params_yaml=yaml.safe_dump(params.raw, sort_keys=False),
         rendered=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
