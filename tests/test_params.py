@@ -62,6 +62,16 @@ def test_shipped_params_are_valid_for_every_preset():
         ("data.val_size=-5", "data.val_size: -5 is less than the minimum of 1"),
         ("presets.quick.val_size=-1", "presets.quick.val_size: -1 is less than the minimum of 0"),
         ("analysis.metric=best", "analysis.metric: 'best' is not one of"),
+        # issue 28.12: sizes timm cannot build, caught at validation and not as its AssertionError
+        ("presets.paper.models.vit.num_heads=5", "presets.paper.models.vit: num_heads 5 must divide embed_dim 384"),
+        ("presets.quick.models.cnn_vit.num_heads=5", "num_heads 5 must divide embed_dim 48"),
+        ("presets.paper.models.vit.patch_size=5", "patch_size 5 must divide the image side (32 pixels)"),
+        ("presets.paper.models.convnext.patch_size=3", "patch_size 3 must divide the image side"),
+        # issue 25: the claims and their margin
+        ("analysis.close_margin_pp=-1", "analysis.close_margin_pp: -1 is less than the minimum of 0"),
+        ("analysis.close_margin_pp=wide", "analysis.close_margin_pp: 'wide' is not of type 'number'"),
+        ("analysis.claims=[resnet_beats_cnn]", "analysis.claims.0: 'resnet_beats_cnn' is not one of"),
+        ("runs.models=[vit,cnn_vit]", "analysis.claims: resnet_beats_vit needs resnet50"),
     ],
 )
 def test_bad_params_fail_before_anything_runs_naming_the_key(override, needle, capsys):

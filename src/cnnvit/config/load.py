@@ -271,6 +271,14 @@ def _message(err: jsonschema.ValidationError, source: str) -> str:
         a, b = schema_["x-same-length"]
         entry = _dotted(list(err.absolute_path)[:-1])
         return f"{source}: {entry}: {a} and {b} must have the same length (one entry per stage): fix the entry"
+    if "x-divides" in schema_:
+        a, b = schema_["x-divides"]
+        entry = _dotted(list(err.absolute_path)[:-1])
+        if isinstance(b, int):
+            why = f"{a} {err.instance} must divide the image side ({b} pixels)"
+        else:
+            why = f"{a} {err.validator_value} must divide {b} {err.instance}"
+        return f"{source}: {entry}: {why}, or the model cannot be built: fix the entry"
     if err.validator == "required":
         missing = [k for k in schema_.get("required", []) if isinstance(err.instance, dict) and k not in err.instance]
         if len(missing) > 1:

@@ -43,6 +43,9 @@ class ArchSpec:
     display: ClassVar[str]  # the name tables and figures print
     convnet: ClassVar[bool]  # trains in channels_last memory format
     same_length: ClassVar[tuple[tuple[str, str], ...]] = ()  # list fields with one entry per stage
+    # (a, b): a must divide b, a field or a number (the image side): a model that cannot be built
+    # fails at validation, naming the keys, not as a traceback in timm
+    divides: ClassVar[tuple[tuple[str, str | int], ...]] = ()
     pretrained: str | None = field(
         default=None,
         metadata={"doc": "a local .safetensors/.pth/.pt file or a timm hub name (hf-hub:timm/...); null = random init"},
@@ -108,6 +111,21 @@ def _same_length(a: str, b: str, longest: int = 8) -> list[dict]:
     ]
 
 
+def _divides(a: str, b: str | int, largest: int = 64) -> list[dict]:
+    """``a`` divides ``b``: an enum of the divisors when ``b`` is a number, else (JSON Schema cannot
+    relate two fields) one if/then per value of ``a``."""
+    note = {"x-divides": [a, b]}  # read by the loader's error message
+    if isinstance(b, int):
+        return [{"properties": {a: {"enum": [d for d in range(1, b + 1) if b % d == 0], **note}}}]
+    return [
+        {
+            "if": {"properties": {a: {"const": n}}, "required": [a]},
+            "then": {"properties": {b: {"multipleOf": n, **note}}},
+        }
+        for n in range(2, largest + 1)
+    ]
+
+
 def arch_schema(cls: type[ArchSpec]) -> dict:
     """The JSON schema of one arch's model entry, from its dataclass fields."""
     hints = typing.get_type_hints(cls)
@@ -126,8 +144,10 @@ def arch_schema(cls: type[ArchSpec]) -> dict:
         "required": required,
         "properties": props,
     }
-    if cls.same_length:
-        out["allOf"] = [rule for a, b in cls.same_length for rule in _same_length(a, b)]
+    rules = [rule for a, b in cls.same_length for rule in _same_length(a, b)]
+    rules += [rule for a, b in cls.divides for rule in _divides(a, b)]
+    if rules:
+        out["allOf"] = rules
     return out
 
 

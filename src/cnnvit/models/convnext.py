@@ -23,6 +23,7 @@ class ConvNeXt(ArchSpec):
     display: ClassVar[str] = "ConvNeXt"
     convnet: ClassVar[bool] = True
     same_length: ClassVar[tuple[tuple[str, str], ...]] = (("depths", "dims"),)
+    divides: ClassVar[tuple[tuple[str, str | int], ...]] = (("patch_size", IMG_SIZE),)
     patch_size: int
     depths: tuple[int, ...]
     dims: tuple[int, ...]

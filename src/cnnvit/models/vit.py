@@ -30,6 +30,7 @@ TIMM_VIT = "vit_small_patch16_224"  # names timm's pretrained machinery; every s
 
 @dataclass(frozen=True, kw_only=True)
 class _Encoder(ArchSpec):
+    divides: ClassVar[tuple[tuple[str, str | int], ...]] = (("num_heads", "embed_dim"),)  # width per head
     embed_dim: int
     depth: int
     num_heads: int
@@ -61,6 +62,7 @@ class ViT(_Encoder):
     arch: ClassVar[str] = "vit"
     display: ClassVar[str] = "ViT"
     convnet: ClassVar[bool] = False
+    divides: ClassVar[tuple[tuple[str, str | int], ...]] = (("num_heads", "embed_dim"), ("patch_size", IMG_SIZE))
     patch_size: int
 
     @property
