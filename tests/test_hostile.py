@@ -8,6 +8,8 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -137,3 +139,40 @@ def test_a_lock_left_by_a_killed_process_does_not_block(project, tmp_path, capsy
     assert (tmp_path / "ckpt/vit-paper-s0.lock").exists()  # the file stays; the lock is gone with the process
     capsys.readouterr()
     assert main(train_argv(project, tmp_path)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["group", "parent"])
+def test_a_signal_stops_every_worker_well_within_slurms_grace(project, tmp_path, target):
+    """Issue 28: SIGTERM to the process group of `dvc repro` left both train workers running 8 s
+    later (SLURM kills 30 s after SIGTERM). The pool could deadlock: a worker that exited on the
+    signal while waiting for its next run held the pool's queue lock. To the whole group (as SLURM
+    and a terminal do) or to the command alone, which passes it on."""
+    argv = [sys.executable, "-m", "cnnvit.cli", *train_argv(project, tmp_path)[:-2], "--set", "presets.tiny.epochs=500"]
+    argv[argv.index("--model") : argv.index("--model") + 4] = ["--all-runs", "--workers", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    started = 0
+    for line in proc.stdout:
+        started += " epoch 3/500 " in line
+        if started == 2:  # both workers are in a run
+            break
+    pgid = os.getpgid(proc.pid)
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # a full pipe must not hold anyone up
+
+    def group() -> list[str]:
+        ps = subprocess.run(["ps", "-eo", "pid=,pgid=,stat="], capture_output=True, text=True).stdout.split("\n")
+        return [ln for ln in ps if ln.split()[1:2] == [str(pgid)] and not ln.split()[2].startswith("Z")]
+
+    assert len(group()) == 3  # the command and its two workers
+    start = time.monotonic()
+    os.killpg(pgid, signal.SIGTERM) if target == "group" else proc.send_signal(signal.SIGTERM)
+    while group() and time.monotonic() - start < 20:
+        time.sleep(0.05)
+    took = time.monotonic() - start
+    if group():
+        os.killpg(pgid, signal.SIGKILL)
+    err = proc.stderr.read()
+    proc.wait(timeout=30)
+    assert took < 10, f"{took:.1f} s"
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err[-2000:]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
