@@ -425,3 +425,28 @@ def test_collect_names_a_corrupt_summary(tmp_path, capsys):
     assert_one_line_error(collect(tmp_path), capsys.readouterr().err, "missing final_test_acc")
     (tmp_path / "results/runs/vit-paper-s1/summary.json").unlink()
     assert_one_line_error(collect(tmp_path), capsys.readouterr().err, "run vit-paper-s1 has no results")
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "needle"),
+    [
+        ("results/eval/vit-paper-s1/robustness.csv", "corruption,severity,acc,images\nclean,0,nan,100\n",
+         "robustness.csv: column acc, line 2: 'nan' is not a finite number"),
+        ("results/eval/vit-paper-s1/robustness.csv", "corruption,severity,acc,images\nclean,0,-inf,100\n",
+         "column acc, line 2: '-inf' is not a finite"),
+        ("results/eval/vit-paper-s1/robustness.csv", "corruption,severity,images\nclean,0,100\n",
+         "robustness.csv has no column acc"),
+        ("results/eval/vit-paper-s1/attention.csv", "layer,head,distance_px\n", "attention.csv has only a header"),
+        ("cost.csv", "model,size\nvit,32\n", "cost.csv has no column params"),
+        ("cost.csv", "\x00\xff garbage", "cost.csv"),
+        ("results/runs/vit-paper-s1/metrics.csv", "epoch,val_acc,test_acc\n1,inf,50\n",
+         "metrics.csv: column val_acc, line 2"),
+    ],
+)  # fmt: skip
+def test_collect_checks_every_table_it_reads(tmp_path, capsys, where, text, needle):
+    """Issue 28.4: NaN or inf reached the tables, a missing column gave an all-NaN row, a header-only
+    attention.csv dropped a seed, a malformed cost.csv was a traceback."""
+    fabricate(tmp_path)
+    (tmp_path / where).write_text(text, errors="surrogateescape")
+    assert_one_line_error(collect(tmp_path), capsys.readouterr().err, needle)
+    assert not (tmp_path / "tables").exists()

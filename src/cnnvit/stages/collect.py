@@ -37,7 +37,6 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cnnvit.analysis import predictions as P
@@ -59,6 +58,7 @@ from cnnvit.config.types import Params, RunSpec, resolves_to
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
 from cnnvit.models import spec_from_dict
+from cnnvit.tables import read_table
 
 PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "test",
                 "p_value", "verdict", "text", "exploratory"]  # fmt: skip
@@ -93,23 +93,12 @@ def check_config(s: RunSummary, expected: dict, where: str) -> None:
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
-    try:
-        m = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CnnvitError(
-            f"{path} is corrupt ({type(exc).__name__}): delete its run directory and train it again"
-        ) from None
-    if "epoch" not in m.columns or "test_acc" not in m.columns:
-        raise CnnvitError(f"{path} has no epoch/test_acc columns: delete its run directory and train it again")
-    values = m.drop(columns=[c for c in m.columns if m[c].dtype == object])
-    bad = ~np.isfinite(values.to_numpy(dtype=float))
-    if bad.any():
-        row, col = (int(i[0]) for i in np.nonzero(bad))
-        raise CnnvitError(
-            f"{path}: {values.columns[col]} is {values.iloc[row, col]} at row {row + 1}, not a finite number: "
-            "delete its run directory and train it again"
-        )
-    return m
+    """A run's metrics.csv: every column of records.METRICS that a row needs, checked finite."""
+    kinds = {"epoch": "int", "val_acc": "float", "test_acc": "float"}
+    # read twice: the first read says which of the other metric columns this run recorded
+    table = read_table(path, kinds, fix="delete its run directory and train it again")
+    numbers = [c.column for c in METRICS if c.column in table.columns and c.column not in kinds]
+    return read_table(path, kinds | dict.fromkeys(numbers, "float"), fix="delete its run directory and train it again")
 
 
 def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame, RunSummary, dict]:
@@ -259,13 +248,11 @@ def dvc_metrics(summary: pd.DataFrame, claims: pd.DataFrame) -> dict:
 TABLE_NAMES = {Path(t).name for t in paths.TABLES}
 
 
-def read_table(path: Path, run: str) -> pd.DataFrame:
-    if not path.exists():
-        raise CnnvitError(f"{path} not found: evaluate run {run} first (cnnvit evaluate, or the pipeline)")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CnnvitError(f"{path} is corrupt ({type(exc).__name__}): run `cnnvit evaluate` for {run} again") from None
+ROBUSTNESS = {"corruption": "str", "severity": "int", "acc": "float", "images": "int"}
+ATTENTION = {"layer": "int", "head": "int", "distance_px": "float"}
+COST = {"model": "str", "size": "int", "params": "int", "flops_per_image": "float", "latency_ms_median": "float",
+        "latency_ms_p95": "float", "throughput_images_per_s": "float?", "inference_step_mb": "float?",
+        "training_step_mb": "float?", "device": "str", "threads": "int"}  # fmt: skip
 
 
 def evaluations(params: Params, eval_dir: Path, names: dict[str, str]) -> dict[str, pd.DataFrame]:
@@ -275,8 +262,12 @@ def evaluations(params: Params, eval_dir: Path, names: dict[str, str]) -> dict[s
         if run.fraction < 1:
             continue
         keys = {"model": run.model, "recipe": run.recipe, "seed": run.seed}
-        long.append(read_table(eval_dir / run.name / "robustness.csv", run.name).assign(**keys))
-        attention.append(read_table(eval_dir / run.name / "attention.csv", run.name).assign(**keys))
+        fix = f"evaluate run {run.name} again (cnnvit evaluate, or the pipeline)"
+        long.append(read_table(eval_dir / run.name / "robustness.csv", ROBUSTNESS, fix=fix).assign(**keys))
+        # a transformer's evaluation has a row per layer and head; a convnet's only the header
+        attends = not spec_from_dict(params.active.models[run.model]).convnet
+        table = read_table(eval_dir / run.name / "attention.csv", ATTENTION, fix=fix, min_rows=int(attends))
+        attention.append(table.assign(**keys))
         right = R.read_per_image(eval_dir / run.name / paths.EVAL_PER_IMAGE, run.name)
         per_image[run.model, run.recipe, run.seed] = right
     detail = pd.concat(long, ignore_index=True) if long else pd.DataFrame(columns=["model", "recipe", "seed"])
@@ -294,9 +285,10 @@ def evaluations(params: Params, eval_dir: Path, names: dict[str, str]) -> dict[s
 
 
 def cost_table(path: Path, names: dict[str, str]) -> pd.DataFrame:
-    if not path.exists():
-        raise CnnvitError(f"{path} not found: run `cnnvit cost` first (or the pipeline)")
-    cost = pd.read_csv(path)
+    cost = read_table(path, COST, fix="run `cnnvit cost` again", missing="run `cnnvit cost` first (or the pipeline)")
+    absent = sorted(set(names) - set(cost.model))
+    if absent:
+        raise CnnvitError(f"{path} has no row for {', '.join(absent)}: run `cnnvit cost` again")
     cost.insert(1, "label", cost.model.map(names))
     return cost
 

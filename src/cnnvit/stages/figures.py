@@ -307,7 +307,9 @@ def figures(tables_dir, out_dir) -> list[str]:
     t = {n: read_table(tables_dir, f"{n}.csv") for n in FIGURE_TABLES}
     sns.set_theme(style="whitegrid", context="notebook")
     drawn = figure_list(t)
-    with atomic_dir(out_dir, owned=lambda name: name.endswith(".png")) as tmp:
+    # Labels come from the data (class and model names): plain text, never TeX or mathtext ($...$)
+    plain = {"text.parse_math": False, "text.usetex": False}
+    with atomic_dir(out_dir, owned=lambda name: name.endswith(".png")) as tmp, plt.rc_context(plain):
         for name, (fn, *args) in drawn.items():
             fig = fn(*args)
             fig.savefig(tmp / name, format="png", dpi=DPI, bbox_inches="tight")
