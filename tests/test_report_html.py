@@ -160,3 +160,14 @@ def test_no_table_is_wider_than_a_1280_pixel_window(report, tmp_path):
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
     assert shot.stat().st_size > 10_000  # the page drew (kept for a look when this test fails)
+
+
+def test_text_from_the_data_is_drawn_as_plain_text(tmp_path):
+    """Issue 28.16: a class named cat$\\undefinedmacro$ crashed figures in matplotlib's mathtext parser."""
+    fabricate(tmp_path)
+    assert collect(tmp_path) == 0
+    for name in ("confusion.csv", "per_class.csv"):
+        path = tmp_path / "tables" / name
+        path.write_text(path.read_text().replace(",a,", ",cat$\\undefinedmacro$,"))
+    common = ["--params", str(tmp_path / "params.yaml"), "--tables-dir", str(tmp_path / "tables")]
+    assert main(["figures", *common, "--out-dir", str(tmp_path / "figures")]) == 0
