@@ -26,6 +26,13 @@ BATCHES = {batch.name: batch for batch in batches(PARAMS)}
 # The executor (local or SLURM) is known when the DAG is built, after this file is read: the GPU
 # request is a callable, and the SLURM check runs when the workflow starts.
 GPUS = lambda wildcards: S.gpu_request(PARAMS.runtime.device, workflow.local_exec)
+# The GPU slots training jobs are scheduled onto, where no --resources gpu=N is given: the visible
+# GPUs (of this machine, or of the SLURM allocation Snakemake runs in) x runtime.runs_per_gpu.
+if workflow.local_exec and S._resource(workflow, "gpu") is None:
+    from cnnvit.training.device import slots
+
+    on_gpu = S.gpu_request(PARAMS.runtime.device, True)
+    workflow.register_resource("gpu", slots(PARAMS.runtime) if on_gpu else 1)
 
 
 # In the main process only, before any job: refuse while DVC runs here, hold the project, write
