@@ -12,6 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 from test_stats import collect, fabricate
 
 from cnnvit.analysis.paper import paper_epochs
@@ -171,3 +172,25 @@ def test_text_from_the_data_is_drawn_as_plain_text(tmp_path):
         path.write_text(path.read_text().replace(",a,", ",cat$\\undefinedmacro$,"))
     common = ["--params", str(tmp_path / "params.yaml"), "--tables-dir", str(tmp_path / "tables")]
     assert main(["figures", *common, "--out-dir", str(tmp_path / "figures")]) == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("preset=quick", ("preset: 'paper' -> 'quick'", "run `cnnvit collect` again", "--set preset=paper")),
+        ("analysis.metric=final", ("analysis.metric: 'selected' -> 'final'",)),
+        ("runs.seeds=[0, 1]", ("runs.seeds",)),
+    ],
+)
+def test_figures_and_report_refuse_tables_of_another_experiment(report, override, needles, capsys):
+    """Issue 28.1: quick tables reported under the default params gave a banner saying 'PAPER PRESET ...
+    20 epochs' and the paper-size models; --set analysis.metric=final was a KeyError."""
+    tmp = report.parent
+    common = ["--params", str(tmp / "params.yaml"), "--set", override, "--tables-dir", str(tmp / "tables")]
+    out = tmp / "other.html"
+    code = main(["report", *common, "--figures-dir", str(tmp / "figures"), "--out", str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, "was collected under other params", *needles)
+    assert not out.exists()
+    code = main(["figures", *common, "--out-dir", str(tmp / "other-figures")])
+    assert_one_line_error(code, capsys.readouterr().err, "was collected under other params", *needles)
+    assert not (tmp / "other-figures").exists()

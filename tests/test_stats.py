@@ -450,3 +450,12 @@ def test_collect_checks_every_table_it_reads(tmp_path, capsys, where, text, need
     (tmp_path / where).write_text(text, errors="surrogateescape")
     assert_one_line_error(collect(tmp_path), capsys.readouterr().err, needle)
     assert not (tmp_path / "tables").exists()
+
+
+def test_collect_refuses_a_cost_table_of_other_model_sizes(tmp_path, capsys):
+    fabricate(tmp_path, extra={"params": 1000})
+    assert collect(tmp_path) == 0
+    (tmp_path / "b").mkdir()
+    fabricate(tmp_path / "b", extra={"params": 1234})  # the runs' models have other sizes than cost.csv's
+    code = collect(tmp_path / "b")
+    assert_one_line_error(code, capsys.readouterr().err, "cost.csv was measured for another", "run `cnnvit cost` again")

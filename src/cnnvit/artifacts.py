@@ -250,3 +250,55 @@ def provenance(params: Any, device: str, cuda: dict[str, Any] | None = None) -> 
         out["cuda"] = {"torch_cuda": cuda.get("torch_cuda"), "driver": cuda.get("driver"), "gpu": gpu,
                        "gpus_on_machine": cuda.get("gpus", [])}  # fmt: skip
     return out
+
+
+# ----------------------------------------------------------------------------- made with which params
+
+
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def params_differ(made_with: Any, now: Any, first: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> list[str]:
+    """``key: recorded -> now`` for every dotted key on which two params trees differ, the keys of
+    ``first`` leading; keys under a prefix of ``ignore`` are left out."""
+    got, want = flat(json.loads(json.dumps(made_with))), flat(json.loads(json.dumps(now)))
+    keys = [k for k in set(got) | set(want) if not any(k == i or k.startswith(f"{i}.") for i in ignore)]
+    keys.sort(key=lambda k: (next((n for n, f in enumerate(first) if k == f or k.endswith(f".{f}")), len(first)), k))
+    return [f"{k}: {got.get(k)!r} -> {want.get(k)!r}" for k in keys if got.get(k) != want.get(k)]
+
+
+def made_with_hint(made_with: Any) -> str:
+    """How to use outputs made under another preset: name it, when it is not the current one."""
+    preset = made_with.get("preset") if isinstance(made_with, dict) else None
+    return f" (or pass the params they were made with, e.g. --set preset={preset})" if preset else ""
+
+
+# What tables made under other settings may differ in: how the jobs ran, not what they computed.
+HOW_IT_RAN = ("runtime.device", "runtime.threads", "runtime.compile", "runtime.eval_batch_size",
+              "runtime.runs_per_gpu", "runtime.group_seeds", "runtime.checkpoint_every_s", "data.url")  # fmt: skip
+
+
+def check_tables_made_with(tables_dir: Path, params_raw: dict, stage: str) -> dict:
+    """The provenance of ``cnnvit collect``'s tables, refused in one line naming the first keys
+    that differ when they were collected under other params than ``params_raw``."""
+    path = Path(tables_dir) / "provenance.json"
+    prov = read_json(path, "run `cnnvit collect` again")
+    made = prov.get("params") if isinstance(prov, dict) else None
+    if not isinstance(made, dict):
+        raise CnnvitError(f"{path} records no params: run `cnnvit collect` again")
+    diff = params_differ(made, params_raw, first=("preset", "runs", "epochs"), ignore=HOW_IT_RAN)
+    if diff:
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        hint = made_with_hint(made) if made.get("preset") != params_raw.get("preset") else ""
+        raise CnnvitError(
+            f"{Path(tables_dir)} was collected under other params than `cnnvit {stage}` was given "
+            f"({'; '.join(diff[:3])}{more}): run `cnnvit collect` again{hint}"
+        )
+    return prov

@@ -52,7 +52,7 @@ from cnnvit.analysis.records import (
     read_predictions,
 )
 from cnnvit.analysis.verdicts import Right, claims_table, crossing, summarise
-from cnnvit.artifacts import atomic_dir, cpu_name, provenance, read_json, write_json
+from cnnvit.artifacts import atomic_dir, cpu_name, made_with_hint, params_differ, provenance, read_json, write_json
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec, resolves_to
 from cnnvit.dag import paths
@@ -62,33 +62,23 @@ from cnnvit.tables import read_table
 
 PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "test",
                 "p_value", "verdict", "text", "exploratory"]  # fmt: skip
-RETRAIN = "train it again (or collect with the params it was trained with, e.g. --set preset=quick)"
 
 
-def _flat(d, prefix="") -> dict:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def check_config(s: RunSummary, expected: dict, where: str) -> None:
+def check_config(s: RunSummary, expected: dict, where: str, preset: str) -> None:
     if s.config is None:
         print(f"warning: {where} records no training config; cannot check it matches params.yaml")
         return
-    want, got = _flat(json.loads(json.dumps(expected))), _flat(s.config)
-    if resolves_to(str(want.get("precision")), got.get("precision")):
-        want["precision"] = got.get("precision")  # the run's device resolved the setting to this
-    first = ("preset", "epochs", "train_size", "test_size", "precision")  # the usual suspects lead
-    keys = sorted(set(want) | set(got), key=lambda k: (first.index(k) if k in first else len(first), k))
-    diff = [f"{k}: {got.get(k)!r} -> {want.get(k)!r}" for k in keys if want.get(k) != got.get(k)]
+    expected = dict(expected)
+    if resolves_to(str(expected.get("precision")), s.config.get("precision")):
+        expected["precision"] = s.config.get("precision")  # the run's device resolved the setting to this
+    diff = params_differ(s.config, expected, first=("preset", "epochs", "train_size", "test_size", "precision"))
     if diff:
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        made = s.config.get("preset")
+        hint = made_with_hint({"preset": made}) if made != preset else ""
         raise CnnvitError(
             f"run {s.run} was trained with other params than params.yaml gives it "
-            f"({'; '.join(diff[:4])}{more}): {RETRAIN}"
+            f"({'; '.join(diff[:4])}{more}): train it again{hint}"
         )
 
 
@@ -115,7 +105,7 @@ def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame
     raw = read_json(d / SUMMARY_FILE, "delete its run directory and train it again")
     base = {"run": run.name, "model": run.model, "recipe": run.recipe, "seed": run.seed, "fraction": run.fraction}
     s = RunSummary.from_json({**base, **raw} if isinstance(raw, dict) else raw, str(d / SUMMARY_FILE))
-    check_config(s, run_config(params, run).identity(), str(d / SUMMARY_FILE))
+    check_config(s, run_config(params, run).identity(), str(d / SUMMARY_FILE), params.preset)
     m = read_metrics(d / METRICS_FILE)
     if not (d / PREDICTIONS_FILE).exists():
         raise CnnvitError(
@@ -284,11 +274,18 @@ def evaluations(params: Params, eval_dir: Path, names: dict[str, str]) -> dict[s
     }
 
 
-def cost_table(path: Path, names: dict[str, str]) -> pd.DataFrame:
+def cost_table(path: Path, names: dict[str, str], trained_params: dict[str, int] | None = None) -> pd.DataFrame:
     cost = read_table(path, COST, fix="run `cnnvit cost` again", missing="run `cnnvit cost` first (or the pipeline)")
     absent = sorted(set(names) - set(cost.model))
     if absent:
         raise CnnvitError(f"{path} has no row for {', '.join(absent)}: run `cnnvit cost` again")
+    for model, n in (trained_params or {}).items():
+        measured = set(cost.params[cost.model == model])
+        if measured and measured != {n}:
+            raise CnnvitError(
+                f"{path} was measured for another {model} ({', '.join(f'{p:,}' for p in sorted(measured))} parameters; "
+                f"its runs have {n:,}): run `cnnvit cost` again"
+            )
     cost.insert(1, "label", cost.model.map(names))
     return cost
 
@@ -335,7 +332,7 @@ def collect(params: Params, runs_dir, out_dir, eval_dir=paths.EVAL_DIR, cost=pat
         "per_class.csv": P.per_class(whole, metric),
         "confusion.csv": P.confusion(whole, metric),
         **evaluations(params, Path(eval_dir), names),
-        "cost.csv": cost_table(Path(cost), names),
+        "cost.csv": cost_table(Path(cost), names, {s.model: s.params for _, s, _ in loaded if s.params}),
     }
     assert set(tables) | {"provenance.json", "metrics.json"} == TABLE_NAMES, TABLE_NAMES
     with atomic_dir(out_dir, owned=lambda name: name in TABLE_NAMES) as tmp:

@@ -35,7 +35,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from cnnvit.analysis.paper import PAPER_NAME, TABLE_NUMBER, paper_epochs, paper_table4
-from cnnvit.artifacts import atomic_dir
+from cnnvit.artifacts import atomic_dir, check_tables_made_with
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
 
@@ -323,5 +323,6 @@ def add_args(p) -> None:
 
 
 def run(args, params) -> None:
+    check_tables_made_with(args.tables_dir, params.raw, "figures")
     names = figures(args.tables_dir, args.out_dir)
     print(f"wrote {len(names)} figures to {args.out_dir}: {', '.join(names)}")

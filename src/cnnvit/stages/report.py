@@ -37,7 +37,7 @@ from cnnvit.analysis.sections import (
     unequal_observation,
     untested,
 )
-from cnnvit.artifacts import read_json, write_text
+from cnnvit.artifacts import check_tables_made_with, write_text
 from cnnvit.config.types import Params
 from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
@@ -76,7 +76,7 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables = ("claims", "variants", "datasize", "datasize_pairs", "per_class", "robustness", "robustness_pairs")
     t = {n: read_table(tables_dir, f"{n}.csv") for n in (*tables, *FIGURE_TABLES)}
-    prov = read_json(tables_dir / "provenance.json", "run `cnnvit collect` again")
+    prov = check_tables_made_with(tables_dir, params.raw, "report")
     if not template.exists():
         raise CnnvitError(f"report template {template} not found: pass --template")
     drawn = list(figure_list(t))  # what `cnnvit figures` draws from these tables
