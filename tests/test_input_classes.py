@@ -159,7 +159,7 @@ def test_fractions_are_bounded_at_train_when_params_cannot_tell(unknown_pool, tm
     argv = ["train", "--model", "vit", "--recipe", "paper", "--fraction", "0.5", "--data-dir", str(d / "prepared")]
     argv += ["--runs-dir", str(tmp_path / "r"), "--ckpt-dir", str(tmp_path / "ck")]
     code, err = run_cli(tmp_path, capsys, argv, raw)
-    assert_one_line_error(code, err, "0.5 and 0.5 both train the same 40 images (of 80)", "keep one of them")
+    assert_one_line_error(code, err, "0.5 and 0.5000001 both train the same 40 images (of 80)", "keep one of them")
     raw["runs"]["train_fractions"] = [1.0]
     argv[argv.index("--fraction") + 1] = "0.01"
     code, err = run_cli(tmp_path, capsys, argv, raw)

@@ -60,7 +60,7 @@ def selected_runs(args, params: Params) -> list[RunSpec]:
     if not (args.model and args.recipe):
         raise CnnvitError("give --model and --recipe (and --seeds), or --all-runs")
     if not 0 < args.fraction <= 1:
-        raise CnnvitError(f"--fraction {args.fraction:g} is not in (0, 1]: give a fraction of the training set")
+        raise CnnvitError(f"--fraction {args.fraction:.10g} is not in (0, 1]: give a fraction of the training set")
     seeds = args.seeds if args.seeds is not None else params.runs.seeds
     if twice := sorted({s for s in seeds if list(seeds).count(s) > 1}):
         raise CnnvitError(f"--seeds lists {', '.join(map(str, twice))} more than once: give each seed once")
@@ -94,7 +94,7 @@ def check_fractions_with_data(params: Params, runs: list[RunSpec], data_dir: Pat
     except (CnnvitError, AttributeError, KeyError, TypeError, ValueError):
         return
     asked = sorted({r.fraction for r in runs} - set(params.runs.train_fractions))
-    what = "runs.train_fractions" + (f" with --fraction {asked[0]:g}" if asked else "")
+    what = "runs.train_fractions" + (f" with --fraction {asked[0]:.10g}" if asked else "")
     check_fractions([*params.runs.train_fractions, *asked], pool, f"the data in {data_dir}", what)
 
 

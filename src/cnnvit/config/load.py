@@ -375,12 +375,12 @@ def check_fractions(fractions, pool: int, source: str, what: str = "runs.train_f
         n = subset_size(pool, 0, f)
         if n < NUM_CLASSES:
             raise CnnvitError(
-                f"{source}: {what}: {f:g} of {pool:,} training images is {n:,}, fewer than one image a class "
+                f"{source}: {what}: {f:.10g} of {pool:,} training images is {n:,}, fewer than one image a class "
                 f"({NUM_CLASSES}): use at least {ceil_2(NUM_CLASSES / pool):g}"
             )
         if n in seen:
             raise CnnvitError(
-                f"{source}: {what}: {seen[n]:g} and {f:g} both train the same {n:,} images (of {pool:,}): "
+                f"{source}: {what}: {seen[n]:.10g} and {f:.10g} both train the same {n:,} images (of {pool:,}): "
                 "keep one of them"
             )
         seen[n] = f
