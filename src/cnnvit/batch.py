@@ -7,9 +7,10 @@ A per-run stage (train, evaluate) takes its runs from :func:`add_run_args`'s opt
 them with :func:`run_each`: one after another in this process (``--workers 1``), or in
 ``--workers`` worker processes forked from this one once it has imported torch and timm, so
 that the start-up (~5 s of imports a process on a CPU; CUDA and compilation on a GPU) is paid
-once per command, not once per run. Each worker has its own pipe (no shared queue or lock): a
-signal stops every worker in well under SLURM's 30 s grace (2-3 s measured, SIGKILL after 10 s). ``auto`` is the slots of this machine: its cores over
-``runtime.threads`` on a CPU, its GPUs times ``runtime.runs_per_gpu`` on CUDA.
+once per command, not once per run. ``auto`` is the slots of this machine: its cores over
+``runtime.threads`` on a CPU, its GPUs times ``runtime.runs_per_gpu`` on CUDA. Each worker has
+its own pipe (no shared queue or lock): a signal stops every worker well within SLURM's 30 s
+grace (2-3 s measured; SIGKILL after :data:`STOP_GRACE_S`).
 
 A run that fails with a :class:`~cnnvit.errors.CnnvitError` does not stop the others; the
 command then fails with one line naming the failed runs and the first one's cause, and every
