@@ -12,15 +12,17 @@ Rows, in this order (each a section of the report):
    forward, backward, optimizer) in fp32/TF32 and in bf16: images/s, MFU against the measured
    peak of the same precision and against the GPU's datasheet figure (where this file knows it),
    peak memory, and in bf16 the trainer against a bare loop.
-4. ``sharing``: 1, 2 and 4 trainings of ViT and of the hybrid (the models that carry the FLOPs)
-   sharing the GPU, one process each, with the compile setting the forecast assumes
-   (``--compile-mode``), started behind a barrier: images/s of all together.
+4. ``sharing``: 1 and 4 trainings (``runs_per_gpu: 4``, as the forecast assumes) of ViT and of the
+   hybrid (the models that carry the FLOPs) sharing one GPU, one process each, with the compile
+   setting the forecast assumes (``--compile-mode``), started behind a barrier: images/s of all
+   together, MFU of the GPU, compile seconds and CUDA graphs used or skipped.
 5. ``pipeline``: one Snakemake run in a copy of this checkout (the paper preset, one epoch of
-   seed 0 of ViT and the hybrid, that compile setting, ``--runs-per-gpu`` runs a GPU) on ARCHIVE
-   (the shared CIFAR-10 JPEGs beside the checkout, else random images: real timings,
-   meaningless accuracies), its wall time beside the forecast Snakemake printed at its start.
-6. ``compile``: per model, bf16 with ``torch.compile``: compile seconds (cold, or warm from the
-   rows before), CUDA graphs used or skipped, images/s and MFU.
+   seed 0 of ResNet50, ViT and the hybrid, 500 robustness images, that compile setting,
+   ``--runs-per-gpu`` runs on the GPU) on ARCHIVE (the shared CIFAR-10 JPEGs beside the checkout,
+   else random images: real timings, meaningless accuracies), its wall time beside the forecast
+   Snakemake printed at its start.
+6. ``compile``: bf16 with ``torch.compile`` for the models the sharing rows did not compile:
+   compile seconds (cold), CUDA graphs used or skipped, images/s and MFU.
 
 Each row runs in a child process forked from this one (torch imported, CUDA never initialised
 here) under its own hard timeout; the child and everything it started are killed in a

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # This project's GPU figures in one run that always reports, under eight minutes on one H100 once
 # the environment is installed: the device, the matmul peaks (fp32/TF32, bf16), img/s and MFU per
-# paper model in TF32 and bf16, 1/2/4 runs of ViT and the hybrid sharing the GPU, one Snakemake run
+# paper model in TF32 and bf16, 1 and 4 runs of ViT and the hybrid sharing the GPU, one Snakemake run
 # with its forecast, and the compile rows last (see benchmarks/gpu_check.py).
 #   bash benchmarks/gpu_check.sh [--smoke] [--archive PATH] [--out DIR] [--budget-s 460]
 #                                [--sections ...] [--force ROW=fail|hang] [--row-timeout-s N]

@@ -104,6 +104,14 @@ def child_device(check, runs_per_gpu: int = 1):
     return device
 
 
+def one_gpu() -> None:
+    """This row's processes see only the first visible GPU (the check measures one GPU)."""
+    from cnnvit.training.device import visible_gpus
+
+    if gpus := visible_gpus():
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
+
+
 def sync(device) -> None:
     import torch
 
@@ -194,6 +202,8 @@ def model_row(check, model: str, precision: str, compile_mode: str, backend: str
 
 def share_worker(check, model: str, k: int, index: int, barrier: Path, compile_mode: str) -> dict:
     """One of ``k`` trainings sharing the device: warm up, wait for the others, time the steps."""
+    from cnnvit.models import flops_per_image
+
     device = child_device(check, runs_per_gpu=k)
     steps = 3 if check.args.smoke else check.args.steps
     params = load(check, ["runtime.precision=auto", f"runtime.compile={compile_mode}"])
@@ -207,13 +217,15 @@ def share_worker(check, model: str, k: int, index: int, barrier: Path, compile_m
     sync(device)
     info = trainer.compile_info
     return {"images": steps * trainer.batch_size, "start": start, "end": time.time(), "compile_s": info["seconds"],
-            "cuda_graphs": info["cuda_graphs"]}  # fmt: skip
+            "cuda_graphs": info["cuda_graphs"], "precision": trainer.precision,
+            "gflop_per_image": flops_per_image(trainer.model, "cpu") / 1e9}  # fmt: skip
 
 
 def sharing_row(check, model: str, k: int, compile_mode: str) -> dict:
     barrier = Path(check.work) / f"barrier-{model}-{k}"
     barrier.mkdir()
     os.environ["CNNVIT_GPU_LOCK_DIR"] = str(barrier / "locks")
+    one_gpu()  # k runs on one GPU, not one run on each of k
     pids = {}
     for i in range(k):
         pid = os.fork()
@@ -238,7 +250,8 @@ def sharing_row(check, model: str, k: int, compile_mode: str) -> dict:
     outs = [json.loads((barrier / f"out-{i}.json").read_text()) for i in range(k)]
     span = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     return {"runs": k, "model": model, "compile": compile_mode, "images_per_s": sum(o["images"] for o in outs) / span,
-            "compile_s": max(o["compile_s"] for o in outs), "cuda_graphs": outs[0]["cuda_graphs"]}  # fmt: skip
+            "compile_s": max(o["compile_s"] for o in outs), "cuda_graphs": outs[0]["cuda_graphs"],
+            "precision": outs[0]["precision"], "gflop_per_image": outs[0]["gflop_per_image"]}  # fmt: skip
 
 
 def project_copy(dest: Path) -> Path:
@@ -254,6 +267,7 @@ def project_copy(dest: Path) -> Path:
 
 def pipeline_row(check, archive: Path, config: dict) -> dict:
     project = project_copy(Path(check.work) / "project")
+    one_gpu()  # the forecast and the wall time of one GPU, whatever the machine has
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env["CNNVIT_GPU_LOCK_DIR"] = str(Path(check.work) / "locks")
     config = merged(data_config(archive), config)
