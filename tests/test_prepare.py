@@ -347,3 +347,14 @@ def test_an_imbalanced_class_is_told_the_real_limit(tmp_path):
         named = [int(n) for n in re.findall(r"\d+", line.rsplit(": use ", 1)[1])]
         assert named and all(carve_validation(result, n, 0) for n in named)  # every size it names works
     assert line.endswith("use 29 or 37")  # rounding in proportion: 30 fails between two that fit
+
+
+def test_copies_kept_for_training_count_as_training_images_of_their_class():
+    from cnnvit.dataset import validation_problem
+
+    labels = np.repeat(np.arange(10), 4)  # 4 a class; class 0's last two images are copies of each other
+    eligible = np.ones(40, dtype=bool)
+    eligible[[2, 3]] = False
+    names = [str(c) for c in range(10)]
+    assert validation_problem(labels, 20, names, eligible) is None  # class 0 gives 2, keeps its 2 copies
+    assert "leaves class '1' no training image (it has 4" in validation_problem(labels, 38, names, eligible)

@@ -67,14 +67,19 @@ def _quotas_by_size(counts: np.ndarray) -> np.ndarray:
     return quota + (rank < remainder[:, None])
 
 
-def validation_problem(labels: np.ndarray, size: int, names: list[str]) -> str | None:
+def validation_problem(
+    labels: np.ndarray, size: int, names: list[str], eligible: np.ndarray | None = None
+) -> str | None:
     """Why ``size`` validation images cannot be carved from these training labels, or None:
     every class must give at least one image and keep at least one for training. The carve takes
-    each class in proportion, so a small class can need a larger set than there are classes."""
-    classes, counts = np.unique(labels, return_counts=True)
+    each class in proportion, so a small class can need a larger set than there are classes. It
+    draws from the ``eligible`` images only (as :func:`validation_split`); the others stay in training."""
+    pool = labels if eligible is None else labels[eligible]
+    classes, counts = np.unique(pool, return_counts=True)
+    totals = np.array([int((labels == c).sum()) for c in classes]) if eligible is not None else counts
     n = int(counts.sum())
     quota = _quotas_by_size(counts)
-    fits = (quota >= 1).all(1) & (quota < counts[None, :]).all(1)
+    fits = (quota >= 1).all(1) & (quota < totals[None, :]).all(1)
     if 1 <= size <= n and fits[size - 1]:
         return None
     ok = np.flatnonzero(fits) + 1
@@ -99,8 +104,8 @@ def validation_problem(labels: np.ndarray, size: int, names: list[str]) -> str |
         c = int(np.flatnonzero(row < 1)[0]) if size >= 1 else smallest
         has = "" if balanced else f" (it has {counts[c]}{share})"
         return f"{size} gives class {names[classes[c]]!r} no validation image{has}: {fix}"
-    c = int(np.flatnonzero(row >= counts)[0])
-    return f"{size} leaves class {names[classes[c]]!r} no training image (it has {counts[c]}{share}): {fix}"
+    c = int(np.flatnonzero(row >= totals)[0])
+    return f"{size} leaves class {names[classes[c]]!r} no training image (it has {totals[c]}{share}): {fix}"
 
 
 def validation_split(

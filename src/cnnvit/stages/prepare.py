@@ -292,7 +292,7 @@ def carve_validation(result: dict, val_size: int, val_seed: int) -> dict:
             f"data.val_size: class {result['classes'][lost[0]]!r} has no training image without a copy in the "
             "training split, and a copy cannot go to validation (it would also be trained on): remove the copies"
         )
-    problem = validation_problem(y[eligible], val_size, result["classes"])
+    problem = validation_problem(y, val_size, result["classes"], eligible)
     if problem:
         raise CnnvitError(f"data.val_size: {problem}")
     keep, val = validation_split(y, val_size, val_seed, eligible)
