@@ -56,6 +56,7 @@ from cnnvit.artifacts import atomic_dir, cpu_name, made_with_hint, params_differ
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec, resolves_to
 from cnnvit.dag import paths
+from cnnvit.dataset import IMG_SIZE
 from cnnvit.errors import CnnvitError
 from cnnvit.models import spec_from_dict
 from cnnvit.tables import read_table
@@ -280,7 +281,7 @@ def cost_table(path: Path, names: dict[str, str], trained_params: dict[str, int]
     if absent:
         raise CnnvitError(f"{path} has no row for {', '.join(absent)}: run `cnnvit cost` again")
     for model, n in (trained_params or {}).items():
-        measured = set(cost.params[cost.model == model])
+        measured = set(cost.params[(cost.model == model) & (cost["size"] == IMG_SIZE)])  # a ViT grows with the size
         if measured and measured != {n}:
             raise CnnvitError(
                 f"{path} was measured for another {model} ({', '.join(f'{p:,}' for p in sorted(measured))} parameters; "
