@@ -151,7 +151,15 @@ STAGES: dict[str, Stage] = {
             f"cnnvit cost --out {COST}",
             (),
             (Out(COST, report="Tables"),),
-            ("preset", "runs.models", "presets.{preset}.models", "cost", "runtime.device", "runtime.threads"),
+            (
+                "preset",
+                "runs.models",
+                "presets.{preset}.models",
+                "cost",
+                "runtime.device",
+                "runtime.threads",
+                "runtime.precision",
+            ),
         ),
         Stage(
             "collect",
