@@ -195,7 +195,10 @@ def _stop(procs: list) -> None:
                 os.kill(p.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
     while (alive := [p for p in procs if p.exitcode is None]) and time.monotonic() < deadline:
-        mp_connection.wait([p.sentinel for p in alive], timeout=deadline - time.monotonic())
+        for gone in mp_connection.wait([p.sentinel for p in alive], timeout=deadline - time.monotonic()):
+            # its sentinel closes as it exits, before it can be reaped: wait for that (no user code
+            # runs any more), rather than spin on the sentinel while the kernel frees its memory
+            next(p for p in alive if p.sentinel == gone).join()
     for p in procs:
         if p.exitcode is None:
             p.kill()
