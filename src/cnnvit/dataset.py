@@ -79,7 +79,7 @@ def validation_problem(
     totals = np.array([int((labels == c).sum()) for c in classes]) if eligible is not None else counts
     n = int(counts.sum())
     quota = _quotas_by_size(counts)
-    fits: np.ndarray = (quota >= 1).all(axis=1) & (quota < totals[None, :]).all(axis=1)
+    fits = np.logical_and(np.all(quota >= 1, axis=1), np.all(quota < totals[None, :], axis=1))
     if 1 <= size <= n and fits[size - 1]:
         return None
     ok = np.flatnonzero(fits) + 1
