@@ -261,18 +261,24 @@ def fabricate(tmp_path, accs=ACCS, seeds=(0, 1, 2), extra: dict | None = None, n
         for seed, acc in zip(seeds, values, strict=False):
             d = tmp_path / f"results/runs/{model}-paper-s{seed}"
             d.mkdir(parents=True)
+            digest = f"{model}-{seed}-weights"  # what the weights file's sha256 would be
             summary = {
                 "selected_test_acc": acc,
                 "final_test_acc": acc - 1,
                 "best_test_acc": acc + 0.5,
+                "selected_epoch": 2,
+                "weights_sha256": digest,
                 "n_train": 45_000,
                 "n_val": 5_000,
                 "n_test": n_test,
             }
             (d / "summary.json").write_text(json.dumps({**summary, **(extra or {})}))
-            (d / "metrics.csv").write_text(f"epoch,val_acc,test_acc\n1,{acc - 2},{acc - 1}\n2,{acc},{acc}\n")
+            (d / "metrics.csv").write_text(
+                f"epoch,val_acc,test_acc\n1,{acc - 1},{acc + 0.5}\n2,{acc},{acc}\n3,{acc - 2},{acc - 1}\n"
+            )
             e = tmp_path / f"results/eval/{model}-paper-s{seed}"
             e.mkdir(parents=True)
+            (e / "evaluation.json").write_text(json.dumps({"run": f"{model}-paper-s{seed}", "weights_sha256": digest}))
             cells = [("clean", 0, acc)] + [(c, s, acc - 5 * s) for c in ("fog", "contrast") for s in (1, 2)]
             (e / "robustness.csv").write_text(
                 "corruption,severity,acc,images\n" + "".join(f"{c},{s},{a},100\n" for c, s, a in cells)
@@ -286,7 +292,8 @@ def fabricate(tmp_path, accs=ACCS, seeds=(0, 1, 2), extra: dict | None = None, n
             write_per_image(e / EVAL_PER_IMAGE, first(acc), corrupted, np.arange(100), ["fog", "contrast"], [1, 2])
             write_predictions(
                 d / "predictions.npz", labels=labels, indices=np.arange(n_test), classes=np.array(list("abcdefghij")),
-                selected_logits=logits_for(acc), final_logits=logits_for(acc - 1), selected_epoch=2, final_epoch=2,
+                selected_logits=logits_for(acc), final_logits=logits_for(acc - 1), selected_epoch=2, final_epoch=3,
+                run=f"{model}-paper-s{seed}", weights_sha256=digest,
             )  # fmt: skip
     columns = "model,arch,size,params,flops_per_image,latency_ms_median,latency_ms_p95,throughput_images_per_s,batch,"
     (tmp_path / "cost.csv").write_text(
@@ -459,3 +466,39 @@ def test_collect_refuses_a_cost_table_of_other_model_sizes(tmp_path, capsys):
     fabricate(tmp_path / "b", extra={"params": 1234})  # the runs' models have other sizes than cost.csv's
     code = collect(tmp_path / "b")
     assert_one_line_error(code, capsys.readouterr().err, "cost.csv was measured for another", "run `cnnvit cost` again")
+
+
+def _copy(src: str, dst: str):
+    return lambda root: (root / dst).write_bytes((root / src).read_bytes())
+
+
+def _edit_json(path: str, **changes):
+    def edit(root):
+        d = json.loads((root / path).read_text())
+        (root / path).write_text(json.dumps({**d, **changes}))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("spoil", "needle"),
+    [
+        (_copy("results/runs/vit-paper-s0/predictions.npz", "results/runs/vit-paper-s1/predictions.npz"),
+         "predictions.npz is of run vit-paper-s0"),
+        (_copy("results/runs/resnet50-paper-s1/metrics.csv", "results/runs/vit-paper-s1/metrics.csv"),
+         "metrics.csv gives"),
+        (_edit_json("results/runs/vit-paper-s1/summary.json", seed="zero"), "seed is 'zero', not a whole number"),
+        (_edit_json("results/runs/vit-paper-s1/summary.json", selected_test_acc=99.0), "selected_test_acc 99.0000"),
+        # a run trained again since its evaluation: its weights changed, its eval folder did not
+        (_edit_json("results/eval/vit-paper-s1/evaluation.json", weights_sha256="an-earlier-training"),
+         "was evaluated on other weights than run vit-paper-s1's"),
+        (_copy("results/eval/vit-paper-s0/evaluation.json", "results/eval/vit-paper-s1/evaluation.json"),
+         "is not run vit-paper-s1's evaluation"),
+    ],
+)  # fmt: skip
+def test_a_runs_files_must_belong_together(tmp_path, capsys, spoil, needle):
+    """Issue 28.3: each of these collected with exit 0 and wrong numbers."""
+    fabricate(tmp_path)
+    spoil(tmp_path)
+    assert_one_line_error(collect(tmp_path), capsys.readouterr().err, needle)
+    assert not (tmp_path / "tables").exists()

@@ -93,6 +93,7 @@ class RunSummary:
     compile: bool | None = None
     pretrained: dict | None = None  # {"source": file or hub name, "sha256": ...}
     config: dict | None = None  # RunConfig.identity() the run was trained with
+    weights_sha256: str | None = None  # of its weights.safetensors: what its other files must name
     provenance: dict = field(default_factory=dict)
 
     @property
@@ -134,6 +135,14 @@ class RunSummary:
         for k in ACCURACIES:
             if not (math.isfinite(kw[k]) and 0 <= kw[k] <= 100):
                 raise CnnvitError(f"{where}: {k} is {kw[k]}, not an accuracy: delete it and train the run again")
+        for k, kind, what in (
+            ("run", str, "name"),
+            ("model", str, "name"),
+            ("recipe", str, "name"),
+            ("seed", int, "whole number"),
+        ):
+            if not isinstance(kw[k], kind) or isinstance(kw[k], bool):
+                raise CnnvitError(f"{where}: {k} is {kw[k]!r}, not a {what}: delete it and train the run again")
         try:
             return cls(**kw)
         except TypeError as exc:
@@ -162,7 +171,8 @@ def diverged(rows: list[dict], num_classes: int) -> str | None:
 METRICS_FILE, SUMMARY_FILE = "metrics.csv", "summary.json"
 PREDICTIONS_FILE, WEIGHTS_FILE = "predictions.npz", "weights.safetensors"
 RUN_FILES = (METRICS_FILE, SUMMARY_FILE, PREDICTIONS_FILE, WEIGHTS_FILE)  # what `cnnvit train` writes per run
-PREDICTION_KEYS = ("labels", "indices", "classes", "selected_logits", "final_logits", "selected_epoch", "final_epoch")
+PREDICTION_KEYS = ("labels", "indices", "classes", "selected_logits", "final_logits", "selected_epoch", "final_epoch",
+                   "run", "weights_sha256")  # fmt: skip
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -173,9 +183,10 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def write_predictions(path: Path, **arrays: Any) -> None:
-    """The test set's labels, their positions in the prepared test split, and the logits (float16)
-    of the selected and the final epoch: what per-class accuracy, calibration, confusion matrices
-    and the per-image paired tests are computed from."""
+    """The test set's labels, their positions in the prepared test split, and the logits (float32,
+    as evaluated) of the selected and the final epoch: what the verdicts, per-class accuracy,
+    calibration and confusion matrices are computed from; and the run's name and the sha256 of the
+    weights file written beside it, which tie the file to its run."""
     assert set(arrays) == set(PREDICTION_KEYS), sorted(arrays)
     with open(path, "wb") as f:
         arrays = {k: np.asarray(v) for k, v in arrays.items()}

@@ -114,7 +114,7 @@ def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame
             f"it again (delete {d} and run cnnvit train --model {run.model} --recipe {run.recipe} --seed {run.seed})"
         )
     preds = read_predictions(d / PREDICTIONS_FILE)
-    check_predictions(s, preds, d)
+    check_predictions(s, preds, d, m)
     cols = [c.column for c in VALUE_METRICS if c.column in m.columns]
     long = m.melt(id_vars="epoch", value_vars=cols, var_name="column")
     split = {c.column: (c.split, c.metric) for c in METRICS}
@@ -124,15 +124,27 @@ def load_run(params: Params, run: RunSpec, runs_dir: Path) -> tuple[pd.DataFrame
     return long[["run", "model", "recipe", "fraction", "seed", "epoch", "split", "metric", "value"]], s, preds
 
 
-def check_predictions(s: RunSummary, preds: dict, d: Path) -> None:
-    """The predictions must be this run's: the accuracies its summary records are what they give."""
+def check_predictions(s: RunSummary, preds: dict, d: Path, metrics: pd.DataFrame) -> None:
+    """A run's files must belong together: the predictions name the run and its weights, and give
+    the accuracies the summary and metrics.csv record."""
+    fix = f"the run's files do not belong together; delete {d} and train the run again"
+    if str(preds["run"]) != s.run or (s.weights_sha256 and str(preds["weights_sha256"]) != s.weights_sha256):
+        raise CnnvitError(f"{d}: {PREDICTIONS_FILE} is of run {preds['run']} or of other weights: {fix}")
+    epochs = metrics.set_index("epoch").test_acc
+    for metric, epoch in (("selected", s.selected_epoch), ("final", int(metrics.epoch.iloc[-1]))):
+        recorded = getattr(s, f"{metric}_test_acc")
+        if epoch in epochs.index and abs(float(epochs[epoch]) - recorded) > 1e-6:
+            raise CnnvitError(
+                f"{d}: {METRICS_FILE} gives {epochs[epoch]:.4f} at epoch {epoch}, {SUMMARY_FILE} {metric}_test_acc "
+                f"{recorded:.4f}: {fix}"
+            )
     for metric in ("selected", "final"):
         got = 100 * float(P.correct(preds, metric).mean())
         recorded = getattr(s, f"{metric}_test_acc")
         if abs(got - recorded) > 1e-6 * max(1.0, abs(recorded)):
             raise CnnvitError(
                 f"{d}: {SUMMARY_FILE} records {metric}_test_acc {recorded:.4f} but {PREDICTIONS_FILE} gives "
-                f"{got:.4f}: the run's files do not belong together; delete {d} and train the run again"
+                f"{got:.4f}: {fix}"
             )
 
 
@@ -246,9 +258,21 @@ COST = {"model": "str", "size": "int", "params": "int", "flops_per_image": "floa
         "training_step_mb": "float?", "device": "str", "threads": "int"}  # fmt: skip
 
 
-def evaluations(params: Params, eval_dir: Path, names: dict[str, str]) -> dict[str, pd.DataFrame]:
-    """The evaluation stage's tables of every run on the whole training set."""
-    long, attention, per_image = [], [], {}
+def check_evaluated(d: Path, run: str, weights: str | None, fix: str) -> None:
+    """An evaluation belongs to the run's current weights, not to those of an earlier training."""
+    record = read_json(d / paths.EVAL_RECORD, fix)
+    if not isinstance(record, dict) or record.get("run") != run:
+        raise CnnvitError(f"{d / paths.EVAL_RECORD} is not run {run}'s evaluation: {fix}")
+    if weights and record.get("weights_sha256") != weights:
+        raise CnnvitError(f"{d} was evaluated on other weights than run {run}'s (it was trained again since): {fix}")
+
+
+def evaluations(
+    params: Params, eval_dir: Path, names: dict[str, str], weights: dict[str, str | None] | None = None
+) -> dict[str, pd.DataFrame]:
+    """The evaluation stage's tables of every run on the whole training set; ``weights``: each run's
+    weights sha256, which its evaluation must name."""
+    long, attention, per_image, weights = [], [], {}, weights or {}
     for run in params.all_runs():
         if run.fraction < 1:
             continue
@@ -259,6 +283,7 @@ def evaluations(params: Params, eval_dir: Path, names: dict[str, str]) -> dict[s
         attends = not spec_from_dict(params.active.models[run.model]).convnet
         table = read_table(eval_dir / run.name / "attention.csv", ATTENTION, fix=fix, min_rows=int(attends))
         attention.append(table.assign(**keys))
+        check_evaluated(eval_dir / run.name, run.name, weights.get(run.name), fix)
         right = R.read_per_image(eval_dir / run.name / paths.EVAL_PER_IMAGE, run.name)
         per_image[run.model, run.recipe, run.seed] = right
     detail = pd.concat(long, ignore_index=True) if long else pd.DataFrame(columns=["model", "recipe", "seed"])
@@ -332,7 +357,9 @@ def collect(params: Params, runs_dir, out_dir, eval_dir=paths.EVAL_DIR, cost=pat
         "datasize_pairs.csv": pairs,
         "per_class.csv": P.per_class(whole, metric),
         "confusion.csv": P.confusion(whole, metric),
-        **evaluations(params, Path(eval_dir), names),
+        **evaluations(
+            params, Path(eval_dir), names, {s.run: s.weights_sha256 for _, s, _ in loaded if s.weights_sha256}
+        ),
         "cost.csv": cost_table(Path(cost), names, {s.model: s.params for _, s, _ in loaded if s.params}),
     }
     assert set(tables) | {"provenance.json", "metrics.json"} == TABLE_NAMES, TABLE_NAMES

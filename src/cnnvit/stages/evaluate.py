@@ -14,7 +14,8 @@ refused) and writes, together, to ``--out-dir/<run>``:
   head of every layer over ``presets.<p>.attention_images`` clean test images
   (:mod:`cnnvit.analysis.attention`); for a convnet, the header only;
 - ``robustness_correct.npz``: per robustness image, was the run right, clean and on every corruption
-  and severity (:func:`cnnvit.analysis.robustness.read_per_image`), for comparisons paired by image.
+  and severity (:func:`cnnvit.analysis.robustness.read_per_image`), for comparisons paired by image;
+- ``evaluation.json``: the run and the sha256 of the weights file these numbers are of.
 
 A change to the corruptions or their settings re-runs this stage, never the training.
 """
@@ -32,7 +33,7 @@ import torch
 from cnnvit.analysis.attention import attention_maps, mean_distance
 from cnnvit.analysis.records import WEIGHTS_FILE
 from cnnvit.analysis.robustness import write_per_image
-from cnnvit.artifacts import atomic_dir
+from cnnvit.artifacts import atomic_dir, file_sha256, write_json
 from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
@@ -104,6 +105,8 @@ def evaluate_run(
             for head, dist in enumerate(mean_distance(maps, IMG_SIZE // cell, cell)):
                 attention.append({"layer": layer + 1, "head": head + 1, "distance_px": float(dist)})
     with atomic_dir(out_dir, owned=lambda name: name in paths.EVAL_FILES) as tmp:
+        # which weights these numbers are of: collect refuses them beside a run retrained since
+        write_json(tmp / paths.EVAL_RECORD, {"run": cfg.name, "weights_sha256": file_sha256(weights)})
         write_rows(tmp / "robustness.csv", ROBUSTNESS_COLUMNS, rows)
         write_rows(tmp / "attention.csv", ATTENTION_COLUMNS, attention)
         write_per_image(

@@ -308,7 +308,7 @@ def figures(tables_dir, out_dir) -> list[str]:
     sns.set_theme(style="whitegrid", context="notebook")
     drawn = figure_list(t)
     # Labels come from the data (class and model names): plain text, never TeX or mathtext ($...$)
-    plain = {"text.parse_math": False, "text.usetex": False}
+    plain: dict = {"text.parse_math": False, "text.usetex": False}
     with atomic_dir(out_dir, owned=lambda name: name.endswith(".png")) as tmp, plt.rc_context(plain):
         for name, (fn, *args) in drawn.items():
             fig = fn(*args)

@@ -50,7 +50,7 @@ from cnnvit.analysis.records import (
     write_metrics,
     write_predictions,
 )
-from cnnvit.artifacts import atomic_dir, provenance, write_json
+from cnnvit.artifacts import atomic_dir, file_sha256, provenance, write_json
 from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
@@ -162,7 +162,7 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
             row |= {"val_loss": val.loss, "val_acc": val.acc, "test_loss": test.loss, "test_acc": test.acc}
             row["peak_mem_mb"] = peak_mem_mb(device)
             rows.append({k: row[k] for k in METRIC_COLUMNS})
-            kept["final_logits"] = test.logits.half().cpu()
+            kept["final_logits"] = test.logits.cpu()  # float32: the argmax the accuracy was counted from
             if selected_row(rows) is rows[-1]:  # the validation accuracy improved: keep this epoch
                 kept |= {"selected_logits": kept["final_logits"], "selected_model": trainer.weights()}
             saved = ""
@@ -192,10 +192,14 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
 
 
 def write_outputs(out_dir: Path, cfg: RunConfig, rows: list[dict], summary: RunSummary, data, kept: dict) -> None:
-    """The run's files, replacing its directory together: none or all of them are there."""
+    """The run's files, replacing its directory together: none or all of them are there. Each names
+    the run, and the summary and the predictions the sha256 of the weights: collect checks they agree."""
     with atomic_dir(out_dir, owned=lambda name: name in RUN_FILES) as tmp:
+        meta = {"run": cfg.name, "epoch": str(summary.selected_epoch), "arch": cfg.model.arch, "selected_on": "val_acc"}
+        save_weights(tmp / WEIGHTS_FILE, kept["selected_model"], meta)
+        digest = file_sha256(tmp / WEIGHTS_FILE)
         write_metrics(tmp / METRICS_FILE, rows)
-        write_json(tmp / SUMMARY_FILE, summary.to_json())
+        write_json(tmp / SUMMARY_FILE, dataclasses.replace(summary, weights_sha256=digest).to_json())
         write_predictions(
             tmp / PREDICTIONS_FILE,
             labels=data.test.labels.cpu().numpy().astype(np.uint8),
@@ -205,9 +209,9 @@ def write_outputs(out_dir: Path, cfg: RunConfig, rows: list[dict], summary: RunS
             final_logits=kept["final_logits"].numpy(),
             selected_epoch=summary.selected_epoch,
             final_epoch=rows[-1]["epoch"],
+            run=cfg.name,
+            weights_sha256=digest,
         )
-        meta = {"run": cfg.name, "epoch": str(summary.selected_epoch), "arch": cfg.model.arch, "selected_on": "val_acc"}
-        save_weights(tmp / WEIGHTS_FILE, kept["selected_model"], meta)
 
 
 def _checkpoint(trainer, ident, runtime, epoch, rows, summary, wall, kept) -> dict:
