@@ -243,3 +243,36 @@ def test_cost_is_measured_per_input_size_and_grows_with_it():
     assert small["latency_ms_p95"] >= small["latency_ms_median"] > 0 and small["throughput_images_per_s"] > 0
     assert small["training_step_mb"] >= 0 and "throughput_images_per_s" not in large
     assert math.isfinite(small["training_peak_mb"])
+
+
+def _damage(kind: str, path):
+    z = dict(np.load(path))
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    elif kind == "other size":
+        z["images"] = np.zeros((*z["images"].shape[:3], 16, 16, 3), dtype=np.uint8)
+        np.savez(path, **z)
+    elif kind == "fewer images":
+        z["images"] = z["images"][:, :, :5]
+        np.savez(path, **z)
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [("empty", "EOFError"), ("truncated", "is corrupt or not a cnnvit corrupted set"),
+     ("other size", "holds images of shape"), ("fewer images", "for 10 labels")],
+)  # fmt: skip
+def test_a_damaged_corrupted_set_is_one_line(trained, tmp_path, capsys, kind, needle):
+    """Issue 28.11: an empty file was an EOFError, a truncated one BadZipFile, other image sizes an
+    AssertionError, fewer images a numpy broadcast error."""
+    d, raw, data = trained
+    bad = tmp_path / "bad_c.npz"
+    assert run_cli(tmp_path, capsys, ["corrupt", "--data-dir", str(data), "--out", str(bad)], raw)[0] == 0
+    _damage(kind, bad)
+    argv = [a if a != str(d / "test_c.npz") else str(bad) for a in evaluate_argv(d)]
+    argv[argv.index("--out-dir") + 1] = str(tmp_path / "eval")
+    code, err = run_cli(tmp_path, capsys, argv, raw)
+    assert_one_line_error(code, err, str(bad), needle, "run `cnnvit corrupt` again")
+    assert not (tmp_path / "eval").exists()

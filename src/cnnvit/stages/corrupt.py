@@ -73,15 +73,24 @@ def make_corrupted(params: Params, data_dir, out) -> dict:
 
 
 def read_corrupted(path: Path) -> dict[str, np.ndarray]:
+    """The corrupted sets, with every array's shape checked against the others: a damaged file
+    (empty, truncated, other image sizes, fewer images) is one line, never a numpy error."""
+    again = "run `cnnvit corrupt` again"
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in KEYS}
+            sets = {k: z[k] for k in KEYS}
     except FileNotFoundError:
         raise CnnvitError(f"{path} not found: run `cnnvit corrupt` first (or the pipeline)") from None
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CnnvitError(f"{path} is corrupt or not a cnnvit corrupted set ({type(exc).__name__}): {again}") from None
+    images, n = sets["images"], len(sets["labels"])
+    want = (len(sets["corruptions"]), len(sets["severities"]), n, 32, 32, 3)
+    if images.dtype != np.uint8 or images.shape != want or sets["indices"].shape != (n,):
         raise CnnvitError(
-            f"{path} is corrupt or not a cnnvit corrupted set ({type(exc).__name__}): run `cnnvit corrupt` again"
-        ) from None
+            f"{path} holds images of shape {images.shape} ({images.dtype}) for {n} labels and {len(sets['indices'])} "
+            f"positions (expected {want}, uint8): it is damaged or from another version; {again}"
+        )
+    return sets
 
 
 def add_args(p) -> None:
