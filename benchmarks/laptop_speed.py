@@ -10,6 +10,7 @@ leaks into the next:
 - ``eager-1t``: one thread, eager (convnets in channels_last, as the trainer does): the baseline;
 - ``nchw-1t``: one thread, convnets in the default NCHW layout instead;
 - ``compile-1t``: one thread, ``torch.compile`` (inductor, C++ kernels), compile time apart;
+- ``bf16-1t``: one thread, bfloat16 autocast (a CPU with AVX512-BF16 or AMX has it in hardware);
 - ``eager-2t``: two threads, one run alone;
 - ``eager-1t-x2``: two runs at once, one thread each (each run's images/s; the machine's is twice).
 
@@ -32,6 +33,7 @@ SETTINGS = {
     "eager-1t": {"threads": 1},
     "nchw-1t": {"threads": 1, "nchw": True},
     "compile-1t": {"threads": 1, "compile": True},
+    "bf16-1t": {"threads": 1, "precision": "bf16"},
     "eager-2t": {"threads": 2},
     "eager-1t-x2": {"threads": 1, "copies": 2},
 }
@@ -49,6 +51,7 @@ def _step_rate(params_file: str, overrides: list[str], model: str, data_dir: str
     from cnnvit.training.data import load_prepared
 
     extra = ["runtime.compile=true"] if setting.get("compile") else []
+    extra += [f"runtime.precision={setting['precision']}"] if setting.get("precision") else []
     params = load_params(params_file, overrides + extra)
     cfg = run_config(params, RunSpec(model, "paper", 0))
     if setting.get("nchw"):
@@ -100,7 +103,7 @@ def main() -> int:
             results.setdefault(model, {})[name] = got
             print(f"{model:<14} {name:<12} {got['images_per_s']:8.0f} img/s a run  (warm-up {got['warmup_s']:.1f} s)",
                   flush=True)  # fmt: skip
-    base = "eager-1t"
+    base = "eager-1t" if "eager-1t" in args.settings else args.settings[0]
     print(f"\n| model | {' | '.join(args.settings)} |\n|---|{'---:|' * len(args.settings)}")
     for model, row in results.items():
         cells = [f"{row[s]['images_per_s']:.0f} ({row[s]['machine_images_per_s'] / row[base]['machine_images_per_s']:.2f}x)"
