@@ -231,7 +231,7 @@ def tiny_params(
 
 def claims_for(models) -> list[str]:
     """The paper's claims whose two models are both among ``models`` (the others cannot be tested)."""
-    from cnnvit.analysis.paper import CLAIMS
+    from cnnvit.paper import CLAIMS
 
     return [c.id for c in CLAIMS if all(m in models for m in c.models)]
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from conftest import TINY_BY_ARCH
 
-from cnnvit.analysis.robustness import attention_summary
-from cnnvit.analysis.sections import attention_sentences
+from cnnvit.report.sections import attention_sentences
 from cnnvit.stages.figures import attention_plot
+from cnnvit.stats.robustness import attention_summary
 
 
 def long_table(rng: np.random.Generator, seeds=(0, 1, 2), layers=(1, 2, 3), heads=4) -> pd.DataFrame:

@@ -279,7 +279,7 @@ def test_a_run_that_explodes_is_flagged_as_diverged(prepared, tmp_path, monkeypa
     """A ResNet50 at lr=1000 ended at chance with a loss of 1.2e19 and was recorded as normal. The
     flag reads the validation split, never the test set (issue 25.10), and a run still at chance
     after one epoch is under-trained, not diverged (issue 28)."""
-    from cnnvit.analysis.records import diverged
+    from cnnvit.runfiles import diverged
 
     row = {"epoch": 5, "train_loss": 2.0, "train_acc": 40.0, "val_loss": 1.2e19, "test_loss": 1.9, "test_acc": 10.0}
     assert "validation loss 1.2e+19" in diverged([row], 10)
@@ -339,7 +339,7 @@ def test_run_from_elsewhere_names_the_missing_prepared_data(tmp_path, capsys):
 
 
 def test_outputs_keep_the_users_umask(prepared, tmp_path):
-    from cnnvit.artifacts import atomic_dir
+    from cnnvit.files import atomic_dir
 
     old = os.umask(0o022)
     try:

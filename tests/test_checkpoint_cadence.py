@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import make_cifar_python, md5, prepare_dir, tiny_params
 
-from cnnvit.analysis.records import TIMING_COLUMNS
 from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
+from cnnvit.runfiles import TIMING_COLUMNS
 from cnnvit.stages import train
 from cnnvit.training import checkpoint
 from cnnvit.training import device as devices

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnvit.analysis import corruptions as C
+from cnnvit.measure import corruptions as C
 
 SEVERITY_TABLE = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)]  # make_cifar_c's
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import MODELS, make_cifar_python, make_project, md5, sh, tiny_params, write_yaml
 
-from cnnvit.analysis.verdicts import CLAIM_COLUMNS
+from cnnvit.stats.claims import CLAIM_COLUMNS
 
 pytestmark = pytest.mark.slow  # the workflow tests: minutes; CI runs them, `-m 'not slow'` skips them
 

@@ -12,16 +12,16 @@ import pytest
 import torch
 from conftest import ROOT, TINY_MODELS, assert_one_line_error, make_cifar_python, md5, prepare_dir, run_cli, tiny_params
 
-from cnnvit.analysis import corruptions as C
-from cnnvit.analysis.attention import attention_maps, mean_distance, token_centres
-from cnnvit.analysis.robustness import mce, read_per_image
 from cnnvit.config.load import load_params, params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Corruption, RunSpec
 from cnnvit.errors import CnnvitError
+from cnnvit.measure import corruptions as C
+from cnnvit.measure.attention import attention_maps, mean_distance, token_centres
+from cnnvit.measure.cost import measure
 from cnnvit.models import build_model, spec_from_dict
 from cnnvit.stages import train
-from cnnvit.training.cost import measure
+from cnnvit.stats.robustness import mce, read_per_image
 
 PARAMS = ROOT / "params.yaml"
 

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from cnnvit.artifacts import atomic_dir, atomic_path, read_json, sweep_stale, write_text
 from cnnvit.errors import CnnvitError
+from cnnvit.files import atomic_dir, atomic_path, read_json, sweep_stale, write_text
 from cnnvit.tables import read_table
 
 # ----------------------------------------------------------------------------- links
@@ -70,7 +70,7 @@ def killed_while_writing(tmp_path, kind: str) -> None:
     """A process killed (SIGKILL) inside atomic_dir or atomic_path for tmp_path/figures."""
     code = (
         "import os, signal, sys\n"
-        "from cnnvit.artifacts import atomic_dir, atomic_path\n"
+        "from cnnvit.files import atomic_dir, atomic_path\n"
         f"ctx = atomic_{kind}({str(tmp_path / 'figures')!r})\n"
         "with ctx as tmp:\n"
         "    (tmp / 'half.png').write_bytes(b'x') if tmp.is_dir() else tmp.write_bytes(b'x')\n"
@@ -94,7 +94,7 @@ def test_what_a_killed_write_left_is_swept_by_the_next_write(tmp_path, kind):
 def test_a_live_writers_temporaries_and_foreign_names_are_left_alone(tmp_path):
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from cnnvit.artifacts import _HOST
+        from cnnvit.files import _HOST
 
         ours = tmp_path / f".figures.{live.pid}@{_HOST}.abc123"
         other_host = tmp_path / ".figures.1@elsewhere.abc123"
@@ -110,7 +110,7 @@ def test_a_live_writers_temporaries_and_foreign_names_are_left_alone(tmp_path):
 
 
 def test_a_write_killed_between_its_two_renames_gets_its_previous_version_back(tmp_path):
-    from cnnvit.artifacts import _HOST
+    from cnnvit.files import _HOST
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     old = tmp_path / f".tables.{dead.stdout.strip()}@{_HOST}.old"

@@ -79,13 +79,13 @@ def test_code_dependencies_are_what_each_stage_imports():
         "src/cnnvit/stages/train.py",
         "src/cnnvit/training/engine.py",
         "src/cnnvit/models/vit.py",
-        "src/cnnvit/training/data.py",
+        "src/cnnvit/training/inputs.py",
         "src/cnnvit/config/load.py",
         "src/cnnvit/config/params.schema.json",
     } <= set(train)
     assert "src/cnnvit/stages/report.py" not in train and "src/cnnvit/dag/stages.py" not in train
     figures = pipeline.code_deps("figures")
-    assert "src/cnnvit/analysis/paper/epochs.csv" in figures and "src/cnnvit/models/vit.py" not in figures
+    assert "src/cnnvit/paper/epochs.csv" in figures and "src/cnnvit/models/vit.py" not in figures
     assert "src/cnnvit/models/vit.py" not in pipeline.code_deps("download")
     for stage in pipeline.STAGES:
         assert all((ROOT / f).is_file() for f in pipeline.code_deps(stage)), stage

@@ -307,12 +307,12 @@ def test_copies_within_a_split_warn_and_stay_out_of_the_validation_set(tmp_path,
 
 def test_data_without_copies_carves_as_before(cifar_archive):
     """The guard changes no prepared image: without copies every image is eligible for validation."""
-    from cnnvit.dataset import validation_split
+    from cnnvit.cifar import validation_split
 
     result = prepare(cifar_archive, "cifar10-python")
     assert not result["repeated"].any()
     labels = result["train"][1]
-    from cnnvit.dataset import stratified_indices
+    from cnnvit.cifar import stratified_indices
 
     _, val = validation_split(labels, 20, 3)
 
@@ -350,7 +350,7 @@ def test_an_imbalanced_class_is_told_the_real_limit(tmp_path):
 
 
 def test_copies_kept_for_training_count_as_training_images_of_their_class():
-    from cnnvit.dataset import validation_problem
+    from cnnvit.cifar import validation_problem
 
     labels = np.repeat(np.arange(10), 4)  # 4 a class; class 0's last two images are copies of each other
     eligible = np.ones(40, dtype=bool)

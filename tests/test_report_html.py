@@ -15,8 +15,8 @@ import pytest
 from conftest import assert_one_line_error
 from test_stats import collect, fabricate
 
-from cnnvit.analysis.paper import paper_epochs
 from cnnvit.cli import main
+from cnnvit.paper import paper_epochs
 
 
 class Tables(HTMLParser):

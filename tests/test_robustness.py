@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cnnvit.analysis import robustness as R
-from cnnvit.analysis.sections import robustness_pair_rows, robustness_rows
 from cnnvit.errors import CnnvitError
+from cnnvit.report.sections import robustness_pair_rows, robustness_rows
+from cnnvit.stats import robustness as R
 
 CORRUPTIONS, SEVERITIES, N = ("fog", "contrast"), (1, 2), 400
 

@@ -22,8 +22,8 @@ from cnnvit.config.types import RunSpec, resolves_to
 from cnnvit.errors import CnnvitError, Interrupted
 from cnnvit.stages import train
 from cnnvit.training import device as devices
-from cnnvit.training.data import Prepared, Split
 from cnnvit.training.engine import Trainer, compile_mode
+from cnnvit.training.inputs import Prepared, Split
 
 CPU, MPS, CUDA = torch.device("cpu"), torch.device("mps"), torch.device("cuda", 0)
 

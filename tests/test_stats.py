@@ -13,10 +13,15 @@ from conftest import ROOT, assert_one_line_error, write_yaml
 from scipy import stats as sps
 from scipy.special import expit
 
-from cnnvit.analysis.paper import CLAIMS, paper_gap
-from cnnvit.analysis.records import write_predictions
-from cnnvit.analysis.robustness import write_per_image
-from cnnvit.analysis.stats import (
+from cnnvit.cli import main
+from cnnvit.config.load import load_params
+from cnnvit.config.runs import run_config
+from cnnvit.config.types import RunSpec
+from cnnvit.paper import CLAIMS, paper_gap
+from cnnvit.paths import EVAL_PER_IMAGE
+from cnnvit.runfiles import write_predictions
+from cnnvit.stats.claims import CLAIM_COLUMNS, claims_table, crossing
+from cnnvit.stats.intervals import (
     decide,
     expected_calibration_error,
     mcnemar_p,
@@ -24,12 +29,7 @@ from cnnvit.analysis.stats import (
     seed_stats,
     t_quantile,
 )
-from cnnvit.analysis.verdicts import CLAIM_COLUMNS, claims_table, crossing
-from cnnvit.cli import main
-from cnnvit.config.load import load_params
-from cnnvit.config.runs import run_config
-from cnnvit.config.types import RunSpec
-from cnnvit.dag.paths import EVAL_PER_IMAGE
+from cnnvit.stats.robustness import write_per_image
 
 T2 = 4.302652729749464  # t(0.975, df=2), the 4.303 of every t table
 CLAIM = {c.id: c for c in CLAIMS}

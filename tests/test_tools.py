@@ -43,7 +43,7 @@ def test_dvc_refuses_while_snakemake_holds_the_project_and_deletes_nothing(proje
     cfg = yaml.safe_load((project / "params.yaml").read_text())
     cfg["data"]["val_seed"] = 1  # prepare (and everything after it) is now stale
     write_yaml(project / "params.yaml", cfg)
-    snakemake = holding(project, "from cnnvit.dag.tools import hold_for_snakemake\nhold_for_snakemake()")
+    snakemake = holding(project, "from cnnvit.dag.tool_lock import hold_for_snakemake\nhold_for_snakemake()")
     try:
         proc = sh("dvc repro", project, check=False)
     finally:

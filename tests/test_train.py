@@ -15,12 +15,12 @@ import pytest
 import torch
 from conftest import ROOT, make_cifar_python, md5, prepare_dir, run_cli, tiny_params, write_yaml
 
-from cnnvit.analysis.records import METRIC_COLUMNS, TIMING_COLUMNS
 from cnnvit.cli import main
 from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.errors import CnnvitError
+from cnnvit.runfiles import METRIC_COLUMNS, TIMING_COLUMNS
 from cnnvit.stages import train
 from cnnvit.training import checkpoint
 
@@ -334,7 +334,7 @@ def image_rows(images: torch.Tensor) -> set[bytes]:
 def test_no_run_trains_on_a_validation_image_and_all_runs_share_it(params, prepared):
     """By content, not index: every model, recipe, seed, fraction and train_size sees the same
     validation (and test) images, and none of them is in any run's training set."""
-    from cnnvit.training.data import load_prepared
+    from cnnvit.training.inputs import load_prepared
 
     vals, tests, trained = [], [], set()
     for model, recipe, seed, fraction, size in [
@@ -357,8 +357,8 @@ def test_no_run_trains_on_a_validation_image_and_all_runs_share_it(params, prepa
 def test_the_selected_epoch_follows_validation_not_test(params, prepared, tmp_path, monkeypatch):
     """Test accuracy peaks at epoch 2, validation at epoch 3 (tied at 4): the run reports epoch 3;
     its predictions and weights are epoch 3's, and the best-on-test 2 is kept only as such."""
-    from cnnvit.analysis.records import read_predictions
     from cnnvit.models.weights import weights_metadata
+    from cnnvit.runfiles import read_predictions
     from cnnvit.training.engine import Evaluation
 
     val_acc, test_acc = {1: 20.0, 2: 30.0, 3: 50.0, 4: 50.0}, {1: 20.0, 2: 60.0, 3: 40.0, 4: 30.0}
@@ -384,11 +384,11 @@ def test_the_selected_epoch_follows_validation_not_test(params, prepared, tmp_pa
 
 
 def test_the_saved_weights_reproduce_the_selected_predictions(params, prepared, tmp_path):
-    from cnnvit.analysis.records import read_predictions
     from cnnvit.models import build_model
     from cnnvit.models.weights import load_weights
-    from cnnvit.training.data import load_prepared
+    from cnnvit.runfiles import read_predictions
     from cnnvit.training.engine import Trainer
+    from cnnvit.training.inputs import load_prepared
 
     cfg = cfg_for(params, "cnn_vit", "modern", epochs=3)
     train.train_run(cfg, prepared[1], tmp_path / "out", tmp_path / "ckpt")

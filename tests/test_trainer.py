@@ -18,7 +18,6 @@ from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.stages import train
-from cnnvit.training.data import Augment, Prepared, Split, load_prepared, stratified_indices
 from cnnvit.training.engine import (
     NAN_CHECK_EVERY,
     Trainer,
@@ -28,6 +27,7 @@ from cnnvit.training.engine import (
     peak_mem_mb,
     reset_peak_memory,
 )
+from cnnvit.training.inputs import Augment, Prepared, Split, load_prepared, stratified_indices
 
 CPU = torch.device("cpu")
 

@@ -85,9 +85,9 @@ def check_fractions_with_data(params: Params, runs: list[RunSpec], data_dir: Pat
     """The fractions against the prepared training split, where params alone could not tell its
     size (``data.expect_train: 0``): each trains at least one image a class, no two the same images.
     Missing or damaged data is left to the stage, which names it."""
-    from cnnvit.artifacts import read_json
+    from cnnvit.cifar import subset_size
     from cnnvit.config.load import check_fractions
-    from cnnvit.dataset import subset_size
+    from cnnvit.files import read_json
 
     try:
         counts = read_json(data_dir / "stats.json").get("counts", {})

@@ -5,7 +5,7 @@
 
 Every subcommand loads params.yaml through :mod:`cnnvit.config.load` (``--set`` applies dotted
 overrides first) and takes every path as an argument, defaulting to the paths of
-:mod:`cnnvit.dag.paths`, each checked for its role before anything runs (:mod:`cnnvit.arguments`).
+:mod:`cnnvit.paths`, each checked for its role before anything runs (:mod:`cnnvit.arguments`).
 A :class:`~cnnvit.errors.CnnvitError` ends the command with one ``error:`` line and exit status 1.
 """
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(argv).parse_args(argv)
         from cnnvit.arguments import check_paths
         from cnnvit.config.load import load_params
-        from cnnvit.dag.tools import refuse_if_the_other_tool_runs
+        from cnnvit.dag.tool_lock import refuse_if_the_other_tool_runs
 
         refuse_if_the_other_tool_runs()
         check_paths(args.command, args)

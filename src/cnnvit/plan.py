@@ -87,9 +87,9 @@ def measure(params: Params, model: str, recipe: str, steps: int = 4, where: Path
     from cnnvit.config.runs import run_config
     from cnnvit.models import flops_per_image
     from cnnvit.training.checkpoint import save
-    from cnnvit.training.data import Prepared, Split
     from cnnvit.training.device import resolve_precision, select_device, use_precision
     from cnnvit.training.engine import Trainer
+    from cnnvit.training.inputs import Prepared, Split
 
     device, device_name = select_device(params.runtime.device, params.runtime.runs_per_gpu)
     precision = resolve_precision(params.runtime.precision, device)
@@ -127,7 +127,7 @@ def measure(params: Params, model: str, recipe: str, steps: int = 4, where: Path
 def measure_all(params: Params, runs: list[RunSpec], cache: Path | None = None) -> tuple[dict, str, float]:
     """(model -> Measured, the device's name, this process's start-up seconds), measuring only
     what ``cache`` does not hold for these settings and this machine."""
-    import cnnvit.stages.train  # noqa: F401  # what a training job imports first: torch, timm, the models
+    import cnnvit.training.engine  # noqa: F401  # what a training job imports first: torch, timm, the models
     from cnnvit import START
 
     startup = time.perf_counter() - START
@@ -145,14 +145,14 @@ def measure_all(params: Params, runs: list[RunSpec], cache: Path | None = None) 
         startup = stored[key].get("startup_s", startup)
         out[model] = m
     if path:
-        from cnnvit.artifacts import write_json
+        from cnnvit.files import write_json
 
         write_json(path, stored)
     return out, device, startup
 
 
 def checkpoint_writes(evaluations: int, train_s: float, every_s: float) -> int:
-    """Checkpoints a run writes (as cnnvit.stages.train does): after its first evaluated epoch,
+    """Checkpoints a run writes (as the train stage does): after its first evaluated epoch,
     after one ending ``every_s`` or more after the last, and the finished run's."""
     if evaluations <= 1:
         return 1
@@ -369,6 +369,6 @@ def run(args, params: Params) -> None:
     got = plan(params, runs, args.jobs, slots, Path(args.cache) if args.cache else None)
     print("\n".join(report_lines(got, params)), flush=True)
     if args.out:
-        from cnnvit.artifacts import write_json
+        from cnnvit.files import write_json
 
         write_json(args.out, got)

@@ -29,8 +29,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from cnnvit.cifar import NUM_CLASSES, subset_size
 from cnnvit.config.types import Analysis, Cost, Data, Params, Preset, Recipe, Robustness, Runs, Runtime
-from cnnvit.dataset import NUM_CLASSES, subset_size
 from cnnvit.errors import CnnvitError, first_line
 
 __all__ = ["Params", "load_params", "params_from_dict"]
@@ -344,7 +344,7 @@ def check(cfg: dict, source: str = "params.yaml") -> None:
 def check_claims(cfg: dict, source: str) -> None:
     """Each claim to test needs both its models among the runs: a verdict must never be computed
     from the wrong pairs, nor a claim dropped without a word."""
-    from cnnvit.analysis.paper import CLAIMS
+    from cnnvit.paper import CLAIMS
 
     runs = cfg["runs"]["models"]
     for claim in CLAIMS:

@@ -36,7 +36,7 @@ def add_args(p) -> None:
 
 
 def run(args, params) -> None:
-    from cnnvit.artifacts import write_text
+    from cnnvit.files import write_text
 
     path = schema_path()
     text = path.read_text()

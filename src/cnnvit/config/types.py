@@ -31,7 +31,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine", "linear"]
 Normalize = Literal["meanstd", "unit"]
 VerdictMetric = Literal["selected", "final"]
-# cnnvit.analysis.corruptions.CORRUPTIONS, in CIFAR-10-C's order (a test holds the three lists together)
+# cnnvit.measure.corruptions.CORRUPTIONS, in CIFAR-10-C's order (a test holds the three lists together)
 Corruption = Literal[
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
     "snow", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
@@ -103,7 +103,7 @@ class Runtime:
 @dataclass(frozen=True)
 class Analysis:
     metric: VerdictMetric  # the test accuracy the verdicts use: at the epoch chosen on validation, or the last
-    claims: tuple[str, ...]  # ids of cnnvit.analysis.paper.CLAIMS: one family
+    claims: tuple[str, ...]  # ids of cnnvit.paper.CLAIMS: one family
     close_margin_pp: float  # "close to ResNet50": the non-inferiority margin of hybrid_near_resnet
 
 
@@ -168,8 +168,8 @@ def pretrained_sha256(name: str) -> str:
     """The sha256 of a local pretrained weights file, or one line saying it is not there."""
     from pathlib import Path
 
-    from cnnvit.artifacts import file_sha256
     from cnnvit.errors import CnnvitError
+    from cnnvit.files import file_sha256
 
     path = Path(name).expanduser()
     if not path.is_file():

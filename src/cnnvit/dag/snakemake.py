@@ -77,7 +77,7 @@ def param_values(stage: str, params: Params, batch: S.Batch | None = None) -> di
 def write_snapshot(params: Params) -> Path:
     """The config Snakemake validated at its start, as the one file every job reads: editing
     params.yaml during a run cannot reach the jobs still to come (they would mix configs)."""
-    from cnnvit.artifacts import write_text
+    from cnnvit.files import write_text
 
     write_text(
         PARAMS_SNAPSHOT,

@@ -23,11 +23,10 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cnnvit.analysis.records import RUN_FILES, WEIGHTS_FILE
 from cnnvit.batch import Batch, batches
 from cnnvit.config.types import run_name
 from cnnvit.dag.code import code_files
-from cnnvit.dag.paths import (
+from cnnvit.paths import (
     CHECKPOINT_DIR,
     CORRUPTED,
     COST,
@@ -44,6 +43,7 @@ from cnnvit.dag.paths import (
     TABLES_DIR,
     TEMPLATE,
 )
+from cnnvit.runfiles import RUN_FILES, WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from cnnvit.config.types import Params, RunSpec

@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from cnnvit.dataset import IMG_SIZE
+from cnnvit.cifar import IMG_SIZE
 
 if TYPE_CHECKING:
     import torch

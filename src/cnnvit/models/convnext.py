@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from cnnvit.dataset import IMG_SIZE
+from cnnvit.cifar import IMG_SIZE
 from cnnvit.models import ArchSpec, register
 
 if TYPE_CHECKING:

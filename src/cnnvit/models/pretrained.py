@@ -23,9 +23,9 @@ from typing import Any
 import timm
 import torch
 
-from cnnvit.artifacts import file_sha256
-from cnnvit.dataset import NUM_CLASSES
+from cnnvit.cifar import NUM_CLASSES
 from cnnvit.errors import CnnvitError, first_line, refused_pickle
+from cnnvit.files import file_sha256
 from cnnvit.models import ArchSpec
 
 HUB_PREFIX = "hf-hub:"

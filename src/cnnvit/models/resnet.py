@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from cnnvit.dataset import IMG_SIZE
+from cnnvit.cifar import IMG_SIZE
 from cnnvit.errors import CnnvitError
 from cnnvit.models import ArchSpec, register
 

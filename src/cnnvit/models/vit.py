@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from cnnvit.dataset import IMG_SIZE
+from cnnvit.cifar import IMG_SIZE
 from cnnvit.models import ArchSpec, register
 
 if TYPE_CHECKING:

@@ -11,11 +11,11 @@ warning). Writes, in ``--out-dir`` (replaced as a whole, so the tables always be
 - ``epochs.csv``: long form (run, model, label, recipe, fraction, seed, epoch, split, metric, value);
 - ``runs.csv``: one row per run (selected, final and best test accuracy, calibration, costs);
   ``summary.csv``: one row per model x recipe x fraction, with the seed mean, std and 95%
-  t-interval of each accuracy, the best-over-test optimism and calibration (cnnvit.analysis.verdicts);
+  t-interval of each accuracy, the best-over-test optimism and calibration (cnnvit.stats.claims);
 - ``claims.csv``: the paper's claims (``analysis.claims``), one row per claim x recipe: the
   difference on the accuracy ``analysis.metric`` names, from every seed's per-image predictions,
   its interval at the Bonferroni level, the verdict that interval gives, the minimum detectable
-  effect and the paper's own gap (cnnvit.analysis.verdicts);
+  effect and the paper's own gap (cnnvit.stats.claims);
   ``variants.csv``: the same claims with each variant of a paper model (the ResNet stem, the
   deformable hybrid), exploratory;
 - ``datasize.csv`` and ``datasize_pairs.csv``: accuracy against training-set size, and every pair
@@ -39,10 +39,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from cnnvit.analysis import predictions as P
-from cnnvit.analysis import robustness as R
-from cnnvit.analysis.paper import CLAIMS, PAPER_NAME
-from cnnvit.analysis.records import (
+from cnnvit import paths
+from cnnvit.cifar import IMG_SIZE
+from cnnvit.config.runs import run_config
+from cnnvit.config.types import Params, RunSpec, resolves_to
+from cnnvit.errors import CnnvitError
+from cnnvit.files import atomic_dir, cpu_name, made_with_hint, params_differ, provenance, read_json, write_json
+from cnnvit.models import spec_from_dict
+from cnnvit.paper import CLAIMS, PAPER_NAME
+from cnnvit.runfiles import (
     METRICS,
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -51,14 +56,9 @@ from cnnvit.analysis.records import (
     RunSummary,
     read_predictions,
 )
-from cnnvit.analysis.verdicts import Right, claims_table, crossing, summarise
-from cnnvit.artifacts import atomic_dir, cpu_name, made_with_hint, params_differ, provenance, read_json, write_json
-from cnnvit.config.runs import run_config
-from cnnvit.config.types import Params, RunSpec, resolves_to
-from cnnvit.dag import paths
-from cnnvit.dataset import IMG_SIZE
-from cnnvit.errors import CnnvitError
-from cnnvit.models import spec_from_dict
+from cnnvit.stats import predictions as P
+from cnnvit.stats import robustness as R
+from cnnvit.stats.claims import Right, claims_table, crossing, summarise
 from cnnvit.tables import read_table
 
 PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "test",

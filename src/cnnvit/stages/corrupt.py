@@ -4,7 +4,7 @@
 
 Takes the preset's test subset (the images every run is scored on), a stratified subset of
 ``presets.<p>.robustness_images`` of them (0 = all), and writes each corruption of
-``robustness.corruptions`` at each of ``robustness.severities`` (:mod:`cnnvit.analysis.corruptions`,
+``robustness.corruptions`` at each of ``robustness.severities`` (:mod:`cnnvit.measure.corruptions`,
 seeded by ``robustness.seed``): uint8 images shaped corruptions x severities x N x 32 x 32 x 3,
 with the labels and the images' positions in the prepared test split. Made once; every run's
 evaluation reads it, so a change here re-runs the evaluations, never the trainings.
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnvit.analysis.corruptions import corrupt
-from cnnvit.artifacts import atomic_path
+from cnnvit import paths
+from cnnvit.cifar import stratified_indices, subset_size
 from cnnvit.config.types import Params
-from cnnvit.dag import paths
-from cnnvit.dataset import stratified_indices, subset_size
 from cnnvit.errors import CnnvitError
-from cnnvit.training.data import PREPARE_AGAIN, load_stats
+from cnnvit.files import atomic_path
+from cnnvit.measure.corruptions import corrupt
+from cnnvit.training.inputs import PREPARE_AGAIN, load_stats
 
 KEYS = ("images", "labels", "indices", "corruptions", "severities")
 

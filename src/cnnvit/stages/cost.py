@@ -5,7 +5,7 @@
 One row per model and input size (``cost.sizes``, upsampled): parameters, forward FLOPs per
 image, batch-1 latency (median and 95th percentile after a warm-up) and, at CIFAR-10's 32 pixels,
 throughput at ``cost.batch`` and the peak memory of an inference pass and of a training step,
-measured apart (:mod:`cnnvit.training.cost`), in the precision ``runtime.precision`` resolves to
+measured apart (:mod:`cnnvit.measure.cost`), in the precision ``runtime.precision`` resolves to
 on this device and the models' training memory layout, as a run computes. The device, precision
 and thread count are in every row. The numbers are this machine's: they are measured, not
 derived, and differ from machine to machine.
@@ -18,13 +18,13 @@ import time
 
 import torch
 
-from cnnvit.artifacts import atomic_path
+from cnnvit import paths
+from cnnvit.cifar import IMG_SIZE
 from cnnvit.config.types import Params
-from cnnvit.dag import paths
-from cnnvit.dataset import IMG_SIZE
 from cnnvit.errors import CnnvitError
+from cnnvit.files import atomic_path
+from cnnvit.measure.cost import measure
 from cnnvit.models import spec_from_dict
-from cnnvit.training.cost import measure
 from cnnvit.training.device import resolve_precision, select_device, use_precision
 
 COLUMNS = ["model", "arch", "size", "params", "flops_per_image", "latency_ms_median", "latency_ms_p95",

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cnnvit.artifacts import atomic_path
+from cnnvit import paths
 from cnnvit.config.types import Data, Params
-from cnnvit.dag import paths
 from cnnvit.errors import CnnvitError
+from cnnvit.files import atomic_path
 
 CHUNK = 1 << 20
 RETRIES = 3

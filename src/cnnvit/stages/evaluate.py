@@ -12,9 +12,9 @@ refused) and writes, together, to ``--out-dir/<run>``:
   corruption and severity of ``--corrupted`` (cnnvit corrupt), inputs scaled as in training;
 - ``attention.csv``: for a ViT or the hybrid, the mean attention distance in input pixels of every
   head of every layer over ``presets.<p>.attention_images`` clean test images
-  (:mod:`cnnvit.analysis.attention`); for a convnet, the header only;
+  (:mod:`cnnvit.measure.attention`); for a convnet, the header only;
 - ``robustness_correct.npz``: per robustness image, was the run right, clean and on every corruption
-  and severity (:func:`cnnvit.analysis.robustness.read_per_image`), for comparisons paired by image;
+  and severity (:func:`cnnvit.stats.robustness.read_per_image`), for comparisons paired by image;
 - ``evaluation.json``: the run and the sha256 of the weights file these numbers are of.
 
 A change to the corruptions or their settings re-runs this stage, never the training.
@@ -30,21 +30,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnvit.analysis.attention import attention_maps, mean_distance
-from cnnvit.analysis.records import WEIGHTS_FILE
-from cnnvit.analysis.robustness import write_per_image
-from cnnvit.artifacts import atomic_dir, file_sha256, write_json
+from cnnvit import paths
 from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
+from cnnvit.cifar import IMG_SIZE
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
-from cnnvit.dag import paths
-from cnnvit.dataset import IMG_SIZE
 from cnnvit.errors import CnnvitError
+from cnnvit.files import atomic_dir, file_sha256, write_json
+from cnnvit.measure.attention import attention_maps, mean_distance
 from cnnvit.models.weights import load_weights
+from cnnvit.runfiles import WEIGHTS_FILE
 from cnnvit.stages.corrupt import read_corrupted, robustness_subset
-from cnnvit.training.data import Augment, load_stats
+from cnnvit.stats.robustness import write_per_image
 from cnnvit.training.device import resolve_precision, select_device, use_precision
 from cnnvit.training.engine import autocast, channels_last
+from cnnvit.training.inputs import Augment, load_stats
 
 ROBUSTNESS_COLUMNS = ["corruption", "severity", "acc", "images"]
 ATTENTION_COLUMNS = ["layer", "head", "distance_px"]

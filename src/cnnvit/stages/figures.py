@@ -34,10 +34,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from cnnvit.analysis.paper import PAPER_NAME, TABLE_NUMBER, paper_epochs, paper_table4
-from cnnvit.artifacts import atomic_dir, check_tables_made_with
-from cnnvit.dag import paths
+from cnnvit import paths
 from cnnvit.errors import CnnvitError
+from cnnvit.files import atomic_dir, check_tables_made_with
+from cnnvit.paper import PAPER_NAME, TABLE_NUMBER, paper_epochs, paper_table4
 
 DPI = 110
 PAPER_STYLE = {"color": "black", "ls": "--", "lw": 1.4, "marker": "x", "ms": 4}

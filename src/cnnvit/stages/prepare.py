@@ -35,11 +35,11 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cnnvit.artifacts import atomic_dir, cpu_name, provenance, write_failure, write_json
+from cnnvit import paths
+from cnnvit.cifar import IMG_SIZE, NUM_CLASSES, check_duplicates, validation_problem, validation_split
 from cnnvit.config.types import Params
-from cnnvit.dag import paths
-from cnnvit.dataset import IMG_SIZE, NUM_CLASSES, check_duplicates, validation_problem, validation_split
 from cnnvit.errors import CnnvitError, first_line
+from cnnvit.files import atomic_dir, cpu_name, provenance, write_failure, write_json
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
 BATCH_DIR = "cifar-10-batches-py"

@@ -4,7 +4,7 @@
         --template report/template.html.j2 --out report/index.html
 
 The page shows the verdicts ``cnnvit collect`` reached (it decides nothing itself), what differs
-from the paper (:mod:`cnnvit.analysis.deviations`), the paper's Tables 1-4 beside this run's numbers with
+from the paper (:mod:`cnnvit.report.deviations`), the paper's Tables 1-4 beside this run's numbers with
 the paper's own oddities noted where they bear on a comparison, the figures, the data-size study,
 efficiency, and the provenance of the runs.
 """
@@ -18,9 +18,13 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from cnnvit.analysis.deviations import deviations
-from cnnvit.analysis.paper import NOTES, TABLE_NUMBER
-from cnnvit.analysis.sections import (
+from cnnvit import paths
+from cnnvit.config.types import Params
+from cnnvit.errors import CnnvitError
+from cnnvit.files import check_tables_made_with, write_text
+from cnnvit.paper import NOTES, TABLE_NUMBER
+from cnnvit.report.deviations import deviations
+from cnnvit.report.sections import (
     attention_sentences,
     calibration_rows,
     claim_rows,
@@ -37,10 +41,6 @@ from cnnvit.analysis.sections import (
     unequal_observation,
     untested,
 )
-from cnnvit.artifacts import check_tables_made_with, write_text
-from cnnvit.config.types import Params
-from cnnvit.dag import paths
-from cnnvit.errors import CnnvitError
 from cnnvit.stages.figures import FIGURE_TABLES, figure_list, read_table
 
 

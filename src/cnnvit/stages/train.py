@@ -10,8 +10,8 @@ model x recipe x fraction in turn; DVC's one train stage trains every run, a wor
 This module owns a run's epoch loop (as nanoGPT's train.py does): it loads the run's data, builds
 the engine (:class:`cnnvit.training.engine.Trainer`), trains and evaluates epoch by epoch, and
 checkpoints. It writes, for each run, ``metrics.csv`` (one row per evaluated epoch, columns in
-:data:`cnnvit.analysis.records.METRICS`) and ``summary.json``
-(:class:`cnnvit.analysis.records.RunSummary`) to ``--runs-dir/<run>`` only when the run finishes.
+:data:`cnnvit.runfiles.METRICS`) and ``summary.json``
+(:class:`cnnvit.runfiles.RunSummary`) to ``--runs-dir/<run>`` only when the run finishes.
 
 Checkpoints go to ``--ckpt-dir``, outside the DAG's declared outputs (Snakemake and DVC delete
 those before a re-run): after the first evaluated epoch (a full disk or an unwritable folder shows
@@ -38,7 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnvit.analysis.records import (
+from cnnvit import paths
+from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
+from cnnvit.cifar import NUM_CLASSES
+from cnnvit.config.runs import run_config
+from cnnvit.config.types import Params, RunConfig, RunSpec
+from cnnvit.errors import positive_int
+from cnnvit.files import atomic_dir, file_sha256, provenance, write_json
+from cnnvit.models import count_params, flops_per_image
+from cnnvit.models.pretrained import weights_source
+from cnnvit.models.weights import save_weights
+from cnnvit.runfiles import (
     METRIC_COLUMNS,
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -50,20 +60,10 @@ from cnnvit.analysis.records import (
     write_metrics,
     write_predictions,
 )
-from cnnvit.artifacts import atomic_dir, file_sha256, provenance, write_json
-from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
-from cnnvit.config.runs import run_config
-from cnnvit.config.types import Params, RunConfig, RunSpec
-from cnnvit.dag import paths
-from cnnvit.dataset import NUM_CLASSES
-from cnnvit.errors import positive_int
-from cnnvit.models import count_params, flops_per_image
-from cnnvit.models.pretrained import weights_source
-from cnnvit.models.weights import save_weights
 from cnnvit.training import checkpoint
-from cnnvit.training.data import load_prepared
 from cnnvit.training.device import cuda_facts, held_slot, resolve_precision, select_device, use_precision
 from cnnvit.training.engine import Trainer, compile_mode, peak_mem_mb, reset_peak_memory
+from cnnvit.training.inputs import load_prepared
 
 
 def fmt_eta(seconds: float) -> str:

@@ -16,16 +16,16 @@ import time
 
 import torch
 
-from cnnvit.artifacts import provenance, write_json
+from cnnvit import paths
+from cnnvit.cifar import IMG_SIZE, NUM_CLASSES
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec
-from cnnvit.dag import paths
-from cnnvit.dataset import IMG_SIZE, NUM_CLASSES
 from cnnvit.errors import positive_int
+from cnnvit.files import provenance, write_json
 from cnnvit.models import count_params, flops_per_image
-from cnnvit.training.data import load_prepared
 from cnnvit.training.device import select_device
 from cnnvit.training.engine import Trainer, peak_mem_mb, sync
+from cnnvit.training.inputs import load_prepared
 
 
 def bare_loop(trainer: Trainer, steps: int) -> float:

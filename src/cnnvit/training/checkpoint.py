@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from cnnvit.artifacts import atomic_path
 from cnnvit.dag.code import PACKAGE_DIR, SRC, code_files, module_file, relative
 from cnnvit.errors import CnnvitError, first_line, refused_pickle
+from cnnvit.files import atomic_path
 
 # The code that decides the trained weights: the train stage's epoch loop and everything the
 # engine imports (model builders, data path, config types). A change to any of it retrains.

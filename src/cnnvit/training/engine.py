@@ -1,6 +1,6 @@
 """The training engine of one run: model, optimizer, LR schedule and on-device data.
 
-    trainer = Trainer(cfg, data, device)        # data: cnnvit.training.data.Prepared, on the device
+    trainer = Trainer(cfg, data, device)        # data: cnnvit.training.inputs.Prepared, on the device
     row = trainer.train_epoch(epoch)            # train metrics of one epoch
     val = trainer.evaluate(data.val)            # loss, accuracy and logits: eval mode, no augmentation,
                                                 # no label smoothing
@@ -51,12 +51,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cnnvit.cifar import NUM_CLASSES
 from cnnvit.config.types import RunConfig
-from cnnvit.dataset import NUM_CLASSES
 from cnnvit.errors import CnnvitError
 from cnnvit.models import build_model
-from cnnvit.training.data import Augment, Prepared, Split, epoch_generator
 from cnnvit.training.device import resolve_precision
+from cnnvit.training.inputs import Augment, Prepared, Split, epoch_generator
 
 NAN_CHECK_EVERY = 25  # steps between host syncs that look for a non-finite loss
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}

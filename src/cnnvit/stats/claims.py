@@ -6,7 +6,7 @@
 
 Each claim is a difference ``a - b`` of test accuracy (pp) at the epoch chosen on the validation
 split (``analysis.metric: selected``; or the last epoch), estimated from the per-image correctness
-of every seed of both models on the same test images (:func:`cnnvit.analysis.stats.paired_difference`:
+of every seed of both models on the same test images (:func:`cnnvit.stats.intervals.paired_difference`:
 seed noise and test-image noise, each with its own degrees of freedom, combined in quadrature).
 
 The claims of one recipe are one family, tested at the Bonferroni level: each interval is a
@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from cnnvit.analysis.paper import Claim, paper_gap
-from cnnvit.analysis.stats import (
+from cnnvit.paper import Claim, paper_gap
+from cnnvit.stats.intervals import (
     NAN,
     POWER,
     Difference,

@@ -74,7 +74,7 @@ class RunSummary:
     selected_ece: float | None = None  # expected calibration error (15 bins), percent
     final_ece: float | None = None
     best_test_epoch: int | None = None
-    diverged: str | None = None  # why the run is taken as diverged (cnnvit.analysis.records.diverged), or None
+    diverged: str | None = None  # why the run is taken as diverged (cnnvit.runfiles.diverged), or None
     preset: str | None = None
     epochs: int | None = None
     n_train: int | None = None

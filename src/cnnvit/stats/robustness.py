@@ -14,7 +14,7 @@ recipe, not AlexNet), averaged over corruptions, in percent; the relative mCE do
 error less the clean error. Errors are means over seeds. The relative mCE divides by how much the
 baseline's error rises under each corruption; on a few hundred images that rise can be within noise
 of zero (or below it), and the ratio then means nothing: where the 95% interval of any corruption's
-rise (seeds and images, :func:`cnnvit.analysis.stats.paired_difference`) reaches down to zero, the
+rise (seeds and images, :func:`cnnvit.stats.intervals.paired_difference`) reaches down to zero, the
 relative mCE is left out (NaN) and ``relative_mce_note`` says which corruptions.
 
 The paper makes no claim about corruptions, so every comparison here is exploratory: the difference
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cnnvit.analysis.stats import paired_difference, seed_stats
 from cnnvit.errors import CnnvitError
+from cnnvit.stats.intervals import paired_difference, seed_stats
 
 BASELINE = "resnet50"
 LEVEL = 0.95

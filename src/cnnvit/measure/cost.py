@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cnnvit.dataset import IMG_SIZE, NUM_CLASSES
+from cnnvit.cifar import IMG_SIZE, NUM_CLASSES
 from cnnvit.models import count_params, flops_per_image
 from cnnvit.training.engine import autocast, channels_last, sync
 

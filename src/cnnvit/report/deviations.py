@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cnnvit.analysis.paper import MODELS
 from cnnvit.config.types import Params
 from cnnvit.models import spec_from_dict
+from cnnvit.paper import MODELS
 
 NOT_STATED = "not stated"
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnvit.dataset import stratified_indices, subset_size
+from cnnvit.cifar import stratified_indices, subset_size
 from cnnvit.errors import CnnvitError
 
 if TYPE_CHECKING:

@@ -13,9 +13,9 @@ import math
 
 import pandas as pd
 
-from cnnvit.analysis.paper import NOTES, TABLE_NUMBER, paper_best_final, paper_epochs
-from cnnvit.analysis.stats import binomial_se
 from cnnvit.models import spec_from_dict
+from cnnvit.paper import NOTES, TABLE_NUMBER, paper_best_final, paper_epochs
+from cnnvit.stats.intervals import binomial_se
 
 COLUMNS = [("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc")]
 DASH = "—"
@@ -116,7 +116,7 @@ def conclusions(claims: pd.DataFrame, n_test: int) -> list[str]:
 
 def untested(claim_ids: tuple[str, ...], models: tuple[str, ...]) -> list[str]:
     """The paper's claims this run does not test, and what each would need."""
-    from cnnvit.analysis.paper import CLAIMS, MODELS
+    from cnnvit.paper import CLAIMS, MODELS
 
     out = []
     for c in CLAIMS:
@@ -132,7 +132,7 @@ def untested(claim_ids: tuple[str, ...], models: tuple[str, ...]) -> list[str]:
 
 def unequal_observation() -> str:
     """Table 4's ResNet50-above-CNN+ViT, told as what it is: a comparison at unequal epochs."""
-    from cnnvit.analysis.paper import EQUAL_EPOCH, UNEQUAL_OBSERVATION, accuracy_at
+    from cnnvit.paper import EQUAL_EPOCH, UNEQUAL_OBSERVATION, accuracy_at
 
     t4 = paper_best_final().set_index("model")
     r, h = t4.loc["resnet50"], t4.loc["cnn_vit"]
@@ -352,7 +352,7 @@ def token_sight(entry: dict) -> str:
 def attention_sentences(attention: pd.DataFrame, models: dict[str, dict] | None = None) -> list[str]:
     """Per model and recipe, how far the first and the last layer's heads look, in words: statistics
     over each run's heads (their mean, least and largest distance), averaged over seeds with their
-    s.d. (``cnnvit.analysis.robustness.attention_summary``). ``models``: the preset's model entries,
+    s.d. (``cnnvit.stats.robustness.attention_summary``). ``models``: the preset's model entries,
     for what a token sees on its own."""
     out = []
     for (model, label, recipe), g in attention.groupby(["model", "label", "recipe"], sort=False):

@@ -1,7 +1,7 @@
 """What a run's per-image test predictions (``predictions.npz``) say beyond accuracy.
 
     right = correct(preds, "selected")                  # bool per test image at that epoch
-    expected_calibration_error(softmax(logits), labels)  # in cnnvit.analysis.verdicts
+    expected_calibration_error(softmax(logits), labels)  # in cnnvit.stats.claims
     per_class(runs) / confusion(runs)                    # tables, pooled over seeds
 
 All runs of one preset are scored on the same test images (drawn with the prepared data's own
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from cnnvit.analysis.stats import expected_calibration_error
 from cnnvit.errors import CnnvitError
+from cnnvit.stats.intervals import expected_calibration_error
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Measurements of models on images: CIFAR-10-C corruptions, attention distance, and what a model costs to run."""

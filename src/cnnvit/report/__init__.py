@@ -1,0 +1,1 @@
+"""The report's content: tables as formatted rows, and what differs from the paper."""
