@@ -163,7 +163,7 @@ def make_trainer(check, params, model: str, device, steps: int, backend: str = "
 
     from cnnvit.config.runs import run_config
     from cnnvit.config.types import RunSpec
-    from cnnvit.training.data import Prepared, Split
+    from cnnvit.training.inputs import Prepared, Split
     from cnnvit.training.device import resolve_precision, use_precision
     from cnnvit.training.engine import Trainer
 

@@ -48,7 +48,7 @@ def _step_rate(params_file: str, overrides: list[str], model: str, data_dir: str
     from cnnvit.config.runs import run_config
     from cnnvit.config.types import RunSpec
     from cnnvit.training import engine
-    from cnnvit.training.data import load_prepared
+    from cnnvit.training.inputs import load_prepared
 
     extra = ["runtime.compile=true"] if setting.get("compile") else []
     extra += [f"runtime.precision={setting['precision']}"] if setting.get("precision") else []

@@ -7,8 +7,8 @@ import sys
 from cnnvit.batch import batches
 from cnnvit.config.load import params_from_dict, read_params_file
 from cnnvit.dag import snakemake as S
-from cnnvit.dag.paths import REPORT
-from cnnvit.dag.tools import hold_for_snakemake
+from cnnvit.paths import REPORT
+from cnnvit.dag.tool_lock import hold_for_snakemake
 from cnnvit.errors import CnnvitError
 
 # Snakemake reads params.yaml and every --configfile with its own YAML reader, which keeps the last
