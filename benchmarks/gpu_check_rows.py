@@ -163,9 +163,9 @@ def make_trainer(check, params, model: str, device, steps: int, backend: str = "
 
     from cnnvit.config.runs import run_config
     from cnnvit.config.types import RunSpec
-    from cnnvit.training.inputs import Prepared, Split
     from cnnvit.training.device import resolve_precision, use_precision
     from cnnvit.training.engine import Trainer
+    from cnnvit.training.inputs import Prepared, Split
 
     cfg = run_config(params, RunSpec(model, "paper", 0))
     use_precision(resolve_precision(params.runtime.precision, device), device)
@@ -181,7 +181,7 @@ def make_trainer(check, params, model: str, device, steps: int, backend: str = "
 def model_row(check, model: str, precision: str, compile_mode: str, backend: str = "inductor") -> dict:
     from cnnvit.models import flops_per_image
     from cnnvit.training.bench import bare_loop
-    from cnnvit.training.engine import peak_mem_mb, reset_peak_memory
+    from cnnvit.training.numerics import peak_mem_mb, reset_peak_memory
 
     device = child_device(check)
     steps = 3 if check.args.smoke else check.args.steps

@@ -37,8 +37,8 @@ from cnnvit.config.types import RunSpec
 from cnnvit.dag import stages as S
 from cnnvit.errors import CnnvitError
 from cnnvit.stages import download as dl
-from cnnvit.stages import train
 from cnnvit.stages.prepare import prepare
+from cnnvit.training import engine as train
 
 PARAMS = ROOT / "params.yaml"
 

@@ -16,9 +16,9 @@ from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.runfiles import TIMING_COLUMNS
-from cnnvit.stages import train
 from cnnvit.training import checkpoint
 from cnnvit.training import device as devices
+from cnnvit.training import engine as train
 
 
 @pytest.fixture(scope="module")

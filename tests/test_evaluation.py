@@ -20,8 +20,8 @@ from cnnvit.measure import corruptions as C
 from cnnvit.measure.attention import attention_maps, mean_distance, token_centres
 from cnnvit.measure.cost import measure
 from cnnvit.models import build_model, spec_from_dict
-from cnnvit.stages import train
 from cnnvit.stats.robustness import mce, read_per_image
+from cnnvit.training import engine as train
 
 PARAMS = ROOT / "params.yaml"
 

@@ -12,10 +12,11 @@ from conftest import TINY_MODELS, make_cifar_python, md5, prepare_dir, run_cli, 
 from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
+from cnnvit.measure import cost as cost_measure
 from cnnvit.measure.cost import measure
 from cnnvit.models import spec_from_dict
-from cnnvit.stages import cost, evaluate, train
-from cnnvit.measure import cost as cost_measure
+from cnnvit.stages import cost, evaluate
+from cnnvit.training import engine as train
 
 TOP = ("ResNet", "VisionTransformer")  # the timm classes of the models under test
 

@@ -20,10 +20,11 @@ from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec, resolves_to
 from cnnvit.errors import CnnvitError, Interrupted
-from cnnvit.stages import train
 from cnnvit.training import device as devices
-from cnnvit.training.engine import Trainer, compile_mode
+from cnnvit.training import engine as train
+from cnnvit.training.engine import Trainer
 from cnnvit.training.inputs import Prepared, Split
+from cnnvit.training.numerics import compile_mode
 
 CPU, MPS, CUDA = torch.device("cpu"), torch.device("mps"), torch.device("cuda", 0)
 

@@ -21,8 +21,8 @@ from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.errors import CnnvitError
 from cnnvit.runfiles import METRIC_COLUMNS, TIMING_COLUMNS
-from cnnvit.stages import train
 from cnnvit.training import checkpoint
+from cnnvit.training import engine as train
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,9 @@ def cfg_for(params, model="vit", recipe="modern", seed=0, **profile):
     return run_config(p, RunSpec(model, recipe, seed))
 
 
-def train_cmd(params_file, data_dir, out_dir, ckpt_dir) -> list[str]:
-    """`cnnvit train` of vit/paper/seed 0 as a separate process."""
-    args = f"train --model vit --recipe paper --seeds 0 --params {params_file} --data-dir {data_dir}"
+def train_cmd(params_file, data_dir, out_dir, ckpt_dir, model: str = "vit") -> list[str]:
+    """`cnnvit train` of model/paper/seed 0 as a separate process."""
+    args = f"train --model {model} --recipe paper --seeds 0 --params {params_file} --data-dir {data_dir}"
     args += f" --runs-dir {out_dir}"
     return [sys.executable, "-m", "cnnvit.cli", *args.split(), "--ckpt-dir", str(ckpt_dir)]
 
@@ -200,7 +200,7 @@ def test_a_resume_under_another_thread_count_warns(params, prepared, tmp_path, c
     [
         ("params", "was made with other params (recipe.lr: 0.001 -> 0.0005)"),
         ("data", "was made from other prepared data"),
-        ("code", "was trained by other training code (models/vit.py changed)"),
+        ("code", "was trained by other code (cnnvit.models.convnext changed)"),
     ],
 )
 def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
@@ -218,8 +218,8 @@ def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
         prepare_dir(other, tmp_path / "other")
         data_dir = tmp_path / "other"
     else:
-        real = checkpoint.code_hashes
-        monkeypatch.setattr(checkpoint, "code_hashes", lambda: {**real(), "models/vit.py": "0" * 16})
+        real = checkpoint.digests
+        monkeypatch.setattr(checkpoint, "digests", lambda m: {**real(m), "cnnvit.models.convnext": "0" * 16})
     summary = train.train_run(cfg, data_dir, tmp_path / "out", tmp_path / "ckpt")
     out = capsys.readouterr().out
     assert f"{why}; kept it as " in out and "and starting fresh" in out
@@ -228,27 +228,38 @@ def test_a_checkpoint_from_other_params_data_or_code_is_not_reused(
 
 
 @pytest.mark.slow
-def test_editing_models_py_retrains_a_finished_run(prepared, tmp_path):
-    """The real thing, on a copy of the package: change src/cnnvit/models/vit.py, run `cnnvit train`."""
+def test_an_edit_retrains_exactly_the_runs_whose_numbers_it_can_change(prepared, tmp_path):
+    """Issue 29.1, on a copy of the package: a comment, a docstring or a message changes no run's
+    identity; a code change in models/vit.py retrains the ViT run and not the ResNet one."""
     archive, data_dir = prepared
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params_file = write_yaml(tmp_path / "params.yaml", tiny_params(str(archive), md5(archive), epochs=1))
     env = {"PYTHONPATH": str(tmp_path / "src"), "PATH": "/usr/bin:/bin"}
-    cmd = train_cmd(params_file, data_dir, tmp_path / "out", tmp_path / "ck")
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert (
-        first.returncode == 0
-        and str(tmp_path / "src")
-        in subprocess.run(
-            [sys.executable, "-c", "import cnnvit; print(cnnvit.__file__)"], capture_output=True, text=True, env=env
-        ).stdout
-    )
-    with open(tmp_path / "src/cnnvit/models/vit.py", "a") as f:
-        f.write("\n# a change to the model code\n")
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert "was trained by other training code (models/vit.py changed); kept it as" in second.stdout
-    assert "epoch 1/1" in second.stdout
+    probe = [sys.executable, "-c", "import cnnvit; print(cnnvit.__file__)"]
+    assert str(tmp_path / "src") in subprocess.run(probe, capture_output=True, text=True, env=env).stdout
+
+    def train_both() -> str:
+        out = ""
+        for model in ("vit", "resnet50"):
+            cmd = train_cmd(params_file, data_dir, tmp_path / "out", tmp_path / "ck", model=model)
+            got = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+            assert got.returncode == 0, got.stderr
+            out += got.stdout
+        return out
+
+    train_both()
+    src = tmp_path / "src/cnnvit"
+    (src / "models/vit.py").write_text((src / "models/vit.py").read_text() + "\n# a comment\n")
+    engine = (src / "training/engine.py").read_text()
+    (src / "training/engine.py").write_text(engine.replace("training diverged;", "training blew up;", 1))
+    errors = (src / "errors.py").read_text()
+    (src / "errors.py").write_text(errors.replace('"""', '"""An edited docstring. ', 1))
+    quiet = train_both()
+    assert quiet.count("checkpoint found, finished; not retraining") == 2, quiet
+    (src / "models/vit.py").write_text((src / "models/vit.py").read_text() + "\nEDITED = 1\n")
+    loud = train_both()
+    assert "was trained by other code (cnnvit.models.vit changed); kept it as" in loud
+    assert loud.count("checkpoint found, finished; not retraining") == 1  # the ResNet run
 
 
 def test_nan_loss_stops_with_epoch_and_step(params, prepared, tmp_path, monkeypatch):

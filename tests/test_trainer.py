@@ -17,17 +17,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
-from cnnvit.stages import train
-from cnnvit.training.engine import (
-    NAN_CHECK_EVERY,
-    Trainer,
-    channels_last,
-    lr_factor,
-    oom_error,
-    peak_mem_mb,
-    reset_peak_memory,
-)
+from cnnvit.training import engine as train
+from cnnvit.training.engine import NAN_CHECK_EVERY, Trainer
 from cnnvit.training.inputs import Augment, Prepared, Split, load_prepared, stratified_indices
+from cnnvit.training.numerics import channels_last, lr_factor, oom_error, peak_mem_mb, reset_peak_memory
 
 CPU = torch.device("cpu")
 

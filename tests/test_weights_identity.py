@@ -105,7 +105,7 @@ def test_new_weights_at_the_same_path_are_another_run(prepared, tmp_path, capsys
     summary kept the old file's sha256."""
     import json
 
-    from cnnvit.stages import train
+    from cnnvit.training import engine as train
 
     archive, data = prepared
     weights = tmp_path / "w.safetensors"
@@ -141,7 +141,7 @@ def test_the_same_weights_are_the_same_bytes(tmp_path):
 
 
 def test_a_continued_run_writes_the_same_weights_file_as_an_uninterrupted_one(prepared, tmp_path):
-    from cnnvit.stages import train
+    from cnnvit.training import engine as train
 
     archive, data = prepared
     two = dataclasses.replace(config(archive), epochs=2)

@@ -12,7 +12,7 @@ after it, and the step's own part is the peak less the resident set before it.
 
 Every figure is taken as a run computes: in its precision (bf16 or fp16 autocast; TF32 on CUDA,
 set by the caller with :func:`cnnvit.training.device.use_precision`) and with its memory layout
-(channels_last for convnets, and the hybrid's stem on CUDA; :func:`cnnvit.training.engine.channels_last`),
+(channels_last for convnets, and the hybrid's stem on CUDA; :func:`cnnvit.training.numerics.channels_last`),
 inputs included.
 """
 
@@ -29,7 +29,7 @@ import torch
 
 from cnnvit.cifar import IMG_SIZE, NUM_CLASSES
 from cnnvit.models import count_params, flops_per_image
-from cnnvit.training.engine import autocast, channels_last, sync
+from cnnvit.training.numerics import autocast, channels_last, sync
 
 if TYPE_CHECKING:
     from cnnvit.models import ArchSpec

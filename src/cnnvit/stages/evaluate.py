@@ -43,8 +43,8 @@ from cnnvit.runfiles import WEIGHTS_FILE
 from cnnvit.stages.corrupt import read_corrupted, robustness_subset
 from cnnvit.stats.robustness import write_per_image
 from cnnvit.training.device import resolve_precision, select_device, use_precision
-from cnnvit.training.engine import autocast, channels_last
 from cnnvit.training.inputs import Augment, load_stats
+from cnnvit.training.numerics import autocast, channels_last
 
 ROBUSTNESS_COLUMNS = ["corruption", "severity", "acc", "images"]
 ATTENTION_COLUMNS = ["layer", "head", "distance_px"]

@@ -24,8 +24,9 @@ from cnnvit.errors import positive_int
 from cnnvit.files import provenance, write_json
 from cnnvit.models import count_params, flops_per_image
 from cnnvit.training.device import select_device
-from cnnvit.training.engine import Trainer, peak_mem_mb, sync
+from cnnvit.training.engine import Trainer
 from cnnvit.training.inputs import load_prepared
+from cnnvit.training.numerics import peak_mem_mb, sync
 
 
 def bare_loop(trainer: Trainer, steps: int) -> float:

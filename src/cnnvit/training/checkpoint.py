@@ -1,8 +1,8 @@
 """Checkpoints of one run: what makes one reusable, reading one safely, and the run's lock.
 
 A checkpoint is reused (to resume, or to re-emit a finished run) only when its identity matches:
-the run config without runtime-only settings, the prepared data, the training code (the train
-stage's loop and what the engine imports) and the torch and timm versions. Otherwise the run
+the run config without runtime-only settings, the prepared data, the code that sets its numbers
+(:mod:`cnnvit.code_identity`) and the torch and timm versions. Otherwise the run
 starts fresh and says why. It is read with ``torch.load(weights_only=True)``: a file that does not load that way (a
 pickle that would run code, a torn write, anything that is not our dict) is moved aside as
 ``<name>.rejected-<time>`` for inspection, named, and never executed. The device, thread count
@@ -30,21 +30,11 @@ from typing import Any
 
 import torch
 
-from cnnvit.dag.code import PACKAGE_DIR, SRC, code_files, module_file, relative
+from cnnvit.code_identity import digests, training_modules
 from cnnvit.errors import CnnvitError, first_line, refused_pickle
 from cnnvit.files import atomic_path
 
-# The code that decides the trained weights: the train stage's epoch loop and everything the
-# engine imports (model builders, data path, config types). A change to any of it retrains.
-TRAINING_LOOP, ENGINE = "cnnvit.stages.train", "cnnvit.training.engine"
 RUNTIME_KEYS = ("device", "threads", "compile")  # recorded; a change warns but keeps the checkpoint
-
-
-def code_hashes() -> dict[str, str]:
-    """sha256 (16 hex digits) of each training source file, keyed by its path inside the package."""
-    files = {relative(p) for p in [module_file(TRAINING_LOOP)] if p} | set(code_files(ENGINE))
-    names = sorted(f.removeprefix(f"{SRC}/") for f in files)
-    return {name: hashlib.sha256((PACKAGE_DIR / name).read_bytes()).hexdigest()[:16] for name in names}
 
 
 def digest(obj: Any) -> str:
@@ -60,14 +50,17 @@ def flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def identity(config: dict, data_id: dict) -> dict:
+def identity(config: dict, data_id: dict, arch_module: str) -> dict:
+    """What makes a run's numbers: its config, its prepared data, the code that sets numbers for its
+    arch (:mod:`cnnvit.code_identity`: comments, docstrings and messages do not count) and the
+    torch and timm versions."""
     import timm
 
     return {
         "config": digest(config),
         "settings": json.loads(json.dumps(flat(config), default=str)),  # to name what changed
         "data": digest(data_id),
-        "code": code_hashes(),
+        "code": digests(training_modules(arch_module)),
         "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},  # not TorchVersion objects
     }
 
@@ -90,7 +83,7 @@ def mismatch(saved: dict, current: dict) -> str | None:
     old_code = saved.get("code") or {}
     changed = sorted(f for f, h in current["code"].items() if old_code.get(f) != h)
     if changed:
-        return f"was trained by other training code ({', '.join(changed)} changed)"
+        return f"was trained by other code ({', '.join(changed)} changed)"
     if saved.get("versions") != current["versions"]:
         return f"was trained with other libraries ({saved.get('versions')} -> {current['versions']})"
     return None

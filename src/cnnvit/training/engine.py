@@ -1,12 +1,22 @@
-"""The training engine of one run: model, optimizer, LR schedule and on-device data.
+"""One run, end to end: the optimizer step, the evaluation pass, the epoch loop and the checkpoint
+format, in one place (as nanoGPT's train.py keeps them).
 
+    summary = train_run(cfg, "data/prepared", "results/runs/vit-paper-s0", "results/checkpoints")
     trainer = Trainer(cfg, data, device)        # data: cnnvit.training.inputs.Prepared, on the device
     row = trainer.train_epoch(epoch)            # train metrics of one epoch
     val = trainer.evaluate(data.val)            # loss, accuracy and logits: eval mode, no augmentation,
                                                 # no label smoothing
 
-The engine owns one optimizer step and one evaluation pass; the epoch loop, checkpoints and
-outputs belong to the train stage (:mod:`cnnvit.stages.train`).
+:func:`train_run` trains (or resumes, or re-emits when finished) a run: it evaluates the
+validation and test splits after every evaluated epoch, keeps the epoch with the best validation
+accuracy, and checkpoints (the dict of :func:`_checkpoint`; reading and writing it safely, the
+identity that makes one reusable and the run's lock are :mod:`cnnvit.training.checkpoint`'s):
+after the first evaluated epoch (a full disk or an unwritable folder shows in the first minutes),
+then after the first evaluated epoch that ends ``runtime.checkpoint_every_s`` or more after the
+last one (0: every one), and when the run finishes. An epoch-boundary checkpoint holds the whole
+state, so a crashed run resumes from the last one bit-identically on a CPU. The files a finished
+run writes are :mod:`cnnvit.training.outputs`'s; the small parts (schedule, autocast, layouts,
+peak memory) :mod:`cnnvit.training.numerics`'.
 
 Numerics: on a CPU, the same run config and thread count give bit-identical numbers, resumed or
 not. The run config holds the precision resolved for its device
@@ -36,17 +46,15 @@ until the epoch ends.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
-import random
-import re
-import resource
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -55,92 +63,26 @@ from cnnvit.cifar import NUM_CLASSES
 from cnnvit.config.types import RunConfig
 from cnnvit.errors import CnnvitError
 from cnnvit.models import build_model
-from cnnvit.training.device import resolve_precision
-from cnnvit.training.inputs import Augment, Prepared, Split, epoch_generator
+from cnnvit.runfiles import METRIC_COLUMNS, RunSummary
+from cnnvit.training import checkpoint
+from cnnvit.training.device import held_slot, resolve_precision, select_device, use_precision
+from cnnvit.training.inputs import Augment, Prepared, Split, epoch_generator, load_prepared
+from cnnvit.training.numerics import (
+    autocast,
+    channels_last,
+    compile_mode,
+    lr_factor,
+    oom_error,
+    peak_mem_mb,
+    reset_peak_memory,
+    seed_everything,
+    sync,
+)
+from cnnvit.training.outputs import make_summary, selected_row, write_outputs
 
 NAN_CHECK_EVERY = 25  # steps between host syncs that look for a non-finite loss
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's modes that capture CUDA graphs
 _cuda_graphs = "off"  # what this process's last compilation did with CUDA graphs
-
-
-def compile_mode(setting) -> str | None:
-    """The torch.compile mode of ``runtime.compile``, None when it is off."""
-    if setting is False:
-        return None
-    return "default" if setting is True else str(setting)
-
-
-def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
-    """Multiplier on the base LR at optimizer step ``step`` (0-based) of ``total``.
-
-    Linear warm-up over ``warmup`` steps to the peak (factor 1 at step ``warmup - 1``), then
-    ``constant``, ``cosine`` decay or ``linear`` decay, reaching 0 after the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else max(0.0, 1 - t)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued CUDA work, so a timer measures the work and not its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def peak_mem_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak resident set on a CPU, since the last
-    :func:`reset_peak_memory` (the run's start)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        match = re.search(r"^VmHWM:\s+(\d+) kB", STATUS.read_text(), flags=re.M)
-    except OSError:
-        match = None
-    if match:
-        return int(match.group(1)) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB, never reset
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start the peak of :func:`peak_mem_mb` afresh: once at each run's start, so that the second
-    run of a batch or of a DVC worker does not report the first one's peak."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        with contextlib.suppress(OSError):  # "5" resets the peak resident set (VmHWM) to the current one
-            CLEAR_REFS.write_text("5")
-
-
-def channels_last(spec, device: torch.device) -> bool:
-    """Whether ``spec``'s model takes channels_last tensors on ``device``: a convnet everywhere
-    (1.4x for ResNet on CUDA and on oneDNN CPUs alike), the hybrid's conv stem on CUDA only."""
-    return bool(spec.convnet) or (device.type == "cuda" and hasattr(spec, "stem_channels"))
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` (a no-op one for fp32 and tf32)."""
-    return torch.autocast(device.type, dtype=AUTOCAST.get(precision, torch.bfloat16), enabled=precision in AUTOCAST)
-
-
-def oom_error(device: torch.device, what: str, size: int, key: str, runs_per_gpu: int = 1) -> CnnvitError:
-    """The one line for an out-of-memory: the batch's key, and runs_per_gpu where runs share a GPU."""
-    where = f"out of memory on {device} during {what} at batch size {size}"
-    if device.type == "cuda" and runs_per_gpu > 1:
-        return CnnvitError(
-            f"{where} with {runs_per_gpu} runs sharing this GPU: lower runtime.runs_per_gpu (try "
-            f"{max(1, runs_per_gpu // 2)}) or {key} (try {max(1, size // 2)})"
-        )
-    return CnnvitError(f"{where}: lower {key} (try {max(1, size // 2)})")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -351,3 +293,96 @@ class Trainer:
         torch.set_rng_state(state["rng_torch"])
         if state["rng_cuda"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+# ----------------------------------------------------------------------------- a run: the epoch loop
+
+
+def fmt_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def _checkpoint(trainer, ident, runtime, epoch, rows, summary, wall, kept) -> dict:
+    return {
+        "identity": ident,
+        "runtime": runtime,
+        "epoch": epoch,
+        "rows": rows,
+        "summary": summary.to_json() if summary else None,
+        "wall_seconds": wall,
+        "kept": kept,  # test logits of the last and the selected epoch, and the selected epoch's weights
+        "state": trainer.state(),
+    }
+
+
+def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None = None) -> RunSummary:
+    """Train (or resume, or re-emit if finished) one run; writes its files (cnnvit.runfiles.RUN_FILES)."""
+    start = time.perf_counter()
+    out_dir, ckpt_dir = Path(out_dir), Path(ckpt_dir)
+    ckpt_path = ckpt_dir / f"{cfg.name}.pt"
+    threads = threads or cfg.runtime.threads
+    with checkpoint.run_lock(ckpt_dir, cfg.name):
+        device, device_name = select_device(cfg.runtime.device, cfg.runtime.runs_per_gpu)
+        reset_peak_memory(device)  # this run's peak, not an earlier run's of this process
+        precision = resolve_precision(cfg.runtime.precision, device)
+        cfg = dataclasses.replace(cfg, precision=precision)
+        use_precision(precision, device)
+        runtime = {"device": device_name, "threads": threads, "compile": compile_mode(cfg.runtime.compile) or False}
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
+        slot = f" ({s})" if (s := held_slot(cfg.runtime.runs_per_gpu)) else ""
+        print(f"{cfg.name}: on {device_name}{slot}, {cfg.precision}, {threads} CPU thread(s){gpus}", flush=True)
+        torch.set_num_threads(threads)
+        data = load_prepared(data_dir, cfg, device)
+        trainer = Trainer(cfg, data, device)
+        ident = checkpoint.identity(cfg.identity(), data.stats, type(cfg.model).__module__)
+        ckpt = checkpoint.load(ckpt_path, ident, runtime)
+        done, rows, summary, wall, kept = 0, [], None, 0.0, {}
+        if ckpt is not None:
+            trainer.load_state(ckpt["state"])
+            done, rows, wall, kept = ckpt["epoch"], ckpt["rows"], ckpt["wall_seconds"], ckpt["kept"]
+            summary = RunSummary.from_json(ckpt["summary"], str(ckpt_path)) if ckpt["summary"] else None
+            state = "finished; not retraining" if summary else f"resuming after epoch {done}"
+            print(f"{cfg.name}: checkpoint found, {state}", flush=True)
+        progress = sys.stderr.isatty()
+        unrecorded = 0.0  # seconds of the epochs since the last recorded row
+        saves: dict = {"every_s": cfg.runtime.checkpoint_every_s, "written": 0, "seconds": 0.0}
+        saved_at = None  # when this process last wrote the run's checkpoint
+        for epoch in range(done + 1, cfg.epochs + 1):
+            row = {"epoch": epoch, **trainer.train_epoch(epoch, progress=progress)}
+            unrecorded += row["epoch_seconds"]
+            if epoch % cfg.eval_every and epoch != cfg.epochs:
+                continue  # a small fraction's many short epochs are evaluated every eval_every
+            row["epoch_seconds"], unrecorded = unrecorded, 0.0
+            val, test = trainer.evaluate(data.val), trainer.evaluate(data.test)
+            row |= {"val_loss": val.loss, "val_acc": val.acc, "test_loss": test.loss, "test_acc": test.acc}
+            row["peak_mem_mb"] = peak_mem_mb(device)
+            rows.append({k: row[k] for k in METRIC_COLUMNS})
+            kept["final_logits"] = test.logits.cpu()  # float32: the argmax the accuracy was counted from
+            if selected_row(rows) is rows[-1]:  # the validation accuracy improved: keep this epoch
+                kept |= {"selected_logits": kept["final_logits"], "selected_model": trainer.weights()}
+            saved = ""
+            due = saved_at is None or time.monotonic() - saved_at >= cfg.runtime.checkpoint_every_s
+            if due and epoch != cfg.epochs:  # the last epoch's is the finished run's, below
+                began = time.perf_counter()
+                wall_now = wall + began - start
+                checkpoint.save(ckpt_path, _checkpoint(trainer, ident, runtime, epoch, rows, None, wall_now, kept))
+                saved_at, took = time.monotonic(), time.perf_counter() - began
+                saves["written"], saves["seconds"] = saves["written"] + 1, saves["seconds"] + took
+                saved = f"  checkpoint {took:.1f}s"
+            spent = sum(r["epoch_seconds"] for r in rows)
+            print(
+                f"{cfg.name} epoch {epoch}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
+                f"train_acc {row['train_acc']:.2f}%  val_acc {row['val_acc']:.2f}%  test_acc {row['test_acc']:.2f}%  "
+                f"lr {row['lr']:.2e}  {row['epoch_seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)  "
+                f"ETA {fmt_eta(spent / len(rows) * (cfg.epochs - epoch) / cfg.eval_every)}{saved}",
+                flush=True,
+            )
+        if summary is None:
+            summary = make_summary(cfg, trainer, rows, runtime, wall + time.perf_counter() - start, saves)
+            checkpoint.save(
+                ckpt_path, _checkpoint(trainer, ident, runtime, cfg.epochs, rows, summary, summary.wall_seconds, kept)
+            )
+    write_outputs(out_dir, cfg, rows, summary, data, kept)
+    return summary
