@@ -9,7 +9,8 @@ step, the epoch loop and the checkpoint format (:mod:`cnnvit.training.engine`), 
 (:mod:`cnnvit.training.inputs`), the schedule and autocast (:mod:`cnnvit.training.numerics`), the
 subsets of CIFAR-10 (:mod:`cnnvit.cifar`), the config's types and its resolution into a run
 (:mod:`cnnvit.config.types`, :mod:`cnnvit.config.runs`), the model registry and pretrained loading
-(:mod:`cnnvit.models`, :mod:`cnnvit.models.pretrained`) and the module of the run's own arch
+(:mod:`cnnvit.models`, :mod:`cnnvit.models.registry`, :mod:`cnnvit.models.pretrained`; not the
+schema generator, :mod:`cnnvit.models.schema`) and the module of the run's own arch
 (``cnnvit.models.vit`` for a ViT or the hybrid): an edit to ResNet's builder retrains the ResNet
 runs and no other. Not in it: messages (errors.py), argument checks, file writing, the plan, the
 report, the statistics, the cost measurements, the DAG, device claiming.
@@ -38,6 +39,7 @@ TRAINING = (
     "cnnvit.config.types",
     "cnnvit.config.runs",
     "cnnvit.models",
+    "cnnvit.models.registry",
     "cnnvit.models.pretrained",
 )
 TALKING = frozenset({"print", "warn", "warning", "info", "debug", "error", "write"})  # calls whose text is a message
@@ -59,7 +61,7 @@ class _Quiet(ast.NodeTransformer):
     the text of errors, warnings and printed lines."""
 
     def _strip_docstring(self, node):
-        body = getattr(node, "body", None)
+        body: list = getattr(node, "body", None) or []
         first = body[0] if body else None
         if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
             node.body = body[1:] or [ast.Pass()]

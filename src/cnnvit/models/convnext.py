@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from cnnvit.cifar import IMG_SIZE
-from cnnvit.models import ArchSpec, register
+from cnnvit.models.registry import ArchSpec, register
 
 if TYPE_CHECKING:
     from torch import nn
@@ -48,3 +48,6 @@ class ConvNeXt(ArchSpec):
             f"timm ConvNeXt, {self.patch_size}x{self.patch_size} stem, depths {list(self.depths)}, widths "
             f"{list(self.dims)}, conv_mlp {self.conv_mlp}"
         )
+
+    def deviation(self, role: str | None, preset: str) -> str:
+        return "the modernised CNN of the related work, as a fourth point of comparison"

@@ -26,7 +26,7 @@ import torch
 from cnnvit.cifar import NUM_CLASSES
 from cnnvit.errors import CnnvitError, first_line, refused_pickle
 from cnnvit.files import file_sha256
-from cnnvit.models import ArchSpec
+from cnnvit.models.registry import ArchSpec
 
 HUB_PREFIX = "hf-hub:"
 PICKLED = {".pth", ".pt", ".bin"}

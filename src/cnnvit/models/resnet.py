@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cnnvit.cifar import IMG_SIZE
 from cnnvit.errors import CnnvitError
-from cnnvit.models import ArchSpec, register
+from cnnvit.models.registry import ArchSpec, register
 
 if TYPE_CHECKING:
     from torch import nn
@@ -55,3 +55,17 @@ class ResNet50(ArchSpec):
     def describe(self) -> str:
         stem = "7x7/2 conv + max-pool (ImageNet)" if self.stem == "imagenet" else "3x3/1 conv, no pool (CIFAR)"
         return f"timm ResNet, Bottleneck blocks {list(self.layers)}, widths {list(self.channels)}, stem {stem}"
+
+    def deviation(self, role: str | None, preset: str) -> str:
+        if role != "cnn":
+            return f"the same network with the {self.stem} stem: what the stem alone changes"
+        stem = (
+            "with the standard 7x7/2 stem and max-pool (ImageNet's); resnet50_cifar shows what the stem changes"
+            if self.stem == "imagenet"
+            else "with a 3x3/1 CIFAR stem"
+        )
+        return (
+            "the paper gives neither stem nor widths; this is timm's ResNet (Bottleneck blocks, post-activation: "
+            "BN and ReLU after each convolution, where §1 describes pre-activation; PyTorch BatchNorm momentum "
+            f"0.1 = Keras 0.9, epsilon 1e-5, Kaiming initialisation), {stem}"
+        )

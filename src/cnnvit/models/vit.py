@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from cnnvit.cifar import IMG_SIZE
-from cnnvit.models import ArchSpec, register
+from cnnvit.models.registry import ArchSpec, register
 
 if TYPE_CHECKING:
     from torch import nn
@@ -80,6 +80,15 @@ class ViT(_Encoder):
             f"timm ViT, {self.patch_size}x{self.patch_size} patches ({tokens} tokens + class token), "
             + self.encoder_words()
         )
+
+    def deviation(self, role: str | None, preset: str) -> str:
+        vit_s = (self.embed_dim, self.depth, self.num_heads) == (384, 12, 6)
+        sizes = (
+            "these are the standard ViT-S ones at 32x32"
+            if vit_s
+            else f"the {preset} preset's own (ViT-S is 384 wide, 12 deep, 6 heads)"
+        )
+        return f"the paper does not give the sizes; {sizes}"
 
 
 STEM_CONV_DOC = (
@@ -187,3 +196,19 @@ def _deformable_layer() -> type:
             return self.bn(self.conv(x, self.offset(x)))
 
     return DeformConvNormAct
+
+    def deviation(self, role: str | None, preset: str) -> str:
+        deformable = (
+            'the deformable-convolution reading of §1\'s "variable convolutional layer": the hybrid with a '
+            "deformable convolution (torchvision's DeformConv2d, offsets from a zero-initialised convolution) in "
+            "its stem"
+        )
+        if role != "hybrid":
+            return f"{deformable}, an ablation of cnn_vit" if self.stem_conv == "deformable" else "a hybrid variant"
+        return (
+            "a patch size of 64 cannot cut a 32x32 image (or the stem's smaller map); the stem's output cells "
+            'are the tokens instead. "Variable convolutional layer" most likely translates deformable convolution '
+            "(a learned offset per kernel tap): these stem layers are plain convolutions, and the deformable "
+            "reading is the ablation model cnn_vit_deform"
+            + ("" if self.stem_conv == "plain" else " (this entry is that reading)")
+        )

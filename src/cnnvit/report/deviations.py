@@ -33,43 +33,8 @@ def _model_rows(params: Params, per_run: pd.DataFrame) -> list[dict]:
         )
         paper_model = MODELS.get(name)
         section, paper = (paper_model.section, paper_model.built) if paper_model else ("", "not in the paper")
-        stem = getattr(spec, "stem", "")
-        if name == "resnet50":
-            why = (
-                "the paper gives neither stem nor widths; this is timm's ResNet (Bottleneck blocks, post-activation: "
-                "BN and ReLU after each convolution, where §1 describes pre-activation; PyTorch BatchNorm momentum "
-                "0.1 = Keras 0.9, epsilon 1e-5, Kaiming initialisation), "
-                + (
-                    "with the standard 7x7/2 stem and max-pool (ImageNet's); resnet50_cifar shows what the stem changes"
-                    if stem == "imagenet"
-                    else "with a 3x3/1 CIFAR stem"
-                )
-            )
-        elif name == "cnn_vit":
-            why = (
-                "a patch size of 64 cannot cut a 32x32 image (or the stem's smaller map); the stem's output cells "
-                'are the tokens instead. "Variable convolutional layer" most likely translates deformable convolution '
-                "(a learned offset per kernel tap): these stem layers are plain convolutions, and the deformable "
-                "reading is the ablation model cnn_vit_deform"
-                + ("" if getattr(spec, "stem_conv", "plain") == "plain" else " (this entry is that reading)")
-            )
-        elif spec.arch == "cnn_vit":
-            why = (
-                'the deformable-convolution reading of §1\'s "variable convolutional layer": the hybrid with a '
-                "deformable convolution (torchvision's DeformConv2d, offsets from a zero-initialised convolution) in "
-                "its stem, an ablation of cnn_vit"
-            )
-        elif name in MODELS:
-            vit_s = tuple(getattr(spec, k, 0) for k in ("embed_dim", "depth", "num_heads")) == (384, 12, 6)
-            why = "the paper does not give the sizes; " + (
-                "these are the standard ViT-S ones at 32x32"
-                if vit_s
-                else f"the {params.preset} preset's own (ViT-S is 384 wide, 12 deep, 6 heads)"
-            )
-        elif spec.arch == "resnet50":
-            why = f"the same network with the {stem} stem: what the stem alone changes"
-        else:
-            why = "the modernised CNN of the related work, as a fourth point of comparison"
+        role = paper_model.role if paper_model else None
+        why = spec.deviation(role, params.preset)
         if spec.pretrained:
             why += f"; initialised from pretrained weights {spec.pretrained}"
         rows.append(

@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 from cnnvit.models import spec_from_dict
-from cnnvit.paper import NOTES, TABLE_NUMBER, paper_best_final, paper_epochs
+from cnnvit.paper import CLAIMS, MODELS, NOTES, TABLE_NUMBER, paper_best_final, paper_epochs
 from cnnvit.stats.intervals import binomial_se
 
 COLUMNS = [("train", "loss"), ("train", "acc"), ("test", "loss"), ("test", "acc")]
@@ -116,8 +116,6 @@ def conclusions(claims: pd.DataFrame, n_test: int) -> list[str]:
 
 def untested(claim_ids: tuple[str, ...], models: tuple[str, ...]) -> list[str]:
     """The paper's claims this run does not test, and what each would need."""
-    from cnnvit.paper import CLAIMS, MODELS
-
     out = []
     for c in CLAIMS:
         if c.id in claim_ids:
@@ -128,23 +126,6 @@ def untested(claim_ids: tuple[str, ...], models: tuple[str, ...]) -> list[str]:
             f"{c.statement(2.0).split(' within')[0]} ({c.section}): not tested; it {why} {c.id} in analysis.claims."
         )
     return out
-
-
-def unequal_observation() -> str:
-    """Table 4's ResNet50-above-CNN+ViT, told as what it is: a comparison at unequal epochs."""
-    from cnnvit.paper import EQUAL_EPOCH, UNEQUAL_OBSERVATION, accuracy_at
-
-    t4 = paper_best_final().set_index("model")
-    r, h = t4.loc["resnet50"], t4.loc["cnn_vit"]
-    eq_r, eq_h = accuracy_at("resnet50", EQUAL_EPOCH), accuracy_at("cnn_vit", EQUAL_EPOCH)
-    return (
-        f'Table 4 observes that "{UNEQUAL_OBSERVATION[0]}" ({UNEQUAL_OBSERVATION[1]}): ResNet50 {r.table4:.2f}% after '
-        f"{int(r.final_epoch)} epochs against CNN+ViT {h.table4:.2f}% after {int(h.final_epoch)}, a comparison at "
-        f"unequal epochs ({int(r.final_epoch)} vs {int(h.final_epoch)}), which this pipeline does not test: its runs "
-        f"train every model for the same epochs. At equal epochs the paper's own Tables 2 and 3 give ResNet50 "
-        f"{eq_r:.2f}% and CNN+ViT {eq_h:.2f}% at epoch {EQUAL_EPOCH} ({eq_h - eq_r:+.2f} pp), the comparison its "
-        "conjecture is about."
-    )
 
 
 def epoch_table(epochs: pd.DataFrame, model: str, recipe: str) -> dict:
@@ -170,7 +151,7 @@ def epoch_table(epochs: pd.DataFrame, model: str, recipe: str) -> dict:
         "recipe": recipe,
         "rows": rows,
         "notes": NOTES.get(model, []),
-        "split_loss": model == "cnn_vit",
+        "split_loss": model in MODELS and not MODELS[model].loss_split_stated,
     }
 
 

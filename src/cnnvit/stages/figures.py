@@ -37,7 +37,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from cnnvit import paths
 from cnnvit.errors import CnnvitError
 from cnnvit.files import atomic_dir, check_tables_made_with
-from cnnvit.paper import PAPER_NAME, TABLE_NUMBER, paper_epochs, paper_table4
+from cnnvit.paper import MODELS, PAPER_NAME, TABLE_NUMBER, paper_epochs, paper_table4
 
 DPI = 110
 PAPER_STYLE = {"color": "black", "ls": "--", "lw": 1.4, "marker": "x", "ms": 4}
@@ -46,7 +46,7 @@ PAPER_STYLE = {"color": "black", "ls": "--", "lw": 1.4, "marker": "x", "ms": 4}
 def _paper_series(model: str, column: str) -> pd.DataFrame:
     p = paper_epochs()
     p = p[(p.model == model) & p[column].notna()]
-    if model == "vit" and column == "test_loss":
+    if column == "test_loss" and not MODELS[model].test_loss_comparable:
         return p.iloc[0:0]  # on another scale (see cnnvit.paper.NOTES): not drawn beside per-image losses
     return p
 
@@ -76,8 +76,8 @@ def curves(epochs: pd.DataFrame, model: str) -> plt.Figure:
                         alpha=0.45 if split == "train" else 1,
                         **PAPER_STYLE,
                     )
-            if metric == "loss" and model == "cnn_vit":
-                p = paper_epochs().query("model == 'cnn_vit'")
+            if metric == "loss" and not MODELS[model].loss_split_stated:
+                p = paper_epochs().query("model == @model")
                 ax.plot(p.epoch, p.loss, label="paper (split not stated)", **{**PAPER_STYLE, "color": "grey"})
         ax.set(ylabel=ylabel, title=f"{d.label.iloc[0]}: {ylabel}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -22,7 +22,7 @@ from cnnvit import paths
 from cnnvit.config.types import Params
 from cnnvit.errors import CnnvitError
 from cnnvit.files import check_tables_made_with, write_text
-from cnnvit.paper import NOTES, TABLE_NUMBER
+from cnnvit.paper import MODELS, NOTES, TABLE_NUMBER, unequal_observation
 from cnnvit.report.deviations import deviations
 from cnnvit.report.sections import (
     attention_sentences,
@@ -38,7 +38,6 @@ from cnnvit.report.sections import (
     robustness_rows,
     table4,
     timing_rows,
-    unequal_observation,
     untested,
 )
 from cnnvit.stages.figures import FIGURE_TABLES, figure_list, read_table
@@ -55,8 +54,10 @@ def figure_captions(names: dict[str, str], models: list[str], drawn: list[str]) 
     for m in models:  # the paper's Figures 3-5 follow its Tables 1-3
         title = f"Figure {TABLE_NUMBER[m] + 2} analogue" if m in TABLE_NUMBER else "Extra figure"
         notes = f"{spread}; {paper}" if m in TABLE_NUMBER else spread
-        if m == "vit":
-            notes += " (its test loss is left out: the paper's is on another scale, see Table 1's notes)"
+        if m in MODELS and not MODELS[m].test_loss_comparable:
+            notes += (
+                f" (its test loss is left out: the paper's is on another scale, see Table {MODELS[m].table}'s notes)"
+            )
         out.append((f"{title}: {names[m]} loss and accuracy (train, validation, test). {notes}.", f"curves_{m}.png"))
     out.append(
         (

@@ -33,15 +33,12 @@ import numpy as np
 import pandas as pd
 
 from cnnvit.errors import CnnvitError
+from cnnvit.paper import ROBUSTNESS_BASELINE, ROBUSTNESS_PAIRS
 from cnnvit.stats.intervals import paired_difference, seed_stats
 
-BASELINE = "resnet50"
+BASELINE = ROBUSTNESS_BASELINE
 LEVEL = 0.95
-PAIRS = [  # (a, b, the comparison): a's drop minus b's
-    ("vit", "resnet50", "ViT vs ResNet50"),
-    ("vit", "cnn_vit", "ViT vs the CNN+ViT hybrid"),
-    ("cnn_vit", "resnet50", "the CNN+ViT hybrid vs ResNet50"),
-]
+PAIRS = ROBUSTNESS_PAIRS  # (a, b, the comparison): a's drop minus b's
 PAIR_COLUMNS = ["comparison", "a", "b", "recipe", "quantity", "seeds", "images", "diff_pp", "ci_low_pp",
                 "ci_high_pp", "se_seed_pp", "se_image_pp", "test", "p_value", "result", "exploratory"]  # fmt: skip
 
