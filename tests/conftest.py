@@ -217,6 +217,7 @@ def tiny_params(
         recipe["batch_size"] = 32
     cfg["preset"] = "tiny"
     cfg["presets"]["tiny"] = {
+        "hardware": "cpu",
         "train_size": 0,
         "val_size": 0,
         "test_size": 0,
@@ -224,6 +225,8 @@ def tiny_params(
         "attention_images": 4,
         "epochs": epochs,
         "minutes_per_epoch": 1,
+        "mem_mb": 2000,
+        "runs": {},
         "models": dict(TINY_MODELS),
     }
     return cfg

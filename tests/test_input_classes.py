@@ -28,7 +28,7 @@ SHIPPED = yaml_load(PARAMS.read_text(), "params.yaml")  # aliases unshared: each
 def test_a_key_given_twice_is_refused_naming_its_lines(tmp_path, capsys):
     """Issue 28.6: a second `lr:` under recipes.paper, or a trailing `preset: quick`, won silently."""
     text = PARAMS.read_text()
-    lr = text.replace("    lr: 1.0e-3\n", "    lr: 1.0e-3\n    lr: 1.0\n", 1)
+    lr = text.replace("    lr: 1.0e-3", "    lr: 1.0\n    lr: 1.0e-3", 1)
     for name, body, line in [("lr", lr, "lr"), ("preset", text + "preset: quick\n", "preset")]:
         bad = tmp_path / f"{name}.yaml"
         bad.write_text(body)

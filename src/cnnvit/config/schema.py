@@ -1,34 +1,150 @@
-"""``cnnvit schema``: write the model part of params.schema.json from the spec classes.
+"""``cnnvit schema``: write params.schema.json, all of it, from the typed config and the model specs.
 
-    cnnvit schema            # rewrite $defs.model and $defs.arch_* in params.schema.json
-    cnnvit schema --check    # exit 1 if they are not what the spec classes give
+    cnnvit schema            # rewrite src/cnnvit/config/params.schema.json
+    cnnvit schema --check    # exit 1 if it is not what the classes give (CI runs this)
+    python -m cnnvit.config.schema [--check]   # the same, without loading params.yaml first
 
-The params loader validates against the JSON file alone, so that loading params never imports the
-model code; this keeps that file in step with :mod:`cnnvit.models` (CI runs ``--check``).
+Every section of params.yaml is a dataclass of :mod:`cnnvit.config.types` whose fields are its
+keys (:func:`cnnvit.config.types.key`: the type and its ``Literal``, the bounds, the default, a
+one-line description); the model entries are the spec classes of :mod:`cnnvit.models`
+(``schema_defs``). The params loader validates against the JSON file alone, so that loading
+params never imports the model code. Every key is required: a default is shown ("default"), and
+the loader quotes it when the key is missing.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import sys
+import types
+import typing
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
 
+from cnnvit.config import types as config
 from cnnvit.config.load import PACKAGE_DATA
 from cnnvit.errors import CnnvitError
-from cnnvit.models import schema_defs
+
+NAME = {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}  # a model, recipe or preset name
 
 
 def schema_path() -> Path:
     return Path(str(resources.files("cnnvit.config").joinpath(PACKAGE_DATA[0])))
 
 
-def regenerated(current: dict) -> dict:
-    defs = {k: v for k, v in current["$defs"].items() if k != "model" and not k.startswith("arch_")}
-    return {**current, "$defs": defs | schema_defs()}
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/$defs/{name}"}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def type_schema(tp: Any, meta: Mapping[str, Any]) -> dict:
+    """The schema of a value of type ``tp``; ``meta`` is the key's (its ``each`` and ``items``)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return {"enum": list(args)}
+    simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if tp in simple:
+        return {"type": simple[tp]}
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        out = type_schema(inner, meta)
+        return {**out, "enum": [*out["enum"], None]} if "enum" in out else {**out, "type": [out["type"], "null"]}
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _ref(meta["each"]) if meta.get("each") else type_schema(args[0], {}) | meta.get("items", {})
+        return {"type": "array", "items": item, "minItems": 1, "uniqueItems": True}
+    if origin is dict:
+        value = _ref(meta["each"]) if meta.get("each") else _ref(args[1].__name__.lower())
+        return {"type": "object", "minProperties": 1, "propertyNames": _ref("name"), "additionalProperties": value}
+    if dataclasses.is_dataclass(tp):
+        return section(typing.cast(type, tp))
+    raise TypeError(f"no schema for a key of type {tp!r}: give it a `ref`")
+
+
+def key_schema(f: dataclasses.Field, tp: Any) -> dict:
+    meta = f.metadata
+    if "doc" not in meta:
+        raise TypeError(f"{f.name}: a params key needs a one-line doc (cnnvit.config.types.key)")
+    out = _ref(meta["ref"]) if meta["ref"] else type_schema(tp, meta)
+    out |= meta["rules"]
+    if out.get("minItems") == 0:
+        del out["minItems"]
+    out["description"] = meta["doc"]
+    if f.default is not dataclasses.MISSING:
+        out["default"] = _jsonable(f.default)
+    elif f.default_factory is not dataclasses.MISSING:
+        out["default"] = f.default_factory()
+    return out
+
+
+def section(cls: type, required: bool = True) -> dict:
+    """A section's schema from its dataclass: every key, each required unless ``required`` is false."""
+    hints = typing.get_type_hints(cls)
+    keys = [f for f in dataclasses.fields(cls) if not f.metadata.get("derived")]
+    out: dict[str, Any] = {
+        "type": "object",
+        "description": (cls.__doc__ or "").strip().splitlines()[0],
+        "additionalProperties": False,
+    }
+    if required:
+        out["required"] = [f.name for f in keys]
+    out["properties"] = {f.name: key_schema(f, hints[f.name]) for f in keys}
+    return out
+
+
+def params_schema() -> dict:
+    """The whole of params.schema.json."""
+    from cnnvit.models.schema import schema_defs
+    from cnnvit.paper import CLAIMS
+
+    top = section(config.Params)
+    override = section(config.Runs, required=False)
+    override["description"] = "the keys of the top-level runs: this preset overrides; the others come from there"
+    defs = {
+        "name": NAME,
+        "claim": {"enum": [c.id for c in CLAIMS]},
+        "recipe": section(config.Recipe),
+        "preset": section(config.Preset),
+        "runs_override": override,
+    }
+    top["description"] += (
+        " Generated by `cnnvit schema` from cnnvit.config.types (every section) and cnnvit.models ($defs.model "
+        "and $defs.arch_*): do not edit. Read by cnnvit.config.load (every cnnvit command and the Snakefile). "
+        "Every key is required; a default is documentation."
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "cnnvit params.yaml",
+        **top,
+        "$defs": defs | schema_defs(),
+    }
 
 
 def render(schema: dict) -> str:
     return json.dumps(schema, indent=2) + "\n"
+
+
+def write_or_check(check: bool, path: Path | None = None) -> str:
+    """Write the schema file, or with ``check`` raise if it differs; returns the line to print."""
+    from cnnvit.files import write_text
+
+    path = path or schema_path()
+    text = path.read_text() if path.exists() else ""
+    new = render(params_schema())
+    if check:
+        if new != text:
+            raise CnnvitError(
+                f"{path} is out of date with cnnvit.config.types and the model specs: run `uv run cnnvit schema`"
+            )
+        return f"{path.name} is up to date"
+    write_text(path, new)
+    return f"wrote {path}" + (" (unchanged)" if new == text else "")
 
 
 def add_args(p) -> None:
@@ -36,15 +152,14 @@ def add_args(p) -> None:
 
 
 def run(args, params) -> None:
-    from cnnvit.files import write_text
+    print(write_or_check(args.check))
 
-    path = schema_path()
-    text = path.read_text()
-    new = render(regenerated(json.loads(text)))
-    if args.check:
-        if new != text:
-            raise CnnvitError(f"{path} is out of date with the model specs: run `uv run cnnvit schema`")
-        print(f"{path.name} is up to date")
-        return
-    write_text(path, new)
-    print(f"wrote {path}" + (" (unchanged)" if new == text else ""))
+
+if __name__ == "__main__":  # when params.yaml does not load against the file being regenerated
+    parser = argparse.ArgumentParser(prog="python -m cnnvit.config.schema", description=__doc__.splitlines()[0])
+    add_args(parser)
+    try:
+        print(write_or_check(parser.parse_args().check))
+    except CnnvitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
