@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli, tiny_params
+from conftest import ROOT, assert_one_line_error, run_cli, tiny_params
 
+from cnnvit.cli import main
 from cnnvit.errors import CnnvitError
 from cnnvit.training import device as devices
 
@@ -259,3 +260,24 @@ def test_a_lock_folder_another_user_keeps_private_is_one_line(tmp_path):
         assert claim_as_another_user(shared) == (0, "0")  # which every user can take, read-only if need be
     finally:
         shutil.rmtree(shared)
+
+
+def test_a_gpu_sized_preset_stops_at_once_on_a_machine_without_a_gpu(monkeypatch, capsys, tmp_path):
+    """Issue 26.3: `snakemake --cores all` on a laptop started the paper preset's weeks of work."""
+    from cnnvit.config.load import load_params
+    from cnnvit.training import hardware
+
+    monkeypatch.setattr(hardware, "gpu_count", lambda: 0)
+    monkeypatch.setattr(hardware.sys, "platform", "linux")
+    paper = load_params(ROOT / "params.yaml")
+    with pytest.raises(CnnvitError, match=r"preset 'paper' is sized for a GPU .* run the laptop preset"):
+        hardware.check_fits(paper)
+    hardware.check_fits(load_params(ROOT / "params.yaml", ["preset=laptop"]))  # sized for a CPU
+    hardware.check_fits(load_params(ROOT / "params.yaml", ["runtime.device=cpu"]))  # insisted on
+    monkeypatch.setattr(hardware, "gpu_count", lambda: 1)
+    hardware.check_fits(paper)
+    monkeypatch.setattr(hardware, "gpu_count", lambda: 0)
+    code = main(["train", "--model", "vit", "--recipe", "paper", "--data-dir", str(tmp_path), "--runs-dir",
+                 str(tmp_path / "r"), "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "snakemake --cores all --config preset=laptop" in err

@@ -70,9 +70,11 @@ def selected_runs(args, params: Params) -> list[RunSpec]:
 
 def checked_runs(args, params: Params) -> list[RunSpec]:
     """:func:`selected_runs`, each resolved once, so that an unknown model or recipe fails before
-    any run starts."""
+    any run starts; and not at all where the preset is sized for a GPU this machine lacks."""
     from cnnvit.config.runs import run_config
+    from cnnvit.training.hardware import check_fits
 
+    check_fits(params, "dvc" if args.all_runs else "snakemake")
     runs = selected_runs(args, params)
     for run in runs:
         run_config(params, run)
