@@ -23,8 +23,9 @@ longest-first onto the slots that run at once (Snakemake's batches and the corru
 onto ``--slots``: its cores over runtime.threads on a CPU, its ``gpu`` resource on a GPU; DVC's
 stages one after another, its runs onto the workers), between prepare before them and collect,
 figures and report after. Runs that share a GPU (``runtime.runs_per_gpu``) are given as a range:
-from no gain (one run per GPU at a time) to no loss. On a CPU, a forecast over two hours ends in
-a warning naming the quick preset. Snakemake prints this at its start (``onstart``), from a
+from no gain (one run per GPU at a time) to no loss. A GPU-sized preset forecast over two hours
+on a CPU ends in a warning naming the laptop preset, a preset forecast past 1.5 times its
+``budget_minutes`` in a warning with the forecast. Snakemake prints this at its start (``onstart``), from a
 cache of the measurements keyed by everything they depend on; DVC's train stage prints it before
 it trains.
 """
@@ -44,7 +45,8 @@ from pathlib import Path
 from cnnvit.config.types import Params, RunSpec
 
 CPU_STEP_BUDGET_FLOP = 3e10  # ~1 s of a CPU thread: the measured batch's 3 x forward FLOPs
-CPU_WARNING_S = 2 * 3600
+CPU_WARNING_S = 2 * 3600  # a GPU-sized preset on a CPU beyond this is told of the laptop preset
+BUDGET_SLACK = 1.5  # a preset forecast past this multiple of its budget_minutes warns
 # torch.compile (inductor) of one model's training step: its first process, and a later one that
 # finds inductor's on-disk cache warm. Assumed (a cold compile of a paper-size model takes about a
 # minute on a GPU machine's CPUs); gpu_check.sh's compile rows measure it.
@@ -325,13 +327,28 @@ def report_lines(plan: dict, params: Params) -> list[str]:
     else:
         how = f"{plan['job_count']} snakemake jobs, {plan['slots']} at once, {start} job"
     lines.append(f"  forecast: {span} for the whole DAG ({how}; the download not counted)")
-    if device.startswith("cpu") and high > CPU_WARNING_S:
-        lines.append(
-            f"warning: that is {fmt_duration(high)} on this machine's CPU. For a look at the whole pipeline in "
-            "minutes, run the quick preset: `snakemake --cores all --config preset=quick` or "
-            "`dvc exp run -S preset=quick`; the paper preset wants a GPU"
-        )
+    lines += budget_warning(params, device, high)
     return lines
+
+
+def budget_warning(params: Params, device: str, seconds: float) -> list[str]:
+    """A line when the forecast is far from what the preset is sized for on this hardware: a
+    GPU-sized preset on a CPU, or a CPU preset past 1.5x its budget (one core, a slow host)."""
+    preset = params.active
+    if preset.hardware == "gpu" and device.startswith("cpu") and seconds > CPU_WARNING_S:
+        return [
+            f"warning: that is {fmt_duration(seconds)} on this machine's CPU; preset {params.preset} is sized for a "
+            "GPU. The laptop preset answers the paper's question on a CPU in about an hour: `snakemake --cores all "
+            "--config preset=laptop` or `dvc exp run -S preset=laptop`"
+        ]
+    budget = 60 * (preset.budget_minutes or 0)
+    if budget and seconds > BUDGET_SLACK * budget:
+        return [
+            f"warning: that is {fmt_duration(seconds)} here; preset {params.preset} is sized for "
+            f"{fmt_duration(budget)} on its hardware ({preset.hardware}): this machine is slower (fewer cores, "
+            "other load), or the runs were made larger; fewer seeds or epochs shorten it"
+        ]
+    return []
 
 
 def plan(params: Params, runs: list[RunSpec], jobs: str, slots: int, cache: Path | None = None) -> dict:

@@ -209,6 +209,10 @@ class Preset:
     attention_images: int = field(default=64, metadata=key("test images attention distances average over", minimum=1))
     minutes_per_epoch: float = field(default=10.0, metadata=key("a cluster's time limit per epoch of a run", **POS))
     mem_mb: int = field(default=16000, metadata=key("memory a training job asks a cluster for", minimum=100))
+    budget_minutes: int | None = field(
+        default=None,
+        metadata=key("the wall time it is sized for on its hardware: the plan warns past 1.5x (null = none)", minimum=1),
+    )
     runs: dict[str, Any] = field(
         default_factory=dict,
         hash=False,
