@@ -73,3 +73,19 @@ def test_measure_times_a_step_an_evaluation_and_a_checkpoint_eagerly(tmp_path):
     assert m.step_s > 0 and m.eval_image_s > 0 and m.checkpoint_s > 0 and m.batch >= 2
     assert counters["stats"]["unique_graphs"] == before  # runtime.compile is not applied to the measurement
     assert device.startswith("cpu") and device.endswith(", fp32") and list(tmp_path.iterdir()) == []
+
+
+def test_a_forecast_far_past_the_presets_budget_warns():
+    """Issue 26: a laptop preset asked of a slow host warns with the forecast before starting; a
+    GPU-sized preset on a CPU is told of the laptop preset."""
+    from conftest import ROOT
+
+    from cnnvit.config.load import load_params
+
+    laptop = load_params(ROOT / "params.yaml", ["preset=laptop"])
+    assert plan.budget_warning(laptop, "cpu: x", 3000) == []
+    (line,) = plan.budget_warning(laptop, "cpu: x", 3 * 3600)
+    assert line.startswith("warning: that is 3.0 h here; preset laptop is sized for 1.0 h on its hardware (cpu)")
+    (line,) = plan.budget_warning(load_params(ROOT / "params.yaml"), "cpu: x", 20 * 86400)
+    assert "sized for a GPU" in line and "--config preset=laptop" in line
+    assert plan.budget_warning(load_params(ROOT / "params.yaml"), "cuda: H100", 3 * 3600) == []
