@@ -1,5 +1,7 @@
-"""One description of the pipeline: dvc.yaml is generated from cnnvit.dag.stages, and both tools'
-DAGs (Snakemake's from its API, DVC's from its index) are the jobs cnnvit.dag.stages describes."""
+"""One description of the pipeline: the Snakemake rules and dvc.yaml are generated from the stages'
+declarations, both are current, and both tools' DAGs (Snakemake's from its API, DVC's from its
+index) are the jobs cnnvit.dag.stages lists: each job's command, outputs, inputs (its code among
+them) and params."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ENV, ROOT, make_cifar_python, make_project, md5, sh, tiny_params
+from conftest import ENV, ROOT, claims_for, make_cifar_python, make_project, md5, sh, tiny_params
 
+from cnnvit.code_identity import training_modules
 from cnnvit.config.load import load_params, params_from_dict
+from cnnvit.dag import code
 from cnnvit.dag import dvc as dvcgen
+from cnnvit.dag import rules as rulegen
 from cnnvit.dag import snakemake as smk
 from cnnvit.dag import stages as pipeline
 
@@ -73,22 +78,56 @@ def test_dvc_yaml_is_what_the_pipeline_generates():
     assert "up to date" in proc.stdout
 
 
-def test_code_dependencies_are_what_each_stage_imports():
-    train = pipeline.code_deps("train")
-    assert {
-        "src/cnnvit/stages/train.py",
-        "src/cnnvit/training/engine.py",
-        "src/cnnvit/models/vit.py",
-        "src/cnnvit/training/inputs.py",
-        "src/cnnvit/config/load.py",
-        "src/cnnvit/config/params.schema.json",
-    } <= set(train)
-    assert "src/cnnvit/stages/report.py" not in train and "src/cnnvit/dag/stages.py" not in train
+def test_the_snakemake_rules_are_what_the_declarations_generate_and_snakefmt_keeps_them():
+    for path, text in rulegen.generated().items():
+        assert (ROOT / path).read_text() == text, f"{path}: run `uv run cnnvit snakemake-rules`"
+    assert "up to date" in sh("cnnvit snakemake-rules --check", ROOT).stdout
+    fmt = sh("snakefmt --check Snakefile workflow/rules", ROOT, check=False)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_the_rules_name_their_files_and_chain_on_the_rules_that_make_them():
+    text = (ROOT / "workflow/rules/pipeline.smk").read_text()
+    for line in (
+        '"data/raw/cifar10.tar.gz",',  # a fixed stage's output, written out
+        "rules.download.output,",  # prepare reads what download writes
+        "rules.train.output.weights,",  # evaluate reads its batch's weights, nothing else of train's
+        "expand(rules.evaluate.output, batch=BATCHES),",  # collect reads every run's evaluation
+        'weights=each_run("results/runs/{run}/weights.safetensors"),',
+        '"logs/train/{batch}.log",',
+        "mem_mb=PARAMS.active.mem_mb,",
+        '"recipes.{recipe}",',  # the params a training batch reads
+        'fraction=["runs.fraction_budget"],',
+        '" --threads {threads} > {log} 2>&1"',
+    ):
+        assert line in text, line
+    assert "S.inputs(" not in text and "S.outputs(" not in text
+
+
+def test_training_depends_on_exactly_the_code_that_sets_a_runs_numbers():
+    params = load_params(ROOT / "params.yaml")
+    vit = next(b for b in pipeline.batches(params) if b.runs[0].model == "vit")
+    assert set(pipeline.code_deps("train", params, vit)) == set(code.files_of(training_modules("cnnvit.models.vit")))
+    every = set(pipeline.code_deps("train"))  # DVC's one stage over every run: every arch
+    assert {"src/cnnvit/models/resnet.py", "src/cnnvit/models/vit.py", "src/cnnvit/models/convnext.py"} <= every
+    evaluate = set(pipeline.code_deps("evaluate", params, vit))
+    assert "src/cnnvit/models/vit.py" in evaluate and "src/cnnvit/measure/attention.py" in evaluate
+    assert "src/cnnvit/models/resnet.py" not in evaluate  # a ViT's evaluation builds no ResNet
+
+
+def test_no_stage_depends_on_the_infrastructure_and_every_dependency_exists():
+    never = {"errors.py", "arguments.py", "files.py", "tables.py", "paths.py", "batch.py", "plan.py", "cli.py"}
+    never |= {"dag/code.py", "dag/stages.py", "training/device.py", "training/checkpoint.py", "config/load.py"}
+    for stage in pipeline.STAGES:
+        deps = set(pipeline.code_deps(stage))
+        assert not {f"src/cnnvit/{f}" for f in never} & deps, stage
+        assert all((ROOT / f).is_file() for f in deps), stage
     figures = pipeline.code_deps("figures")
     assert "src/cnnvit/paper/epochs.csv" in figures and "src/cnnvit/models/vit.py" not in figures
-    assert "src/cnnvit/models/vit.py" not in pipeline.code_deps("download")
-    for stage in pipeline.STAGES:
-        assert all((ROOT / f).is_file() for f in pipeline.code_deps(stage)), stage
+    assert "src/cnnvit/stages/report.py" in pipeline.code_deps("report")
+    assert "src/cnnvit/config/types.py" in pipeline.code_deps("collect")  # the defaults of the config count
+    # every infrastructure module named exists (a renamed one would silently count again)
+    assert all(code.module_file(m) for m in code.INFRASTRUCTURE), [m for m in code.INFRASTRUCTURE]
 
 
 def test_every_snakemake_job_reads_the_config_snakemake_validated(tmp_path, monkeypatch):
@@ -98,7 +137,9 @@ def test_every_snakemake_job_reads_the_config_snakemake_validated(tmp_path, monk
     params = load_params(ROOT / "params.yaml", ["preset=quick", "recipes.paper.lr=1e-4"])
     path = smk.write_snapshot(params)
     assert str(path) == smk.PARAMS_SNAPSHOT and load_params(path) == params
-    assert smk.command("collect").endswith(f" --params {smk.PARAMS_SNAPSHOT}")
+    shells = (ROOT / "workflow/rules/pipeline.smk").read_text().split("shell:")[1:]
+    assert len(shells) == len(pipeline.STAGES)
+    assert all(f"--params {smk.PARAMS_SNAPSHOT}" in s for s in shells)
 
 
 def covered(dep: str, inputs: set[str]) -> bool:
@@ -184,6 +225,7 @@ def test_dvc_yaml_needs_no_regeneration_for_new_runs_and_says_when_it_is_stale(f
     _, params = fraction_project
     raw = json.loads(json.dumps(params.raw))
     raw["runs"].update(train_fractions=[0.2, 0.5, 1.0], seeds=[0, 1, 2], models=["vit"])
+    raw["analysis"]["claims"] = claims_for(["vit"])  # none: every claim needs a second model
     assert dvcgen.dvc_yaml(params) == dvcgen.dvc_yaml(params_from_dict(raw))  # the stages read runs.* themselves
     (tmp_path / "params.yaml").write_text(json.dumps(raw))
     (tmp_path / "dvc.yaml").write_text(dvcgen.dvc_yaml(params).replace("--workers auto", "--workers 1"))

@@ -1,7 +1,11 @@
-"""The ``cnnvit`` command: one subcommand per pipeline stage, plus ``plan``, ``bench``, ``dvc-yaml``, ``schema``.
+"""The ``cnnvit`` command: one subcommand per pipeline stage, plus the tools around them.
 
-    cnnvit download|prepare|corrupt|train|evaluate|cost|collect|figures|report|plan|bench|dvc-yaml|schema \
-        [--params FILE] [--set k=v ...]
+    cnnvit download|prepare|corrupt|train|evaluate|cost|collect|figures|report \
+        |plan|status|bench|dvc-yaml|snakemake-rules|stages|schema [--params FILE] [--set k=v ...]
+
+The stage subcommands and their help lines are the stages' declarations (``STAGE`` in each
+``cnnvit/stages/<name>.py``, read without importing the stages: :mod:`cnnvit.dag.declared`);
+only the module of the subcommand being run is imported, so ``cnnvit <cmd> --help`` stays fast.
 
 Every subcommand loads params.yaml through :mod:`cnnvit.config.load` (``--set`` applies dotted
 overrides first) and takes every path as an argument, defaulting to the paths of
@@ -12,33 +16,39 @@ A :class:`~cnnvit.errors.CnnvitError` ends the command with one ``error:`` line 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 
+from cnnvit.dag.declared import declared
 from cnnvit.errors import CnnvitError, raise_on_signals
 
-# subcommand -> (module with add_args() and run(args, params), help)
-COMMANDS = {
-    "download": ("stages.download", "fetch and verify the archive"),
-    "prepare": ("stages.prepare", "archive -> train/test .npz + stats"),
-    "corrupt": ("stages.corrupt", "the runs' test images -> CIFAR-10-C's corruptions of them"),
-    "train": ("stages.train", "train model/recipe/fraction/seed runs"),
-    "evaluate": ("stages.evaluate", "a trained run -> its accuracy under corruption, and where it attends"),
-    "cost": ("stages.cost", "latency, throughput, memory and FLOPs of each model, by input size"),
+TOOLS = {
     "plan": ("plan", "the runs' PFLOP, a measured step per model, and a forecast of the wall time here"),
-    "collect": ("stages.collect", "per-run results -> tidy tables, statistics and verdicts"),
-    "figures": ("stages.figures", "tables -> PNG figures"),
-    "report": ("stages.report", "tables + figures -> report/index.html"),
     "bench": ("training.bench", "throughput of the trainer's step vs a bare loop"),
-    "dvc-yaml": ("dag.dvc", "write dvc.yaml from the pipeline description"),
-    "schema": ("config.schema", "write the model part of params.schema.json from the spec classes"),
+    "dvc-yaml": ("dag.dvc", "write dvc.yaml from the stages' declarations"),
+    "snakemake-rules": ("dag.rules", "write the Snakemake rules from the stages' declarations"),
+    "stages": ("dag.check", "the stages as declared; --check: each declaration against its stage's code"),
+    "schema": ("config.schema", "write params.schema.json from the typed config"),
 }
+
+
+@functools.cache
+def commands() -> dict[str, tuple[str, str]]:
+    """subcommand -> (module with add_args() and run(args, params), help): the stages, then the tools."""
+    return {name: (f"stages.{name}", stage.help) for name, stage in declared().items()} | TOOLS
+
+
+def __getattr__(name: str):
+    if name == "COMMANDS":  # read when asked, inside main's one-line errors (a broken declaration)
+        return commands()
+    raise AttributeError(name)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnnvit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_) in COMMANDS.items():
+    for name, (module, help_) in commands().items():
         p = sub.add_parser(name, help=help_)
         if name not in argv:
             continue  # importing every stage (torch, timm, seaborn) would cost seconds a call
@@ -59,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     raise_on_signals()
     try:  # everything, imports included: a Ctrl-C at any moment ends in one line
-        args = build_parser(argv).parse_args(argv)
+        args = build_parser(argv).parse_args(argv)  # a declaration the DAG cannot read is one line too
         from cnnvit.arguments import check_paths
         from cnnvit.config.load import load_params
         from cnnvit.dag.tool_lock import refuse_if_the_other_tool_runs
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         refuse_if_the_other_tool_runs()
         check_paths(args.command, args)
         params = load_params(args.params, args.overrides)
-        importlib.import_module(f"cnnvit.{COMMANDS[args.command][0]}").run(args, params)
+        importlib.import_module(f"cnnvit.{commands()[args.command][0]}").run(args, params)
     except CnnvitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

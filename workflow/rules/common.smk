@@ -1,13 +1,12 @@
 # What every rule needs: the typed params (validated by cnnvit.config.load, as every cnnvit
-# command does, with Snakemake's --config overrides in them; its config files read again by it), the runs, and the pipeline
-# description the rules take their files, commands and params from.
+# command does, with Snakemake's --config overrides in them; its config files read again by it),
+# the runs and their batches, and the helpers the generated rules (pipeline.smk, code.smk) call.
 import shutil
 import sys
 
 from cnnvit.batch import batches
 from cnnvit.config.load import params_from_dict, read_params_file
 from cnnvit.dag import snakemake as S
-from cnnvit.paths import REPORT
 from cnnvit.dag.tool_lock import hold_for_snakemake
 from cnnvit.errors import CnnvitError
 
@@ -33,6 +32,23 @@ if workflow.local_exec and S._resource(workflow, "gpu") is None:
 
     on_gpu = S.gpu_request(PARAMS.runtime.device, True)
     workflow.register_resource("gpu", slots(PARAMS.runtime) if on_gpu else 1)
+
+# The helpers of the generated rules.
+# values("data.url", ...): the params a job reads ({preset} filled in), for the params trigger.
+values = lambda *keys: S.values(PARAMS.raw, keys)
+# batch_values(...): the same for a per-run job ({model}, {recipe} of its batch; fraction keys on a
+# fraction of the training set).
+batch_values = lambda *keys, fraction=(): (
+    lambda w: S.values(PARAMS.raw, keys, BATCHES[w.batch], fraction)
+)
+# each_run("results/runs/{run}/x"): that file of every run of a {batch}.
+each_run = lambda path: S.each_run(PARAMS, path)
+# batch_code("train"): the code a per-run job runs: the rule's, and its batch's arch's.
+batch_code = lambda stage: (
+    lambda w: [*CODE[stage], *ARCH_CODE[stage][S.arch_of(PARAMS, BATCHES[w.batch])]]
+)
+# local_file("data.url"): the file itself as an input where the key names a local path.
+local_file = lambda key: S.local_source(S.get_key(PARAMS.raw, key))
 
 
 # In the main process only, before any job: refuse while DVC runs here, hold the project, write

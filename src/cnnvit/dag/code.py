@@ -1,14 +1,26 @@
-"""Which source files a piece of the pipeline runs: the import closure of its modules.
+"""Which source files can change a stage's results: what each tool re-runs a job for when it changes.
 
-    code_files("cnnvit.stages.train")     # ("src/cnnvit/__init__.py", ..., "src/cnnvit/stages/train.py")
+    stage_code(STAGES["collect"])                  # its import closure, less the infrastructure
+    stage_code(STAGES["train"], "cnnvit.models.vit")   # what sets a ViT run's numbers, and nothing else
+    arch_modules()                                  # {"vit": "cnnvit.models.vit", "resnet50": ...}
 
-A module's imports of ``cnnvit.*`` are read from its source (lazy imports inside functions too,
-but not those under ``if TYPE_CHECKING:``, which never run), followed transitively; importing
-``cnnvit.a.b`` also runs ``cnnvit/__init__.py`` and ``cnnvit/a/__init__.py``, so those are in.
-A module that reads files beside its source at run time names them in a module-level
-``PACKAGE_DATA = ("file", ...)`` tuple, and they are in too.
-This is what makes a code change re-run exactly the stages that run that code, in both tools,
-and what a checkpoint records as the code that trained it.
+**Training** (``Stage.code == "training"``) depends on exactly the modules that set a run's numbers,
+:func:`cnnvit.code_identity.training_modules` of its arch's module: the engine, the data path, the
+schedule, the CIFAR subsets, the config types and their resolution, the registry and the run's own
+arch module (the checkpoint records the same modules). A Snakemake job trains one model's seeds,
+so it depends on that model's arch module only (``cnnvit.models.vit`` for ``vit`` and
+``cnn_vit``); DVC's one train stage on every registered arch module.
+
+**Every other stage** depends on its module's import closure (read from the source: lazy imports
+inside functions too, not those under ``if TYPE_CHECKING:``; importing ``cnnvit.a.b`` runs
+``cnnvit/__init__.py`` and ``cnnvit/a/__init__.py`` too; a module that reads files beside it names
+them in ``PACKAGE_DATA``) and the config loader's, less :data:`INFRASTRUCTURE`: code that decides
+whether and where a job runs, or refuses it, but never what a number comes out as. A per-run
+stage (evaluate) builds one model per job: like training, it depends on its runs' arch module, not
+on the others. Cutting the infrastructure out is what keeps a changed message in errors.py, a new
+check of an argument or a better forecast from re-running every training in both tools; a
+changed comment in a module that does count re-runs its jobs, and a training job then re-emits
+its runs from their checkpoints, whose code identity ignores comments, docstrings and messages.
 """
 
 from __future__ import annotations
@@ -16,9 +28,41 @@ from __future__ import annotations
 import ast
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cnnvit.code_identity import training_modules
+
+if TYPE_CHECKING:
+    from cnnvit.stage import Stage
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/cnnvit, wherever it is installed from
 SRC = "src/cnnvit"  # how the files are named in the DAG: relative to the project root
+LOADER = "cnnvit.config.load"  # every command loads params.yaml through it
+# Modules (a package: every module in it) that cannot change a result, and why.
+INFRASTRUCTURE: dict[str, str] = {
+    "cnnvit.errors": "the error type and its messages: a message never changes a number",
+    "cnnvit.arguments": "checks of command-line arguments: they refuse a value, never change one",
+    "cnnvit.files": "atomic writes, checksums, provenance records and the check that tables match their params",
+    "cnnvit.tables": "the checked reader of the tables stages hand on: it refuses a table or returns it as read",
+    "cnnvit.paths": "where files are: the DAG names each file itself, so a moved file is a changed input",
+    "cnnvit.batch": "which runs a command does, in how many processes: a run gives the same bits alone, "
+    "in a batch or in a worker (tests/test_runtime.py)",
+    "cnnvit.plan": "the forecast printed before the work starts",
+    "cnnvit.dag": "the DAG, its generators, the tool lock and the runs' status",
+    "cnnvit.training.device": "picks and claims a device, names the precision: the resolved precision is part "
+    "of a run's identity and of an evaluation's settings, so what it decides is tracked by value",
+    "cnnvit.training.checkpoint": "whether a checkpoint can be reused; what it holds is the engine's",
+    "cnnvit.config.load": "reads, checks and migrates params.yaml; the values (and the defaults of "
+    "config/types.py, which counts) are each stage's params, tracked by value",
+    "cnnvit.config.reading": "the YAML reader: it refuses a file or returns its tree",
+    "cnnvit.config.checks": "cross-reference checks of params.yaml: they refuse, never change a value",
+    "cnnvit.config.keys": "each key's description and bounds (the schema's): a bound refuses before anything runs",
+    "cnnvit.config.schema": "writes params.schema.json (`cnnvit schema`)",
+    "cnnvit.models.schema": "writes the models' part of params.schema.json",
+    "cnnvit.cli": "the command line: which stage module runs",
+    "cnnvit.stage": "the declaration types",
+    "cnnvit.stages": "the list of stages (the package's __init__; each stage module counts for its own stage)",
+}
 
 
 def module_file(module: str) -> Path | None:
@@ -102,12 +146,54 @@ def relative(path: Path) -> str:
     return f"{SRC}/{path.relative_to(PACKAGE_DIR).as_posix()}"
 
 
-def code_files(*modules: str) -> tuple[str, ...]:
-    """The source files (and package data) that running ``modules`` executes or reads."""
+def files_of(modules) -> tuple[str, ...]:
+    """The source files (and package data) of ``modules``."""
     files = set()
-    for m in closure(*modules):
+    for m in modules:
         path = module_file(m)
-        assert path is not None
+        if path is None:
+            raise ValueError(f"no source for module {m}")
         files.add(relative(path))
         files |= {relative(path.parent / name) for name in package_data(m)}
     return tuple(sorted(files))
+
+
+def code_files(*modules: str) -> tuple[str, ...]:
+    """The source files (and package data) that running ``modules`` executes or reads."""
+    return files_of(closure(*modules))
+
+
+def infrastructure(module: str) -> bool:
+    return module in INFRASTRUCTURE or any(module.startswith(f"{m}.") for m in INFRASTRUCTURE if m != "cnnvit.stages")
+
+
+@cache
+def arch_modules() -> dict[str, str]:
+    """Every registered arch and the module that defines it: the ``arch`` class attribute of each
+    ``@register`` class in ``cnnvit/models/*.py``, read from the source (importing the registry
+    imports every family)."""
+    found = {}
+    for path in sorted((PACKAGE_DIR / "models").glob("*.py")):
+        module = f"cnnvit.models.{path.stem}"
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.ClassDef) or not any(
+                getattr(d, "id", None) == "register" for d in node.decorator_list
+            ):
+                continue
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and getattr(item.target, "id", None) == "arch" and item.value:
+                    found[ast.literal_eval(item.value)] = module
+    return found
+
+
+def stage_code(stage: Stage, arch_module: str | None = None) -> tuple[str, ...]:
+    """The source files whose change re-runs a job of ``stage``: for a per-run stage's job of one
+    arch, that arch's module (``arch_module``) and no other; without one, every arch's."""
+    archs = sorted(set(arch_modules().values()))
+    mine = [arch_module] if arch_module else archs
+    if stage.code == "training":
+        return files_of({m for a in mine for m in training_modules(a)})
+    modules = {m for m in closure(stage.module, LOADER) if not infrastructure(m)}
+    if stage.per_run:
+        modules = (modules - set(archs)) | set(mine)
+    return files_of(modules)

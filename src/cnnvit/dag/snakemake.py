@@ -1,19 +1,16 @@
-"""What the Snakemake rules (``workflow/rules/*.smk``) take from the pipeline description.
+"""What the Snakemake rules need at run time: the values of the params a job reads, a batch's
+runs and code, the GPU a training job asks for, its memory and time limit on a cluster, the
+config snapshot and the forecast. The rules themselves (``workflow/rules/pipeline.smk`` and
+``code.smk``) are generated from the stages' declarations by ``cnnvit snakemake-rules``
+(:mod:`cnnvit.dag.rules`); ``workflow/rules/common.smk`` binds these helpers to the params.
 
-    input:  S.inputs("collect", PARAMS, RUNS)
-    output: **S.outputs("collect", PARAMS)    # marked with report() and directory() as described
-    log:    S.log("collect")
-    params: values=S.param_values("collect", PARAMS)   # what the params trigger compares
-    shell:  S.command("collect") + " > {log} 2>&1"
-
-A per-run stage's job is a batch of runs (:func:`cnnvit.dag.stages.batches`), the ``{batch}``
+A per-run stage's job is a batch of runs (:func:`cnnvit.batch.batches`), the ``{batch}``
 wildcard: the seeds of one model x recipe x fraction, whose outputs are ``<batch>-s<seed>/...``
 for every seed, or one run (``runtime.group_seeds: false``), whose outputs are ``<batch>/...``.
 
 Every job reads the config Snakemake validated at its start, written once (in ``onstart``) to
 :data:`PARAMS_SNAPSHOT`, with the overrides given to Snakemake (``--config``) in it: editing
-params.yaml during a run changes nothing for the jobs still to come. Also here: the GPU a training
-job asks for, its memory and its time limit on a cluster.
+params.yaml during a run changes nothing for the jobs still to come.
 """
 
 from __future__ import annotations
@@ -23,55 +20,53 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from snakemake.io import directory, report
 
 from cnnvit.config.types import SEED_SUFFIX
-from cnnvit.dag import stages as S
+from cnnvit.stage import RUN
 
 PARAMS_SNAPSHOT = ".snakemake/cnnvit/params.yaml"
 
 if TYPE_CHECKING:
-    from cnnvit.config.types import Params, RunSpec
+    from cnnvit.batch import Batch
+    from cnnvit.config.types import Params
 
 
-def inputs(stage: str, params: Params, runs: list[RunSpec] | None = None, batch: S.Batch | None = None) -> list[str]:
-    s = S.STAGES[stage]
-    extra = local_source(S.get_key(params.raw, s.local_input)) if s.local_input else []
-    return [*S.deps(stage, runs if s.reads_all_runs else None, batch), *extra, *S.code_deps(stage)]
+def get_key(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
-def _run_patterns(params: Params) -> list[str]:
-    """How a batch's runs are named from the ``{batch}`` wildcard."""
-    if not params.runtime.group_seeds:
-        return ["{batch}"]
-    return ["{batch}" + SEED_SUFFIX.format(seed=seed) for seed in params.runs.seeds]
+def canonical(value: Any) -> Any:
+    """Sorted keys all the way down: the same config in another key order is the same params."""
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True))
 
 
-def outputs(stage: str, params: Params) -> dict[str, Any]:
-    """Named outputs (a per-run stage's hold the ``{batch}`` wildcard), marked for ``--report``."""
-    out = {}
-    runs = _run_patterns(params) if S.STAGES[stage].per_run else [""]
-    for i, name in enumerate(runs):
-        for o in S.STAGES[stage].outs:
-            path = o.path.replace(S.RUN, name)
-            value: Any = directory(path) if o.directory else path
-            if o.report:
-                value = report(value, category=o.report, patterns=["{name}.png"] if o.directory else [])
-            out[re.sub(r"\W", "_", Path(o.path).stem) + (f"_{i}" if name else "")] = value
-    return out
+def values(cfg: dict, keys, batch: Batch | None = None, fraction=()) -> dict[str, Any]:
+    """The dotted ``keys`` a job reads, ``{preset}`` (and a batch's ``{model}`` and ``{recipe}``)
+    filled in, with their values in ``cfg`` (the raw params): what Snakemake's params trigger
+    compares. A batch on a fraction of the training set reads the ``fraction`` keys too."""
+    run = batch.runs[0] if batch else None
+    if run is not None and run.fraction < 1:
+        keys = [*keys, *fraction]
+    fill = {"preset": cfg["preset"], "model": run.model if run else "", "recipe": run.recipe if run else ""}
+    return {k.format(**fill): canonical(get_key(cfg, k.format(**fill))) for k in keys}
 
 
-def log(stage: str) -> str:
-    return S.STAGES[stage].log
+def each_run(params: Params, path: str) -> list[str]:
+    """A per-run path (``results/runs/{run}/weights.safetensors``) for every run of a ``{batch}``."""
+    suffixes = [SEED_SUFFIX.format(seed=s) for s in params.runs.seeds] if params.runtime.group_seeds else [""]
+    return [path.replace(RUN, "{batch}" + suffix) for suffix in suffixes]
 
 
-def command(stage: str, batch: S.Batch | None = None) -> str:
-    """The stage's command, reading the config snapshot Snakemake wrote at its start."""
-    return f"{S.command(stage, batch)} --params {PARAMS_SNAPSHOT}"
-
-
-def param_values(stage: str, params: Params, batch: S.Batch | None = None) -> dict:
-    return S.job_params(stage, params.raw, batch)
+def arch_of(params: Params, batch: Batch) -> str:
+    """The arch of a batch's model (its runs share it), as the active preset defines it."""
+    return params.active.models[batch.runs[0].model]["arch"]
 
 
 def write_snapshot(params: Params) -> Path:
@@ -129,7 +124,7 @@ def local_source(url: Any) -> list[str]:
     return [str(path)] if path is not None and path.exists() else []
 
 
-def slurm_minutes(params: Params, batch: S.Batch) -> int:
+def slurm_minutes(params: Params, batch: Batch) -> int:
     """A time limit for a batch: the preset's per-epoch estimate times its runs' epochs, plus 20%."""
     from cnnvit.config.runs import epochs_for
 

@@ -56,10 +56,24 @@ from cnnvit.runfiles import (
     RunSummary,
     read_predictions,
 )
+from cnnvit.stage import Out, Stage
 from cnnvit.stats import predictions as P
 from cnnvit.stats import robustness as R
 from cnnvit.stats.claims import Right, claims_table, crossing, summarise
 from cnnvit.tables import read_table
+
+STAGE = Stage(
+    name="collect",
+    help="per-run results -> tidy tables, statistics and verdicts",
+    cmd=f"cnnvit collect --runs-dir {paths.RUNS_DIR} --eval-dir {paths.EVAL_DIR} --cost {paths.COST} "
+    f"--out-dir {paths.TABLES_DIR}",
+    deps=(paths.COST,),
+    outs=tuple(
+        Out(t, cache=False, metric=True) if t == paths.METRICS else Out(t, report="Tables") for t in paths.TABLES
+    ),
+    params=("preset", "runs", "presets.{preset}", "recipes", "runtime.precision", "analysis"),
+    reads_all_runs=("train", "evaluate"),
+)
 
 PAIR_COLUMNS = ["a", "b", "recipe", "fraction", "train_images", "diff_pp", "ci_low_pp", "ci_high_pp", "test",
                 "p_value", "verdict", "text", "exploratory"]  # fmt: skip

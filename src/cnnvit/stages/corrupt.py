@@ -24,7 +24,17 @@ from cnnvit.config.types import Params
 from cnnvit.errors import CnnvitError
 from cnnvit.files import atomic_path
 from cnnvit.measure.corruptions import corrupt
+from cnnvit.stage import Out, Stage
 from cnnvit.training.inputs import PREPARE_AGAIN, load_stats
+
+STAGE = Stage(
+    name="corrupt",
+    help="the runs' test images -> CIFAR-10-C's corruptions of them",
+    cmd=f"cnnvit corrupt --data-dir {paths.PREPARED_DIR} --out {paths.CORRUPTED}",
+    deps=paths.PREPARED,
+    outs=(Out(paths.CORRUPTED),),
+    params=("preset", "presets.{preset}.test_size", "presets.{preset}.robustness_images", "robustness"),
+)
 
 KEYS = ("images", "labels", "indices", "corruptions", "severities")
 

@@ -25,7 +25,26 @@ from cnnvit.errors import CnnvitError
 from cnnvit.files import atomic_path
 from cnnvit.measure.cost import measure
 from cnnvit.models import spec_from_dict
+from cnnvit.stage import Out, Stage
 from cnnvit.training.device import resolve_precision, select_device, use_precision
+
+STAGE = Stage(
+    name="cost",
+    help="latency, throughput, memory and FLOPs of each model, by input size",
+    cmd=f"cnnvit cost --out {paths.COST}",
+    outs=(Out(paths.COST, report="Tables"),),
+    params=(
+        "preset",
+        "runs.models",
+        "presets.{preset}.models",
+        "cost",
+        "runtime.device",
+        "runtime.threads",
+        "runtime.precision",
+    ),
+    device=True,
+    threads="all",
+)
 
 COLUMNS = ["model", "arch", "size", "params", "flops_per_image", "latency_ms_median", "latency_ms_p95",
            "throughput_images_per_s", "batch", "inference_peak_mb", "inference_step_mb", "training_peak_mb",

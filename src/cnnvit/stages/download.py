@@ -30,6 +30,16 @@ from cnnvit import paths
 from cnnvit.config.types import Data, Params
 from cnnvit.errors import CnnvitError
 from cnnvit.files import atomic_path
+from cnnvit.stage import Out, Stage
+
+STAGE = Stage(
+    name="download",
+    help="fetch and verify the archive",
+    cmd=f"cnnvit download --out {paths.RAW}",
+    outs=(Out(paths.RAW),),
+    params=("data.url", "data.md5", "data.sha256", "data.format"),
+    local_input="data.url",
+)
 
 CHUNK = 1 << 20
 RETRIES = 3

@@ -40,11 +40,33 @@ from cnnvit.files import atomic_dir, file_sha256, write_json
 from cnnvit.measure.attention import attention_maps, mean_distance
 from cnnvit.models.weights import load_weights
 from cnnvit.runfiles import WEIGHTS_FILE
+from cnnvit.stage import RUN, RUNS, Out, Stage
 from cnnvit.stages.corrupt import read_corrupted, robustness_subset
 from cnnvit.stats.robustness import write_per_image
 from cnnvit.training.device import resolve_precision, select_device, use_precision
 from cnnvit.training.inputs import Augment, load_stats
 from cnnvit.training.numerics import autocast, channels_last
+
+STAGE = Stage(
+    name="evaluate",
+    help="a trained run -> its accuracy under corruption, and where it attends",
+    cmd=f"cnnvit evaluate {RUNS} --data-dir {paths.PREPARED_DIR} --corrupted {paths.CORRUPTED} "
+    f"--runs-dir {paths.RUNS_DIR} --out-dir {paths.EVAL_DIR}",
+    deps=(*paths.PREPARED, paths.CORRUPTED, f"{paths.RUNS_DIR}/{RUN}/{WEIGHTS_FILE}"),
+    outs=tuple(Out(f"{paths.EVAL_DIR}/{RUN}/{f}") for f in paths.EVAL_FILES),
+    params=(
+        "preset",
+        "presets.{preset}.test_size",
+        "presets.{preset}.robustness_images",
+        "presets.{preset}.attention_images",
+        "presets.{preset}.models.{model}",
+        "recipes.{recipe}.normalize",
+        "robustness",
+    ),
+    per_run=True,
+    device=True,
+    threads="runtime",
+)
 
 ROBUSTNESS_COLUMNS = ["corruption", "severity", "acc", "images"]
 ATTENTION_COLUMNS = ["layer", "head", "distance_px"]

@@ -38,6 +38,15 @@ from cnnvit import paths
 from cnnvit.errors import CnnvitError
 from cnnvit.files import atomic_dir, check_tables_made_with
 from cnnvit.paper import MODELS, PAPER_NAME, TABLE_NUMBER, paper_epochs, paper_table4
+from cnnvit.stage import Out, Stage
+
+STAGE = Stage(
+    name="figures",
+    help="tables -> PNG figures",
+    cmd=f"cnnvit figures --tables-dir {paths.TABLES_DIR} --out-dir {paths.FIGURES_DIR}",
+    deps=paths.TABLES,
+    outs=(Out(paths.FIGURES_DIR, directory=True, report="Figures"),),
+)
 
 DPI = 110
 PAPER_STYLE = {"color": "black", "ls": "--", "lw": 1.4, "marker": "x", "ms": 4}

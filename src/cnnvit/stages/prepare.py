@@ -40,6 +40,16 @@ from cnnvit.cifar import IMG_SIZE, NUM_CLASSES, check_duplicates, validation_pro
 from cnnvit.config.types import Params
 from cnnvit.errors import CnnvitError, first_line
 from cnnvit.files import atomic_dir, cpu_name, provenance, write_failure, write_json
+from cnnvit.stage import Out, Stage
+
+STAGE = Stage(
+    name="prepare",
+    help="archive -> train/validation/test .npz + stats",
+    cmd=f"cnnvit prepare --raw {paths.RAW} --out-dir {paths.PREPARED_DIR}",
+    deps=(paths.RAW,),
+    outs=tuple(Out(p) for p in paths.PREPARED),
+    params=("data.format", "data.expect_train", "data.expect_test", "data.val_size", "data.val_seed"),
+)
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
 BATCH_DIR = "cifar-10-batches-py"

@@ -40,7 +40,18 @@ from cnnvit.report.sections import (
     timing_rows,
     untested,
 )
+from cnnvit.stage import Out, Stage
 from cnnvit.stages.figures import FIGURE_TABLES, figure_list, read_table
+
+STAGE = Stage(
+    name="report",
+    help="tables + figures -> report/index.html",
+    cmd=f"cnnvit report --tables-dir {paths.TABLES_DIR} --figures-dir {paths.FIGURES_DIR} "
+    f"--template {paths.TEMPLATE} --out {paths.REPORT}",
+    deps=(*paths.TABLES, paths.FIGURES_DIR, paths.TEMPLATE),
+    outs=(Out(paths.REPORT, cache=False, report="Report"),),
+    params=("preset", "data", "runs", "runtime", "analysis", "recipes", "presets.{preset}"),
+)
 
 
 def inline_png(path: Path) -> str:

@@ -26,8 +26,35 @@ from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunSpec
 from cnnvit.errors import positive_int
-from cnnvit.runfiles import RunSummary
+from cnnvit.runfiles import RUN_FILES, RunSummary
+from cnnvit.stage import RUN, RUNS, Out, Stage
 from cnnvit.training.engine import train_run
+
+STAGE = Stage(
+    name="train",
+    help="train model/recipe/fraction/seed runs",
+    cmd=f"cnnvit train {RUNS} --data-dir {paths.PREPARED_DIR} --runs-dir {paths.RUNS_DIR} "
+    f"--ckpt-dir {paths.CHECKPOINT_DIR}",
+    deps=paths.PREPARED,
+    outs=tuple(Out(f"{paths.RUNS_DIR}/{RUN}/{f}") for f in RUN_FILES),
+    params=(
+        "preset",
+        "presets.{preset}.train_size",
+        "presets.{preset}.val_size",
+        "presets.{preset}.test_size",
+        "presets.{preset}.epochs",
+        "presets.{preset}.models.{model}",
+        "recipes.{recipe}",
+        "runtime.precision",
+    ),
+    per_run=True,
+    fraction_params=("runs.fraction_budget",),
+    code="training",
+    device=True,
+    threads="runtime",
+    threads_option="--threads",
+    sized_by_runs=True,
+)
 
 
 def add_args(p) -> None:
