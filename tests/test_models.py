@@ -169,3 +169,12 @@ def test_the_transfer_presets_models_take_their_checkpoints(tmp_path):
         torch.save(timm.create_model(variant, pretrained=False).state_dict(), path)
         model = build_model(type(spec)(**{**spec.__dict__, "pretrained": str(path)}))
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10), name
+
+
+def test_every_arch_says_what_it_is_and_why():
+    """The deviation table asks each spec class; a registered arch must answer both questions."""
+    from cnnvit.models import ARCHS, ArchSpec
+
+    for name, cls in ARCHS.items():
+        for method in ("build", "describe", "deviation"):
+            assert getattr(cls, method) is not getattr(ArchSpec, method), f"{name} does not define {method}()"

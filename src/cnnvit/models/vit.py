@@ -163,6 +163,22 @@ class CnnViT(_Encoder):
             + self.encoder_words()
         )
 
+    def deviation(self, role: str | None, preset: str) -> str:
+        deformable = (
+            'the deformable-convolution reading of §1\'s "variable convolutional layer": the hybrid with a '
+            "deformable convolution (torchvision's DeformConv2d, offsets from a zero-initialised convolution) in "
+            "its stem"
+        )
+        if role != "hybrid":
+            return f"{deformable}, an ablation of cnn_vit" if self.stem_conv == "deformable" else "a hybrid variant"
+        return (
+            "a patch size of 64 cannot cut a 32x32 image (or the stem's smaller map); the stem's output cells "
+            'are the tokens instead. "Variable convolutional layer" most likely translates deformable convolution '
+            "(a learned offset per kernel tap): these stem layers are plain convolutions, and the deformable "
+            "reading is the ablation model cnn_vit_deform"
+            + ("" if self.stem_conv == "plain" else " (this entry is that reading)")
+        )
+
 
 @functools.cache
 def _deformable_layer() -> type:
@@ -196,19 +212,3 @@ def _deformable_layer() -> type:
             return self.bn(self.conv(x, self.offset(x)))
 
     return DeformConvNormAct
-
-    def deviation(self, role: str | None, preset: str) -> str:
-        deformable = (
-            'the deformable-convolution reading of §1\'s "variable convolutional layer": the hybrid with a '
-            "deformable convolution (torchvision's DeformConv2d, offsets from a zero-initialised convolution) in "
-            "its stem"
-        )
-        if role != "hybrid":
-            return f"{deformable}, an ablation of cnn_vit" if self.stem_conv == "deformable" else "a hybrid variant"
-        return (
-            "a patch size of 64 cannot cut a 32x32 image (or the stem's smaller map); the stem's output cells "
-            'are the tokens instead. "Variable convolutional layer" most likely translates deformable convolution '
-            "(a learned offset per kernel tap): these stem layers are plain convolutions, and the deformable "
-            "reading is the ablation model cnn_vit_deform"
-            + ("" if self.stem_conv == "plain" else " (this entry is that reading)")
-        )
