@@ -84,6 +84,15 @@ def figure_captions(names: dict[str, str], models: list[str], drawn: list[str]) 
     return [(caption, f) for caption, f in out if f in drawn]
 
 
+def mflops_range(summary) -> str:
+    """The forward MFLOPs of the runs' models, low to high, for the banner."""
+    flops = summary.flops_per_image.dropna() / 1e6 if "flops_per_image" in summary else []
+    if not len(flops):
+        return "unrecorded"
+    low, high = float(min(flops)), float(max(flops))
+    return f"{low:,.0f}" if round(low) == round(high) else f"{low:,.0f}-{high:,.0f}"
+
+
 def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables = ("claims", "variants", "datasize", "datasize_pairs", "per_class", "robustness", "robustness_pairs")
@@ -112,7 +121,8 @@ def render(params: Params, tables_dir, figures_dir, template: Path) -> str:
     inline = lambda f: inline_png(figures_dir / f) if f in drawn else None  # noqa: E731
     return env.get_template(template.name).render(
         preset=params.preset,
-        paper_scale=n_train + n_val >= 50_000 and n_test >= 10_000,
+        full_data=n_train + n_val >= 50_000 and n_test >= 10_000,
+        mflops=mflops_range(whole),
         prof=params.active,
         n_train=n_train,
         n_val=n_val,
