@@ -226,6 +226,7 @@ def tiny_params(
         "epochs": epochs,
         "minutes_per_epoch": 1,
         "mem_mb": 2000,
+        "budget_minutes": None,
         "runs": {},
         "models": dict(TINY_MODELS),
     }

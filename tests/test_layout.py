@@ -14,7 +14,7 @@ SRC = ROOT / "src"
 # the layers below; a module not listed here fails the test until it is given a layer.
 LAYERS: list[tuple[str, ...]] = [
     ("cnnvit", "cnnvit.errors", "cnnvit.paths", "cnnvit.paper", "cnnvit.cifar", "cnnvit.code_identity", "cnnvit.stage"),
-    ("cnnvit.files", "cnnvit.tables", "cnnvit.runfiles", "cnnvit.arguments"),
+    ("cnnvit.files", "cnnvit.tables", "cnnvit.runfiles", "cnnvit.arguments", "cnnvit.progress"),
     ("cnnvit.models",),
     ("cnnvit.config",),
     ("cnnvit.training", "cnnvit.stats"),

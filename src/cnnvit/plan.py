@@ -275,6 +275,9 @@ def forecast(
             train = [sum(p[k] for k in TRAIN_PARTS) + each[r] for r, p in per_run.items()]
             evals = [p["robustness evaluation"] for p in per_run.values()]
             wall.append(serial + 2 * startup + makespan(train, lanes) + makespan(evals, lanes))
+    lanes_used = max(1, slots // share)
+    after = sum(p["robustness evaluation"] for p in per_run.values()) / lanes_used
+    after += light["collect"] + light["figures"] + light["report"]
     parts = {k: sum(p[k] for p in per_run.values()) for k in (*TRAIN_PARTS, "robustness evaluation")}
     parts |= {"compile": compiles, "start-up": starts * startup, "light stages": sum(light.values())}
     return {
@@ -291,6 +294,10 @@ def forecast(
         "light_s": light,
         "checkpoint_writes": int(sum(p["writes"] for p in per_run.values())),
         "forecast_s": sorted(wall),
+        # for each epoch's pipeline line (cnnvit.progress): every training's seconds, and what follows them
+        "runs_s": {r.name: sum(p[k] for k in TRAIN_PARTS) for r, p in per_run.items()},
+        "lanes": lanes_used,
+        "after_s": after,
     }
 
 

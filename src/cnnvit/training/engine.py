@@ -63,6 +63,7 @@ from cnnvit.cifar import NUM_CLASSES
 from cnnvit.config.types import RunConfig
 from cnnvit.errors import CnnvitError
 from cnnvit.models import build_model
+from cnnvit.progress import pipeline_eta
 from cnnvit.runfiles import METRIC_COLUMNS, RunSummary
 from cnnvit.training import checkpoint
 from cnnvit.training.device import held_slot, resolve_precision, select_device, use_precision
@@ -376,7 +377,8 @@ def train_run(cfg: RunConfig, data_dir, out_dir, ckpt_dir, threads: int | None =
                 f"{cfg.name} epoch {epoch}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  "
                 f"train_acc {row['train_acc']:.2f}%  val_acc {row['val_acc']:.2f}%  test_acc {row['test_acc']:.2f}%  "
                 f"lr {row['lr']:.2e}  {row['epoch_seconds']:.1f}s ({row['train_images_per_s']:.0f} img/s)  "
-                f"ETA {fmt_eta(spent / len(rows) * (cfg.epochs - epoch) / cfg.eval_every)}{saved}",
+                f"ETA {fmt_eta(spent / len(rows) * (cfg.epochs - epoch) / cfg.eval_every)}{saved}"
+                + pipeline_eta(cfg.name, epoch / cfg.epochs, wall + time.perf_counter() - start),
                 flush=True,
             )
         if summary is None:
