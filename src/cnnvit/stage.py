@@ -50,8 +50,9 @@ class Stage:
     deps: tuple[str, ...] = ()  # the data files it reads; its code and params are added by cnnvit.dag
     outs: tuple[Out, ...] = ()
     # Dotted params keys it reads, at the granularity that should re-run it: {preset}, {model} and
-    # {recipe} stand for the active preset and a job's model and recipe. A test records the keys a
-    # tiny run of the stage reads and holds the two equal (tests/test_stage_params.py).
+    # {recipe} stand for the active preset and a job's model and recipe; runs.K is the active
+    # preset's (presets.<p>.runs.K over runs.K). A test records the keys a tiny run of the stage
+    # reads and holds the two equal (tests/test_stage_params.py).
     params: tuple[str, ...] = ()
     per_run: bool = False  # a job per batch of runs (Snakemake), or one over every run (DVC)
     fraction_params: tuple[str, ...] = ()  # what a run on a fraction of the training set reads too

@@ -27,7 +27,6 @@ rule download:
             "data.url",
             "data.md5",
             "data.sha256",
-            "data.format",
         ),
     shell:
         "cnnvit download --out data/raw/cifar10.tar.gz"
@@ -141,12 +140,15 @@ rule evaluate:
         runs=lambda w: BATCHES[w.batch].args,
         values=batch_values(
             "preset",
+            "presets.{preset}.train_size",
+            "presets.{preset}.val_size",
             "presets.{preset}.test_size",
-            "presets.{preset}.robustness_images",
+            "presets.{preset}.epochs",
             "presets.{preset}.attention_images",
             "presets.{preset}.models.{model}",
             "recipes.{recipe}.normalize",
-            "robustness",
+            "runtime.precision",
+            fraction=["runs.fraction_budget"],
         ),
     shell:
         "cnnvit evaluate {params.runs} --data-dir data/prepared"
@@ -216,7 +218,11 @@ rule collect:
         values=values(
             "preset",
             "runs",
-            "presets.{preset}",
+            "presets.{preset}.train_size",
+            "presets.{preset}.val_size",
+            "presets.{preset}.test_size",
+            "presets.{preset}.epochs",
+            "presets.{preset}.models",
             "recipes",
             "runtime.precision",
             "analysis",
@@ -261,12 +267,24 @@ rule report:
     params:
         values=values(
             "preset",
-            "data",
-            "runs",
-            "runtime",
-            "analysis",
+            "data.url",
+            "data.md5",
+            "data.sha256",
+            "data.format",
+            "data.expect_train",
+            "data.val_size",
+            "data.val_seed",
+            "runs.models",
+            "runs.recipes",
+            "runs.seeds",
+            "runs.fraction_budget",
+            "presets.{preset}.train_size",
+            "presets.{preset}.test_size",
+            "presets.{preset}.epochs",
+            "presets.{preset}.models",
             "recipes",
-            "presets.{preset}",
+            "runtime.precision",
+            "analysis",
         ),
     shell:
         "cnnvit report --tables-dir results/tables --figures-dir results/figures"

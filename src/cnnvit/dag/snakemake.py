@@ -50,10 +50,14 @@ def canonical(value: Any) -> Any:
 def values(cfg: dict, keys, batch: Batch | None = None, fraction=()) -> dict[str, Any]:
     """The dotted ``keys`` a job reads, ``{preset}`` (and a batch's ``{model}`` and ``{recipe}``)
     filled in, with their values in ``cfg`` (the raw params): what Snakemake's params trigger
-    compares. A batch on a fraction of the training set reads the ``fraction`` keys too."""
+    compares. ``runs.K`` is the active preset's (its ``runs:`` over the top-level one), so a job
+    re-runs when the value it reads changes, wherever it was set. A batch on a fraction of the
+    training set reads the ``fraction`` keys too."""
     run = batch.runs[0] if batch else None
     if run is not None and run.fraction < 1:
         keys = [*keys, *fraction]
+    own = ((cfg.get("presets") or {}).get(cfg.get("preset")) or {}).get("runs") or {}
+    cfg = {**cfg, "runs": {**(cfg.get("runs") or {}), **own}}
     fill = {"preset": cfg["preset"], "model": run.model if run else "", "recipe": run.recipe if run else ""}
     return {k.format(**fill): canonical(get_key(cfg, k.format(**fill))) for k in keys}
 

@@ -35,8 +35,7 @@ if TYPE_CHECKING:
     from cnnvit.config.types import Params, RunSpec
 
 ALL_RUNS = "--all-runs --workers auto"
-# What a job over every run reads to know the runs: the top-level runs and the preset's own over them.
-RUN_LIST = ("runs", "presets.{preset}.runs")
+PRESET_RUNS = "presets.{preset}.runs"  # the keys of runs: the active preset sets for itself
 
 STAGES: dict[str, Stage] = declared()
 
@@ -58,24 +57,28 @@ def code_deps(stage: str, params: Params | None = None, batch: Batch | None = No
 
 def job_keys(stage: str, whole: bool = False, fraction: bool = False) -> list[str]:
     """The dotted params keys a job of ``stage`` reads, {preset}, {model} and {recipe} unfilled.
-    ``whole``: a job of every run, which reads each key cut before its first {model} or {recipe}
-    (all models, all recipes), and ``runs``, which lists the runs."""
+    ``whole``: DVC's job, of every run: each key is cut before its first {model} or {recipe} (all
+    models, all recipes), and a per-run stage reads the runs. DVC reads params.yaml itself and
+    cannot resolve ``runs.K`` (the active preset's runs: over the top-level ones), so a stage that
+    reads one lists the preset's whole ``runs:`` too."""
     s = STAGES[stage]
     keys = list(s.params) + (list(s.fraction_params) if fraction or whole else [])
-    if whole and s.per_run:
-        every = [*keys, *RUN_LIST]
-        cut = list(dict.fromkeys(k.split(".{model}")[0].split(".{recipe}")[0] for k in every))
-        keys = [k for k in cut if not any(k.startswith(other + ".") for other in cut)]
-    return keys
+    if not whole:
+        return keys
+    every = [*keys, *(["runs"] if s.per_run else [])]
+    every += [PRESET_RUNS] if any(k == "runs" or k.startswith("runs.") for k in every) else []
+    cut = list(dict.fromkeys(k.split(".{model}")[0].split(".{recipe}")[0] for k in every))
+    return [k for k in cut if not any(k.startswith(other + ".") for other in cut)]
 
 
-def job_params(stage: str, cfg: dict, batch: Batch | None = None) -> dict[str, Any]:
-    """The dotted keys one job of ``stage`` reads (every run's, without ``batch``), with their
-    values in ``cfg`` (the raw params): what Snakemake's params trigger compares, what DVC lists,
-    and what --set passes on."""
-    if batch is not None:
-        return values(cfg, STAGES[stage].params, batch, STAGES[stage].fraction_params)
-    return values(cfg, job_keys(stage, whole=True))
+def job_params(stage: str, cfg: dict, batch: Batch | None = None, tool: str = "snakemake") -> dict[str, Any]:
+    """The dotted keys one job of ``stage`` reads (a batch's, for a per-run stage under Snakemake),
+    with their values in ``cfg`` (the raw params): what Snakemake's params trigger compares, what
+    DVC lists, and what --set passes on."""
+    s = STAGES[stage]
+    if tool == "dvc":
+        return values(cfg, job_keys(stage, whole=True))
+    return values(cfg, s.params, batch, s.fraction_params)
 
 
 def command(stage: str, batch: Batch | None = None) -> str:
@@ -141,7 +144,7 @@ def jobs(params: Params, tool: str = "snakemake") -> list[Job]:
                     command(name, batch),
                     (*deps(name, batch=batch), *code_deps(name, params, batch)),
                     tuple(outs),
-                    tuple(job_params(name, params.raw, batch)),
+                    tuple(job_params(name, params.raw, batch, tool)),
                 )
             )
     return out

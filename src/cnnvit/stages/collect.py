@@ -71,7 +71,18 @@ STAGE = Stage(
     outs=tuple(
         Out(t, cache=False, metric=True) if t == paths.METRICS else Out(t, report="Tables") for t in paths.TABLES
     ),
-    params=("preset", "runs", "presets.{preset}", "recipes", "runtime.precision", "analysis"),
+    params=(
+        "preset",
+        "runs",
+        "presets.{preset}.train_size",
+        "presets.{preset}.val_size",
+        "presets.{preset}.test_size",
+        "presets.{preset}.epochs",
+        "presets.{preset}.models",
+        "recipes",
+        "runtime.precision",
+        "analysis",
+    ),
     reads_all_runs=("train", "evaluate"),
 )
 

@@ -37,7 +37,7 @@ STAGE = Stage(
     help="fetch and verify the archive",
     cmd=f"cnnvit download --out {paths.RAW}",
     outs=(Out(paths.RAW),),
-    params=("data.url", "data.md5", "data.sha256", "data.format"),
+    params=("data.url", "data.md5", "data.sha256"),
     local_input="data.url",
 )
 

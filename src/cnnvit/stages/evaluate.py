@@ -54,15 +54,20 @@ STAGE = Stage(
     f"--runs-dir {paths.RUNS_DIR} --out-dir {paths.EVAL_DIR}",
     deps=(*paths.PREPARED, paths.CORRUPTED, f"{paths.RUNS_DIR}/{RUN}/{WEIGHTS_FILE}"),
     outs=tuple(Out(f"{paths.EVAL_DIR}/{RUN}/{f}") for f in paths.EVAL_FILES),
+    # The run's config as training resolves it (the sizes and epochs too, which a change retrains
+    # anyway), its precision, and what it measures on; the corruptions come in the corrupted set.
     params=(
         "preset",
+        "presets.{preset}.train_size",
+        "presets.{preset}.val_size",
         "presets.{preset}.test_size",
-        "presets.{preset}.robustness_images",
+        "presets.{preset}.epochs",
         "presets.{preset}.attention_images",
         "presets.{preset}.models.{model}",
         "recipes.{recipe}.normalize",
-        "robustness",
+        "runtime.precision",
     ),
+    fraction_params=("runs.fraction_budget",),
     per_run=True,
     device=True,
     threads="runtime",

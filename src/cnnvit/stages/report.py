@@ -50,7 +50,27 @@ STAGE = Stage(
     f"--template {paths.TEMPLATE} --out {paths.REPORT}",
     deps=(*paths.TABLES, paths.FIGURES_DIR, paths.TEMPLATE),
     outs=(Out(paths.REPORT, cache=False, report="Report"),),
-    params=("preset", "data", "runs", "runtime", "analysis", "recipes", "presets.{preset}"),
+    params=(
+        "preset",
+        "data.url",
+        "data.md5",
+        "data.sha256",
+        "data.format",
+        "data.expect_train",
+        "data.val_size",
+        "data.val_seed",
+        "runs.models",
+        "runs.recipes",
+        "runs.seeds",
+        "runs.fraction_budget",
+        "presets.{preset}.train_size",
+        "presets.{preset}.test_size",
+        "presets.{preset}.epochs",
+        "presets.{preset}.models",
+        "recipes",
+        "runtime.precision",
+        "analysis",
+    ),
 )
 
 
