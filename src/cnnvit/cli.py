@@ -25,6 +25,7 @@ from cnnvit.errors import CnnvitError, raise_on_signals
 
 TOOLS = {
     "plan": ("plan", "the runs' PFLOP, a measured step per model, and a forecast of the wall time here"),
+    "status": ("dag.status", "which runs train and evaluate would (re)do, and why (for either tool)"),
     "bench": ("training.bench", "throughput of the trainer's step vs a bare loop"),
     "dvc-yaml": ("dag.dvc", "write dvc.yaml from the stages' declarations"),
     "snakemake-rules": ("dag.rules", "write the Snakemake rules from the stages' declarations"),
@@ -77,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         refuse_if_the_other_tool_runs()
         check_paths(args.command, args)
         params = load_params(args.params, args.overrides)
-        importlib.import_module(f"cnnvit.{commands()[args.command][0]}").run(args, params)
+        module = importlib.import_module(f"cnnvit.{commands()[args.command][0]}")
+        if getattr(args, "all_runs", False):  # DVC's one job of a per-run stage: say first what it redoes
+            from cnnvit.dag.status import print_stage_status
+
+            print_stage_status(args.command, args, params)
+        module.run(args, params)
     except CnnvitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

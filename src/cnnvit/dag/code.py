@@ -60,6 +60,8 @@ INFRASTRUCTURE: dict[str, str] = {
     "cnnvit.config.schema": "writes params.schema.json (`cnnvit schema`)",
     "cnnvit.models.schema": "writes the models' part of params.schema.json",
     "cnnvit.cli": "the command line: which stage module runs",
+    "cnnvit.code_identity": "which code counts for a result and its digests, compared by value where they are "
+    "recorded (checkpoints, evaluation records)",
     "cnnvit.stage": "the declaration types",
     "cnnvit.stages": "the list of stages (the package's __init__; each stage module counts for its own stage)",
 }

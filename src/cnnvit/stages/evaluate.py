@@ -15,15 +15,23 @@ refused) and writes, together, to ``--out-dir/<run>``:
   (:mod:`cnnvit.measure.attention`); for a convnet, the header only;
 - ``robustness_correct.npz``: per robustness image, was the run right, clean and on every corruption
   and severity (:func:`cnnvit.stats.robustness.read_per_image`), for comparisons paired by image;
-- ``evaluation.json``: the run and the sha256 of the weights file these numbers are of.
+- ``evaluation.json``: the run, the sha256 of the weights file these numbers are of, and the
+  settings they were measured under (:func:`evaluation_settings`).
 
-A change to the corruptions or their settings re-runs this stage, never the training.
+A change to the corruptions or their settings re-runs this stage, never the training. A run whose
+``evaluation.json`` names its current weights and the current settings (the model entry, the
+corrupted set's sha256, ``attention_images``, the run's resolved precision, test subset and input
+scaling, and the code that sets the numbers, digested as :mod:`cnnvit.code_identity` does: a
+changed message or comment does not count; :func:`evaluation_settings`) is kept, not evaluated
+again (``vit-paper-s0: evaluation up to date, kept``): DVC's one evaluate stage over every run
+re-does only the runs that changed.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import json
 import time
 from pathlib import Path
 
@@ -33,10 +41,11 @@ import torch
 from cnnvit import paths
 from cnnvit.batch import add_run_args, checked_runs, run_each, worker_count
 from cnnvit.cifar import IMG_SIZE
+from cnnvit.code_identity import digests, training_modules
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import Params, RunConfig, RunSpec
 from cnnvit.errors import CnnvitError
-from cnnvit.files import atomic_dir, file_sha256, write_json
+from cnnvit.files import atomic_dir, file_sha256, read_json, write_json
 from cnnvit.measure.attention import attention_maps, mean_distance
 from cnnvit.models.weights import load_weights
 from cnnvit.runfiles import WEIGHTS_FILE
@@ -73,6 +82,16 @@ STAGE = Stage(
     threads="runtime",
 )
 
+# The code that sets an evaluation's numbers beyond the model's own (code_identity.training_modules
+# of its arch): this stage, the corrupted set's reader and the clean subset, the attention
+# distances, the weights loader and the per-image file.
+EVALUATION_CODE = (
+    "cnnvit.stages.evaluate",
+    "cnnvit.stages.corrupt",
+    "cnnvit.measure.attention",
+    "cnnvit.models.weights",
+    "cnnvit.stats.robustness",
+)
 ROBUSTNESS_COLUMNS = ["corruption", "severity", "acc", "images"]
 ATTENTION_COLUMNS = ["layer", "head", "distance_px"]
 
@@ -91,8 +110,57 @@ def _pct(right: np.ndarray) -> float:
     return 100.0 * int(right.sum()) / len(right)
 
 
+def evaluation_settings(cfg: RunConfig, corrupted_sha256: str, attention_images: int, precision: str) -> dict:
+    """What an evaluation's numbers depend on besides the weights: recorded in evaluation.json."""
+    return {
+        "model": json.loads(json.dumps(cfg.model.to_dict())),  # the model the weights are loaded into
+        "corrupted_sha256": corrupted_sha256,
+        "attention_images": attention_images,
+        "precision": precision,
+        "test_size": cfg.test_size,
+        "normalize": cfg.recipe.normalize,
+        "code": digests((*training_modules(type(cfg.model).__module__), *EVALUATION_CODE)),
+    }
+
+
+def evaluation_status(name: str, weights: Path, dest: Path, settings: dict) -> str | None:
+    """Why run ``name``'s evaluation in ``dest`` must be (re)done, or None when it is up to date:
+    its files are there and its record names these weights and these settings."""
+    record_path = dest / paths.EVAL_RECORD
+    if not record_path.exists():
+        return "not evaluated yet"
+    if missing := [f for f in paths.EVAL_FILES if not (dest / f).is_file()]:
+        return f"its {', '.join(missing)} missing"
+    try:
+        record = read_json(record_path)
+    except CnnvitError:
+        return f"its {paths.EVAL_RECORD} is unreadable"
+    if not isinstance(record, dict) or record.get("run") != name:
+        return f"its {paths.EVAL_RECORD} names another run"
+    if not weights.is_file():
+        return "its run has no weights yet"
+    if record.get("weights_sha256") != file_sha256(weights):
+        return "its weights changed (trained again)"
+    old = record.get("settings")
+    old = old if isinstance(old, dict) else {}
+    if old != settings:
+        changed = [k for k in settings if old.get(k) != settings[k] and k != "code"]
+        code = old.get("code")
+        code = code if isinstance(code, dict) else {}
+        changed += [f"{m} changed" for m, h in settings["code"].items() if code.get(m) != h]
+        return f"its settings changed ({', '.join(changed) or 'recorded by an older cnnvit'})"
+    return None
+
+
 def evaluate_run(
-    cfg: RunConfig, data_dir, corrupted, weights: Path, out_dir, batch: int, attention_images: int
+    cfg: RunConfig,
+    data_dir,
+    corrupted,
+    weights: Path,
+    out_dir,
+    batch: int,
+    attention_images: int,
+    settings: dict | None = None,
 ) -> dict:
     if not weights.exists():
         run = cfg.run
@@ -132,8 +200,10 @@ def evaluate_run(
             for head, dist in enumerate(mean_distance(maps, IMG_SIZE // cell, cell)):
                 attention.append({"layer": layer + 1, "head": head + 1, "distance_px": float(dist)})
     with atomic_dir(out_dir, owned=lambda name: name in paths.EVAL_FILES) as tmp:
-        # which weights these numbers are of: collect refuses them beside a run retrained since
-        write_json(tmp / paths.EVAL_RECORD, {"run": cfg.name, "weights_sha256": file_sha256(weights)})
+        # which weights these numbers are of (collect refuses them beside a run retrained since), and
+        # under which settings (the next evaluate keeps them while both are the same)
+        record = {"run": cfg.name, "weights_sha256": file_sha256(weights), "settings": settings or {}}
+        write_json(tmp / paths.EVAL_RECORD, record)
         write_rows(tmp / "robustness.csv", ROBUSTNESS_COLUMNS, rows)
         write_rows(tmp / "attention.csv", ATTENTION_COLUMNS, attention)
         write_per_image(
@@ -157,8 +227,11 @@ def add_args(p) -> None:
     p.add_argument("--out-dir", default=paths.EVAL_DIR, help="each run's files go to <out-dir>/<run name>")
 
 
-def evaluate_one(run: RunSpec, params: Params, data_dir, corrupted, runs_dir, out_dir) -> dict:
-    """Evaluate one run and say how it went (what each worker does)."""
+def evaluate_one(
+    run: RunSpec, params: Params, data_dir, corrupted, runs_dir, out_dir, corrupted_sha256: str | None = None
+) -> dict:
+    """Evaluate one run, or keep its evaluation when it is up to date, and say which (what each
+    worker does). ``corrupted_sha256``: the corrupted set's, when the caller has it already."""
     cfg = run_config(params, run)
     torch.set_num_threads(params.runtime.threads)
     start = time.perf_counter()
@@ -168,9 +241,15 @@ def evaluate_one(run: RunSpec, params: Params, data_dir, corrupted, runs_dir, ou
     # The run's precision, as training resolved it on this device: autocast, and TF32 on CUDA.
     device = select_device(cfg.runtime.device, cfg.runtime.runs_per_gpu)[0]  # evaluate_run's too: one claim
     precision = resolve_precision(cfg.runtime.precision, device)
+    if corrupted_sha256 is None and Path(corrupted).is_file():
+        corrupted_sha256 = file_sha256(Path(corrupted))
+    settings = evaluation_settings(cfg, corrupted_sha256 or "", attention, precision)
+    if evaluation_status(cfg.name, weights, dest, settings) is None:
+        print(f"{cfg.name}: evaluation up to date, kept", flush=True)
+        return {"kept": True}
     use_precision(precision, device)
     with autocast(device, precision):
-        got = evaluate_run(cfg, data_dir, corrupted, weights, dest, batch, attention)
+        got = evaluate_run(cfg, data_dir, corrupted, weights, dest, batch, attention, settings)
     print(
         f"{cfg.name}: clean {got['clean']:.2f}%, corrupted {got['mean']:.2f}% on average, "
         f"{time.perf_counter() - start:.1f}s on {got['device']} ({precision}) -> {dest}",
@@ -181,8 +260,9 @@ def evaluate_one(run: RunSpec, params: Params, data_dir, corrupted, runs_dir, ou
 
 def run(args, params: Params) -> None:
     runs = checked_runs(args, params)
+    corrupted = Path(args.corrupted)
     fn = functools.partial(
         evaluate_one, params=params, data_dir=args.data_dir, corrupted=args.corrupted, runs_dir=args.runs_dir,
-        out_dir=args.out_dir,
+        out_dir=args.out_dir, corrupted_sha256=file_sha256(corrupted) if corrupted.is_file() else None,
     )  # fmt: skip
     run_each(fn, runs, worker_count(args.workers, params, len(runs)))
