@@ -115,6 +115,23 @@ def test_training_depends_on_exactly_the_code_that_sets_a_runs_numbers():
     assert "src/cnnvit/models/resnet.py" not in evaluate  # a ViT's evaluation builds no ResNet
 
 
+def test_an_evaluation_records_the_code_the_dag_reruns_it_for():
+    """evaluate keeps a run's evaluation while its record's code digests match: the modules it
+    records must be those the DAG re-runs evaluate for, less those that cannot move its numbers."""
+    from cnnvit.stages.evaluate import EVALUATION_CODE
+
+    # the corrupted set's maker (its sha256 is recorded), the paper's tables, the file names, the
+    # intervals (imported beside the per-image writer, not by it), and packages whose __init__ is a docstring
+    outside = {"cnnvit.measure.corruptions", "cnnvit.paper", "cnnvit.runfiles", "cnnvit.stats.intervals"}
+    outside |= {"cnnvit", "cnnvit.config", "cnnvit.measure", "cnnvit.stats", "cnnvit.training"}
+    stage = pipeline.STAGES["evaluate"]
+    every = {m for m in code.closure(stage.module, code.LOADER) if not code.infrastructure(m)}
+    archs = set(code.arch_modules().values())
+    for module in archs:
+        rerun = (every - archs) | {module}
+        assert rerun - {*training_modules(module), *EVALUATION_CODE} == outside, module
+
+
 def test_no_stage_depends_on_the_infrastructure_and_every_dependency_exists():
     never = {"errors.py", "arguments.py", "files.py", "tables.py", "paths.py", "batch.py", "plan.py", "cli.py"}
     never |= {"dag/code.py", "dag/stages.py", "training/device.py", "training/checkpoint.py", "config/load.py"}

@@ -75,7 +75,6 @@ CODE = {
         "src/cnnvit/stats/intervals.py",
         "src/cnnvit/stats/robustness.py",
         "src/cnnvit/training/__init__.py",
-        "src/cnnvit/training/hardware.py",
         "src/cnnvit/training/inputs.py",
         "src/cnnvit/training/numerics.py",
     ],

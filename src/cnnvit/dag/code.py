@@ -52,6 +52,7 @@ INFRASTRUCTURE: dict[str, str] = {
     "cnnvit.training.device": "picks and claims a device, names the precision: the resolved precision is part "
     "of a run's identity and of an evaluation's settings, so what it decides is tracked by value",
     "cnnvit.training.checkpoint": "whether a checkpoint can be reused; what it holds is the engine's",
+    "cnnvit.training.hardware": "refuses a preset sized for a GPU on a machine without one",
     "cnnvit.config.load": "reads, checks and migrates params.yaml; the values (and the defaults of "
     "config/types.py, which counts) are each stage's params, tracked by value",
     "cnnvit.config.reading": "the YAML reader: it refuses a file or returns its tree",
