@@ -125,7 +125,7 @@ def test_an_evaluation_records_the_code_the_dag_reruns_it_for():
     outside = {"cnnvit.measure.corruptions", "cnnvit.paper", "cnnvit.runfiles", "cnnvit.stats.intervals"}
     outside |= {"cnnvit", "cnnvit.config", "cnnvit.measure", "cnnvit.stats", "cnnvit.training"}
     stage = pipeline.STAGES["evaluate"]
-    every = {m for m in code.closure(stage.module, code.LOADER) if not code.infrastructure(m)}
+    every = code.result_modules(stage.module)
     archs = set(code.arch_modules().values())
     for module in archs:
         rerun = (every - archs) | {module}
@@ -142,7 +142,7 @@ def test_no_stage_depends_on_the_infrastructure_and_every_dependency_exists():
     figures = pipeline.code_deps("figures")
     assert "src/cnnvit/paper/epochs.csv" in figures and "src/cnnvit/models/vit.py" not in figures
     assert "src/cnnvit/stages/report.py" in pipeline.code_deps("report")
-    assert "src/cnnvit/config/types.py" in pipeline.code_deps("collect")  # the defaults of the config count
+    assert "src/cnnvit/config/types.py" in pipeline.code_deps("collect")  # a run's identity, the fraction budget
     # every infrastructure module named exists (a renamed one would silently count again)
     assert all(code.module_file(m) for m in code.INFRASTRUCTURE), [m for m in code.INFRASTRUCTURE]
 

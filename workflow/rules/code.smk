@@ -9,12 +9,8 @@
 CODE = {
     "download": [
         "src/cnnvit/__init__.py",
-        "src/cnnvit/cifar.py",
         "src/cnnvit/config/__init__.py",
         "src/cnnvit/config/types.py",
-        "src/cnnvit/paper/__init__.py",
-        "src/cnnvit/paper/epochs.csv",
-        "src/cnnvit/paper/table4.csv",
         "src/cnnvit/stages/download.py",
     ],
     "prepare": [
@@ -22,9 +18,6 @@ CODE = {
         "src/cnnvit/cifar.py",
         "src/cnnvit/config/__init__.py",
         "src/cnnvit/config/types.py",
-        "src/cnnvit/paper/__init__.py",
-        "src/cnnvit/paper/epochs.csv",
-        "src/cnnvit/paper/table4.csv",
         "src/cnnvit/stages/prepare.py",
     ],
     "corrupt": [
@@ -34,9 +27,6 @@ CODE = {
         "src/cnnvit/config/types.py",
         "src/cnnvit/measure/__init__.py",
         "src/cnnvit/measure/corruptions.py",
-        "src/cnnvit/paper/__init__.py",
-        "src/cnnvit/paper/epochs.csv",
-        "src/cnnvit/paper/table4.csv",
         "src/cnnvit/stages/corrupt.py",
         "src/cnnvit/training/__init__.py",
         "src/cnnvit/training/inputs.py",
@@ -91,9 +81,6 @@ CODE = {
         "src/cnnvit/models/registry.py",
         "src/cnnvit/models/resnet.py",
         "src/cnnvit/models/vit.py",
-        "src/cnnvit/paper/__init__.py",
-        "src/cnnvit/paper/epochs.csv",
-        "src/cnnvit/paper/table4.csv",
         "src/cnnvit/stages/cost.py",
         "src/cnnvit/training/__init__.py",
         "src/cnnvit/training/numerics.py",
@@ -123,9 +110,6 @@ CODE = {
     ],
     "figures": [
         "src/cnnvit/__init__.py",
-        "src/cnnvit/cifar.py",
-        "src/cnnvit/config/__init__.py",
-        "src/cnnvit/config/types.py",
         "src/cnnvit/paper/__init__.py",
         "src/cnnvit/paper/epochs.csv",
         "src/cnnvit/paper/table4.csv",

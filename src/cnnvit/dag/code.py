@@ -14,8 +14,10 @@ so it depends on that model's arch module only (``cnnvit.models.vit`` for ``vit`
 **Every other stage** depends on its module's import closure (read from the source: lazy imports
 inside functions too, not those under ``if TYPE_CHECKING:``; importing ``cnnvit.a.b`` runs
 ``cnnvit/__init__.py`` and ``cnnvit/a/__init__.py`` too; a module that reads files beside it names
-them in ``PACKAGE_DATA``) and the config loader's, less :data:`INFRASTRUCTURE`: code that decides
-whether and where a job runs, or refuses it, but never what a number comes out as. A per-run
+them in ``PACKAGE_DATA``) less :data:`INFRASTRUCTURE`, code that decides whether and where a job
+runs, or refuses it, but never what a number comes out as, and less what only the infrastructure
+imports. The values a stage reads from params.yaml are its params, tracked by value; every key is
+required there, so no default of config/types.py reaches a result. A per-run
 stage (evaluate) builds one model per job: like training, it depends on its runs' arch module, not
 on the others. Cutting the infrastructure out is what keeps a changed message in errors.py, a new
 check of an argument or a better forecast from re-running every training in both tools; a
@@ -37,7 +39,6 @@ if TYPE_CHECKING:
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/cnnvit, wherever it is installed from
 SRC = "src/cnnvit"  # how the files are named in the DAG: relative to the project root
-LOADER = "cnnvit.config.load"  # every command loads params.yaml through it
 # Modules (a package: every module in it) that cannot change a result, and why.
 INFRASTRUCTURE: dict[str, str] = {
     "cnnvit.errors": "the error type and its messages: a message never changes a number",
@@ -135,14 +136,22 @@ def package_data(module: str) -> tuple[str, ...]:
     return ()
 
 
-def closure(*modules: str) -> set[str]:
+def closure(*modules: str, through=lambda module: True) -> set[str]:
+    """Every module that importing ``modules`` imports, following only the imports of the modules
+    ``through`` accepts."""
     todo, seen = [m for start in modules for m in _with_parents(start)], set()
     while todo:
         m = todo.pop()
         if m not in seen:
             seen.add(m)
-            todo.extend(imports(m))
+            todo.extend(imports(m) if through(m) else ())
     return seen
+
+
+def result_modules(module: str) -> set[str]:
+    """The modules of ``module``'s import closure that can change its results: the infrastructure
+    is left out, and so is what only the infrastructure imports (it runs for the infrastructure)."""
+    return {m for m in closure(module, through=lambda m: not infrastructure(m)) if not infrastructure(m)}
 
 
 def relative(path: Path) -> str:
@@ -196,7 +205,7 @@ def stage_code(stage: Stage, arch_module: str | None = None) -> tuple[str, ...]:
     mine = [arch_module] if arch_module else archs
     if stage.code == "training":
         return files_of({m for a in mine for m in training_modules(a)})
-    modules = {m for m in closure(stage.module, LOADER) if not infrastructure(m)}
+    modules = result_modules(stage.module)
     if stage.per_run:
         modules = (modules - set(archs)) | set(mine)
     return files_of(modules)
