@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import MODELS, make_cifar_python, make_project, md5, sh, tiny_params, write_yaml
+from conftest import MODELS, TINY_MODELS, make_cifar_python, make_project, md5, sh, tiny_params, write_yaml
 
 from cnnvit.stats.claims import CLAIM_COLUMNS
 
@@ -144,26 +144,49 @@ def test_a_params_change_reruns_only_that_model(sm_project, dvc_project):
         edit_params(project, "presets.tiny.models.vit.depth", 1)
 
 
+def edit(project: Path, path: str, old: str, new: str) -> None:
+    f = project / path
+    assert old in f.read_text(), (path, old)
+    f.write_text(f.read_text().replace(old, new, 1))
+
+
+def stale_for(project: Path, path: str) -> set[str]:
+    """The DVC stages that `dvc status` finds stale because ``path`` changed."""
+    status = yaml.safe_load(sh("dvc status --json", project).stdout) or {}
+    return {stage for stage, changes in status.items() if path in json.dumps(changes)}
+
+
 def test_a_code_change_makes_exactly_its_stages_stale(sm_project, dvc_project):
+    """Issue 29.1: a changed message re-ran every training; a model's code re-runs its runs only."""
+    for project in (sm_project, dvc_project):  # a message: no job of either tool is stale
+        edit(project, "src/cnnvit/errors.py", "is not a whole number", "is not a whole number (edited)")
+    assert "Nothing to be done" in sh("snakemake -n --cores 2", sm_project).stdout
+    assert stale_for(dvc_project, "errors.py") == set()
     for project in (sm_project, dvc_project):
-        vit = project / "src/cnnvit/models/vit.py"
-        vit.write_text(vit.read_text() + "\n# edited\n")
-    runs = len(MODELS) * 2  # every training (the engine imports every model family), at two training-set sizes
-    assert snakemake_plan(sm_project) == {
-        "train": runs,
-        "evaluate": runs,  # it builds the models too
-        "cost": 1,
-        "collect": 1,
-        "figures": 1,
-        "report": 1,
-        "all": 1,
-        "total": 2 * runs + 5,
-    }
-    status = yaml.safe_load(sh("dvc status --json", dvc_project).stdout)
-    # collect and report read the specs too (display names, descriptions, run identities)
-    assert set(status) == {"train", "evaluate", "cost", "collect", "report"}, status
-    for project in (sm_project, dvc_project):
-        sh("git checkout -q src/cnnvit/models/vit.py", project)
+        sh("git checkout -q src/cnnvit/errors.py", project)
+    for module, archs in (("resnet", {"resnet50"}), ("vit", {"vit", "cnn_vit"})):
+        for project in (sm_project, dvc_project):
+            path = project / f"src/cnnvit/models/{module}.py"
+            path.write_text(path.read_text() + "\n# edited\n")
+        runs = 2 * sum(TINY_MODELS[m]["arch"] in archs for m in MODELS)  # its models, at two training-set sizes
+        assert 0 < runs < 2 * len(MODELS)
+        assert snakemake_plan(sm_project) == {
+            "train": runs,
+            "evaluate": runs,  # it builds the model too
+            "cost": 1,  # it builds every model
+            "collect": 1,
+            "figures": 1,
+            "report": 1,
+            "all": 1,
+            "total": 2 * runs + 5,
+        }, module
+        dry = sh("snakemake -n -p --cores 2", sm_project).stdout
+        trained = set(re.findall(r"^Shell command: cnnvit train --model (\S+)", dry, flags=re.M))
+        assert {TINY_MODELS[m]["arch"] for m in trained} == archs, trained
+        # DVC's one train stage covers every run (it re-emits the others); collect and report read the specs too
+        assert stale_for(dvc_project, f"models/{module}.py") == {"train", "evaluate", "cost", "collect", "report"}
+        for project in (sm_project, dvc_project):
+            sh(f"git checkout -q src/cnnvit/models/{module}.py", project)
     assert "Nothing to be done" in sh("snakemake -n --cores 2", sm_project).stdout  # same content again
     report = sm_project / "src/cnnvit/stages/report.py"
     report.write_text(report.read_text() + "\n# edited\n")
