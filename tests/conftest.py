@@ -5,6 +5,7 @@ No test touches the network: archives are built here and served from 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
@@ -294,3 +295,130 @@ def make_project(dest: Path, params: dict, git: bool = True) -> Path:
     if git:
         sh("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm init && dvc init -q", dest)
     return dest
+
+
+PARAMS = ROOT / "params.yaml"
+
+
+class RunsCode:
+    """Unpickling this runs a shell command (it touches ``marker``): what a hostile file would
+    plant in a pickle. A test passes when the file is refused and the marker never appears."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# ----------------------------------------------------------------------------- tiny runs on prepared data
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> tuple[Path, Path]:
+    """(the fixture archive, its prepared folder), shared by every test: none writes into them."""
+    d = tmp_path_factory.mktemp("prepared")
+    archive = make_cifar_python(d / "c.tar.gz")
+    return archive, prepare_dir(archive, d / "prepared")
+
+
+@pytest.fixture
+def params(prepared):
+    """The tiny params over the prepared fixture archive (2 epochs, every model, both recipes)."""
+    from cnnvit.config.load import params_from_dict
+
+    archive, _ = prepared
+    return params_from_dict(tiny_params(str(archive), md5(archive)))
+
+
+@pytest.fixture(scope="session")
+def train_project(prepared, tmp_path_factory) -> Path:
+    """A folder holding prepared/ (the shared prepared data) and the tiny params.yaml, for
+    `cnnvit train` as a user runs it (see :func:`train_argv`)."""
+    archive, data = prepared
+    d = tmp_path_factory.mktemp("project")
+    (d / "prepared").symlink_to(data)
+    write_yaml(d / "params.yaml", tiny_params(str(archive), md5(archive)))
+    return d
+
+
+QUICK = ["--set", "presets.tiny.epochs=1"]
+
+
+def train_argv(project: Path, tmp_path: Path, model: str = "vit") -> list[str]:
+    """`cnnvit train` of model/paper/seed 0 for one epoch, in ``project``, into tmp_path/out and tmp_path/ckpt."""
+    return [
+        "train",
+        "--params",
+        str(project / "params.yaml"),
+        "--model",
+        model,
+        "--recipe",
+        "paper",
+        "--data-dir",
+        str(project / "prepared"),
+        "--runs-dir",
+        str(tmp_path / "out"),
+        "--ckpt-dir",
+        str(tmp_path / "ckpt"),
+        *QUICK,
+    ]
+
+
+def cfg_for(params, model="vit", recipe="modern", seed=0, **profile):
+    """One run's config from ``params``, with the tiny preset's keys in ``profile`` changed."""
+    import json
+
+    from cnnvit.config.load import params_from_dict
+    from cnnvit.config.runs import run_config
+    from cnnvit.config.types import RunSpec
+
+    if profile:
+        raw = json.loads(json.dumps(params.raw))
+        raw["presets"]["tiny"].update(profile)
+        params = params_from_dict(raw)
+    return run_config(params, RunSpec(model, recipe, seed))
+
+
+def paper_vit(archive: Path, epochs: int = 1, **recipe):
+    """The ViT under the paper recipe (a constant LR) on the fixture archive, with the recipe's
+    keys in ``recipe`` changed."""
+    from cnnvit.config.load import params_from_dict
+    from cnnvit.config.runs import run_config
+    from cnnvit.config.types import RunSpec
+
+    raw = tiny_params(str(archive), md5(archive), epochs=epochs)
+    raw["recipes"]["paper"].update(recipe)
+    return run_config(params_from_dict(raw), RunSpec("vit", "paper", 0))
+
+
+def metrics(run_dir: Path):
+    """A run's metrics.csv without its timings (which no two runs share)."""
+    import pandas as pd
+
+    from cnnvit.runfiles import TIMING_COLUMNS
+
+    return pd.read_csv(run_dir / "metrics.csv").drop(columns=TIMING_COLUMNS)
+
+
+@contextlib.contextmanager
+def forward_calls(top=("ResNet", "VisionTransformer")):
+    """(autocast on, its dtype, input channels_last, weights channels_last) of every forward of a
+    whole model (a timm class in ``top``) while the block runs."""
+    import torch
+
+    seen: list[tuple] = []
+
+    def hook(module, args):
+        if type(module).__name__ in top:
+            conv = next(p for p in module.parameters() if p.dim() == 4)
+            x = args[0]
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+                         x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                         conv.is_contiguous(memory_format=torch.channels_last)))  # fmt: skip
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()

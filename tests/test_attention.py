@@ -1,4 +1,6 @@
-"""Attention statistics per seed: a layer's heads as a set within each run, then over seeds.
+"""Where attention looks: the mean attention distance on maps with a known answer and on the
+model's own attention, then its statistics per seed (a layer's heads as a set within each run, then
+over seeds) and the sentences the report writes.
 
 Heads are numbered in the order a run's training happened to give them: head 2 of seed 0 and head 2
 of seed 1 are unrelated, so no reported number may depend on the numbering."""
@@ -8,11 +10,54 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_BY_ARCH
+import torch
+from conftest import TINY_BY_ARCH, TINY_MODELS
 
+from cnnvit.measure.attention import attention_maps, mean_distance, token_centres
+from cnnvit.models import build_model, spec_from_dict
 from cnnvit.report.sections import attention_sentences
 from cnnvit.stages.figures import attention_plot
 from cnnvit.stats.robustness import attention_summary
+
+
+def test_attention_distance_on_maps_with_a_known_answer():
+    grid, cell = 8, 4
+    n = grid * grid + 1  # class token first
+    own = np.zeros((1, 1, n, n))
+    own[0, 0, np.arange(n), np.arange(n)] = 1  # every patch attends to itself: distance 0
+    assert mean_distance(own, grid, cell) == pytest.approx([0.0])
+    right = np.zeros((1, 1, n, n))
+    for q in range(grid * grid):  # each patch attends to the one to its right (the last column to its left)
+        r, c = divmod(q, grid)
+        right[0, 0, 1 + q, 1 + r * grid + (c + 1 if c < grid - 1 else c - 1)] = 1
+    assert mean_distance(right, grid, cell) == pytest.approx([4.0])  # one cell = 4 pixels
+    uniform = np.full((1, 1, n, n), 1 / n)  # the class token's 1/65 adds nothing: not renormalised (ViT's way)
+    centres = token_centres(grid, cell)
+    all_pairs = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1)).mean()
+    assert all_pairs == pytest.approx(16.546, abs=1e-3)
+    assert mean_distance(uniform, grid, cell) == pytest.approx([all_pairs * 64 / 65])
+    assert all_pairs * 64 / 65 == pytest.approx(16.291, abs=1e-3)
+    two_heads = np.concatenate([own, uniform], axis=1)
+    assert mean_distance(two_heads, grid, cell) == pytest.approx([0.0, all_pairs * 64 / 65])
+
+
+def test_attention_maps_are_the_models_own_attention():
+    model = build_model(spec_from_dict(TINY_MODELS["vit"])).eval()
+    x = torch.randn(3, 3, 32, 32)
+    maps = attention_maps(model, x)
+    assert len(maps) == len(model.blocks) and maps[0].shape == (3, 2, 17, 17)  # 4x4 patches + class token
+    assert np.allclose(maps[0].sum(-1), 1, atol=1e-5)
+    blk = model.blocks[0]  # the block's own output, recomputed unfused from the maps, matches the fused one
+    with torch.no_grad():
+        tokens = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+        h = blk.norm1(tokens)
+        b, n, c = h.shape
+        v = blk.attn.qkv(h).reshape(b, n, 3, 2, c // 2).permute(2, 0, 3, 1, 4)[2]
+        out = (torch.from_numpy(maps[0]) @ v).transpose(1, 2).reshape(b, n, c)
+        assert torch.allclose(blk.attn.proj(out), blk.attn(h), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- statistics over heads and seeds
 
 
 def long_table(rng: np.random.Generator, seeds=(0, 1, 2), layers=(1, 2, 3), heads=4) -> pd.DataFrame:

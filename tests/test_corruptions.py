@@ -1,4 +1,6 @@
-"""Glass blur against CIFAR-10-C's published algorithm, written out pixel by pixel.
+"""CIFAR-10-C's corruptions (Hendrycks & Dietterich 2019): the list, each corruption on a known
+image (deterministic, growing with severity, the published strength), and glass blur against
+make_cifar_c.py's algorithm written out pixel by pixel.
 
 make_cifar_c.py's glass blur "swaps" pixels with ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on
 numpy views, which copies (both cells receive x[h', w']). The reference below is that loop verbatim,
@@ -9,8 +11,93 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import PARAMS
 
+from cnnvit.config.load import load_params
+from cnnvit.config.types import Corruption
 from cnnvit.measure import corruptions as C
+
+
+def test_the_corruption_names_are_one_list():
+    import typing
+
+    schema_names = load_params(PARAMS).raw["robustness"]["corruptions"]
+    assert list(C.CORRUPTIONS) == list(typing.get_args(Corruption)) == schema_names
+    assert "frost" not in C.CORRUPTIONS and len(C.CORRUPTIONS) == 14
+
+
+GREY = np.full((2, 32, 32, 3), 128, dtype=np.uint8)  # a flat mid-grey image, twice
+
+EDGE = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+EDGE[:, :, 16:] = 255  # black left half, white right half
+
+
+def mean_abs(a, b) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+@pytest.mark.parametrize("name", list(C.CORRUPTIONS))
+def test_every_corruption_is_deterministic_and_grows_with_severity(name):
+    img = (np.random.default_rng(3).random((4, 32, 32, 3)) * 255).astype(np.uint8)
+    out = [C.corrupt(img, name, s, seed=1) for s in C.SEVERITIES]
+    assert all(o.shape == img.shape and o.dtype == np.uint8 for o in out)
+    assert np.array_equal(out[0], C.corrupt(img, name, 1, seed=1))  # the same seed, the same images
+    changed = [mean_abs(o, img) for o in out]
+    assert changed[0] > 0 and changed[4] >= 0.5 * max(changed)  # severity 5 is among the strongest
+
+
+def test_gaussian_shot_and_impulse_noise_have_their_published_strength():
+    big = np.full((20, 32, 32, 3), 128, dtype=np.uint8)
+    noise = C.corrupt(big, "gaussian_noise", 5).astype(float) / 255 - 128 / 255
+    assert noise.std() == pytest.approx(0.10, rel=0.05)  # c = 0.10 at severity 5
+    shot = C.corrupt(big, "shot_noise", 5).astype(float) / 255
+    p = 128 / 255
+    assert shot.var() == pytest.approx(p / 50, rel=0.1)  # Poisson(50 p) / 50
+    hit = C.corrupt(big, "impulse_noise", 5)
+    assert np.isin(hit, [0, 255]).mean() == pytest.approx(0.07, abs=0.01)  # 7% of values, salt or pepper
+
+
+@pytest.mark.parametrize("name", ["defocus_blur", "motion_blur", "zoom_blur", "glass_blur"])
+def test_a_blur_leaves_a_flat_image_flat(name):
+    out = C.corrupt(GREY, name, 5)
+    assert np.abs(out.astype(int) - 128).max() <= 1
+    assert mean_abs(C.corrupt(EDGE, name, 5), EDGE) > 1  # and does blur an edge
+
+
+def test_contrast_and_brightness_by_hand():
+    img = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    img[:, :16] = 200
+    out = C.corrupt(img, "contrast", 5)  # c = 0.15 around the mean (100/255)
+    hi, lo = 100 + (200 - 100) * 0.15, 100 - 100 * 0.15
+    assert abs(int(out[0, 0, 0, 0]) - hi) <= 1 and abs(int(out[0, 31, 0, 0]) - lo) <= 1
+    rgb = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1] = 100, 50  # HSV value 100/255; +0.3 scales every channel by (100/255+0.3)/(100/255)
+    out = C.corrupt(rgb, "brightness", 5)
+    scale = (100 / 255 + 0.3) / (100 / 255)
+    assert abs(int(out[0, 0, 0, 0]) - 100 * scale) <= 1 and abs(int(out[0, 0, 0, 1]) - 50 * scale) <= 1
+    assert int(out[0, 0, 0, 2]) == 0 and (C.corrupt(np.zeros_like(rgb), "brightness", 5) == 76).all()
+
+
+def test_pixelate_and_jpeg_are_what_pil_does():
+    from PIL import Image
+
+    img = (np.random.default_rng(0).random((1, 32, 32, 3)) * 255).astype(np.uint8)
+    box = Image.Resampling.BOX
+    ref = np.asarray(Image.fromarray(img[0]).resize((20, 20), box).resize((32, 32), box))  # 32 * 0.65 = 20
+    assert np.array_equal(C.corrupt(img, "pixelate", 5)[0], ref)
+    assert mean_abs(C.corrupt(img, "jpeg_compression", 5), img) > mean_abs(C.corrupt(img, "jpeg_compression", 1), img)
+
+
+def test_fog_snow_and_elastic_change_an_image_as_they_should():
+    fog = C.corrupt(GREY, "fog", 5)
+    assert fog.std() > 1  # a height map over the image
+    snow = C.corrupt(np.zeros((2, 32, 32, 3), dtype=np.uint8), "snow", 5)
+    assert (snow > 200).mean() > 0.01  # white flakes on black
+    elastic = C.corrupt(EDGE, "elastic_transform", 5)
+    assert elastic[0, :, 0].max() < 60 and elastic[0, :, 31].min() > 190  # the halves stay, the edge moves
+
+
+# ----------------------------------------------------------------------------- glass blur, as published
 
 SEVERITY_TABLE = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)]  # make_cifar_c's
 

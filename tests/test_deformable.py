@@ -64,7 +64,7 @@ def test_the_receptive_field_of_a_hybrid_token():
 
 
 def test_the_ablation_is_a_variant_of_the_hybrid_in_the_tables(tmp_path):
-    from test_stats import ACCS, collect, fabricate
+    from fabricated_runs import ACCS, collect, fabricate
 
     fabricate(tmp_path, ACCS | {"cnn_vit_deform": [71.0, 72.0, 70.5]})
     assert collect(tmp_path) == 0

@@ -1,77 +1,24 @@
-"""Which device a job gets: the loud stop where NVIDIA GPUs are present but torch cannot use them,
-and claiming one GPU (slot) per job on a machine or SLURM allocation with several. Tested on a CPU,
-with pretend device ids and a stub torch.cuda."""
+"""Which device and precision a job gets, tested on a CPU with the GPU pretended where it must
+be: the CPU, MPS and CUDA choices of runtime.device auto, precision resolved per device and refused
+where the device cannot do it, the loud stop where NVIDIA GPUs are present but torch cannot use
+them, a GPU-sized preset on a machine without one, and what a run's provenance records of the
+CUDA stack. Claiming a GPU (slot) per job is in test_gpu_slots.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import stat
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-from types import SimpleNamespace
+import json
 
 import pytest
 import torch
-from conftest import ROOT, assert_one_line_error, run_cli, tiny_params
+from conftest import ROOT, assert_one_line_error, paper_vit, run_cli, tiny_params
 
 from cnnvit.cli import main
+from cnnvit.config.types import resolves_to
 from cnnvit.errors import CnnvitError
 from cnnvit.training import device as devices
+from cnnvit.training import engine as train
 
-CLAIMER = """
-import sys, time
-from cnnvit.training.device import claim_gpu
-claim = claim_gpu(sys.argv[2].split(","), sys.argv[1], poll_s=0.05)
-print(claim.device, flush=True)
-time.sleep(float(sys.argv[3]))
-"""
-
-
-def claimer(lock_dir, ids: list[str], hold_s: float = 600) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", CLAIMER, str(lock_dir), ",".join(ids), str(hold_s)], stdout=subprocess.PIPE, text=True
-    )
-
-
-def test_concurrent_claimers_get_different_gpus(tmp_path):
-    ids = ["0", "1", "2"]
-    procs = [claimer(tmp_path, ids) for _ in ids]
-    try:
-        got = [p.stdout.readline().strip() for p in procs]
-        assert sorted(got) == ids
-        assert devices.try_claim(ids, tmp_path) is None  # all three are held
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-
-
-def test_a_killed_claimer_frees_its_gpu_and_a_waiter_gets_it(tmp_path, capsys):
-    first = claimer(tmp_path, ["7"])
-    assert first.stdout.readline().strip() == "7"
-    waiter = claimer(tmp_path, ["7"], hold_s=0)  # blocks: the only GPU is taken
-    first.send_signal(signal.SIGKILL)  # kill -9: no cleanup runs, the kernel drops the lock
-    first.wait()
-    assert waiter.stdout.readline().strip() == "7"
-    waiter.wait()
-    claim = devices.try_claim(["7"], tmp_path)
-    assert claim is not None and claim.device == "7"
-    claim.release()
-
-
-def test_claims_respect_cuda_visible_devices(monkeypatch, tmp_path):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    assert devices.visible_gpus() == ["2", "5"]
-    a, b = devices.try_claim(devices.visible_gpus(), tmp_path), devices.try_claim(devices.visible_gpus(), tmp_path)
-    assert {a.device, b.device} == {"2", "5"}
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert devices.visible_gpus() == []
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1a2b,MIG-3c/4")
-    assert devices.try_claim(devices.visible_gpus(), tmp_path).device == "GPU-1a2b"
+CPU, MPS, CUDA = torch.device("cpu"), torch.device("mps"), torch.device("cuda", 0)
 
 
 def test_device_selection_on_a_cpu_only_machine(monkeypatch):
@@ -83,6 +30,21 @@ def test_device_selection_on_a_cpu_only_machine(monkeypatch):
     assert devices.select_device("cpu")[0].type == "cpu"
     with pytest.raises(CnnvitError, match=r"runtime\.device .*is cuda but this machine has no visible NVIDIA GPU"):
         devices.select_device("cuda")
+
+
+def test_device_auto_picks_mps_after_cuda_and_mps_without_one_is_refused(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices, "gpu_count", lambda: 0)
+    monkeypatch.setattr(devices, "_mps_available", lambda: True)
+    device, name = devices.select_device("auto")
+    assert device.type == "mps" and name.startswith("mps: ")
+    assert devices.select_device("cpu")[0].type == "cpu"  # asked for: the CPU, even with MPS there
+    monkeypatch.setattr(devices, "_mps_available", lambda: False)
+    assert devices.select_device("auto")[0].type == "cpu"
+    with pytest.raises(CnnvitError) as err:
+        devices.select_device("mps")
+    assert str(err.value).startswith("runtime.device is mps but torch sees no Apple MPS device")
+    assert str(err.value).endswith(": set runtime.device=auto or cpu")
 
 
 def test_a_pretend_gpu_without_a_driver_falls_back_and_cuda_says_why(monkeypatch, tmp_path):
@@ -161,107 +123,6 @@ def test_a_slurm_job_whose_gpus_this_process_cannot_see_is_one_line(monkeypatch)
     assert devices.select_device("cpu")[0].type == "cpu"
 
 
-SLURM_CLAIMER = """
-import os, sys, time, torch
-torch.cuda.is_available = lambda: True  # a stub: the claim and the name are under test, not CUDA
-torch.cuda.get_device_name = lambda *a: "Stub GPU"
-from cnnvit.training.device import held_slot, select_device
-device, name = select_device("auto", runs_per_gpu=int(sys.argv[1]))
-print(os.environ["CUDA_VISIBLE_DEVICES"], name, "|", held_slot(int(sys.argv[1])), flush=True)
-time.sleep(600)
-"""
-
-
-def slurm_claimer(lock_dir, job: str, visible: str, runs_per_gpu: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "SLURM_JOB_ID": job, "SLURM_JOB_GPUS": visible, "CUDA_VISIBLE_DEVICES": visible,
-           devices.LOCK_DIR_ENV: str(lock_dir)}  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, "-c", SLURM_CLAIMER, str(runs_per_gpu)], stdout=subprocess.PIPE, text=True, env=env
-    )
-
-
-def test_runs_in_one_slurm_job_spread_over_its_gpus_and_record_no_slot(tmp_path):
-    """sbatch --gpus=2 with DVC's workers or Snakemake inside: each run its own GPU, each job its
-    own lock folder (another job's GPU 0 is another GPU)."""
-    procs = [slurm_claimer(tmp_path, "4242", "0,1", runs_per_gpu=2) for _ in range(2)]
-    procs.append(slurm_claimer(tmp_path, "4243", "0,1", runs_per_gpu=2))  # another job on the node
-    try:
-        got = [p.stdout.readline().split() for p in procs]
-        assert sorted(g[0] for g in got[:2]) == ["0", "1"]  # narrowed to one GPU each, slot 1 of each first
-        assert got[2][0] == "0"  # the other job's locks are its own
-        assert all(" ".join(g[1:5]) == "cuda: Stub GPU |" for g in got)  # the device's name has no slot
-        assert {" ".join(g[5:]) for g in got[:2]} == {"GPU 0, slot 1 of 2", "GPU 1, slot 1 of 2"}  # it is printed
-        assert sorted(p.name for p in (tmp_path / "slurm-4242").iterdir()) == ["gpu-0.lock", "gpu-1.lock"]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-
-
-def test_slots_under_slurm_count_the_jobs_visible_gpus(monkeypatch):
-    monkeypatch.setenv("SLURM_JOB_ID", "42")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    assert devices.slots(SimpleNamespace(device="auto", threads=1, runs_per_gpu=2)) == 8
-    assert devices.lock_dir().name == "slurm-42"
-    monkeypatch.delenv("SLURM_JOB_ID")
-    assert devices.lock_dir() == Path(os.environ.get(devices.LOCK_DIR_ENV) or devices.DEFAULT_LOCK_DIR)
-
-
-def test_a_lock_folder_made_here_takes_every_users_locks(tmp_path):
-    claim = devices.try_claim(["0"], tmp_path / "a" / "locks")
-    assert claim is not None
-    for d in (tmp_path / "a", tmp_path / "a" / "locks"):
-        assert stat.S_IMODE(d.stat().st_mode) == 0o1777  # sticky, world-writable: as /tmp
-    assert stat.S_IMODE(claim.path.stat().st_mode) == 0o666
-    claim.release()
-
-
-def claim_as_another_user(lock_dir: Path) -> tuple[int, str]:
-    """(exit status, output) of ``try_claim`` in ``lock_dir`` by another user, in a forked child:
-    nobody when the tests run as root (who may write anywhere), else this user with ``lock_dir``
-    made unwritable. Forked, not exec'd: nobody may not be able to read this Python."""
-    read, write = os.pipe()
-    if os.geteuid():
-        lock_dir.chmod(0o555)
-    pid = os.fork()
-    if pid == 0:
-        code, out = 1, ""
-        try:
-            os.close(read)
-            if not os.geteuid():
-                os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
-            out, code = devices.try_claim(["0", "1"], lock_dir).device, 0
-        except CnnvitError as exc:
-            out = f"error: {exc}"
-        finally:
-            os.write(write, out.encode())
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as f:
-        out = f.read()
-    status = os.waitpid(pid, 0)[1]
-    lock_dir.chmod(0o755)
-    return os.waitstatus_to_exitcode(status), out
-
-
-def test_a_lock_folder_another_user_keeps_private_is_one_line(tmp_path):
-    shared = Path(tempfile.mkdtemp(prefix="cnnvit-locks-"))  # outside pytest's private tmp, readable by all
-    try:
-        shared.chmod(0o755)  # as a cnnvit before this change left it: the first user's umask
-        code, out = claim_as_another_user(shared)
-        assert code == 1 and "\n" not in out, out
-        assert out.startswith(
-            f"error: cannot take a GPU lock in {shared} (cannot create gpu-0.lock: Permission denied"
-        ), out
-        assert f"chmod 1777 {shared}" in out and f"set {devices.LOCK_DIR_ENV} to a folder" in out
-        devices.try_claim(["0", "1"], shared).release()  # its owner makes the lock files, 0666
-        assert claim_as_another_user(shared) == (0, "0")  # which every user can take, read-only if need be
-    finally:
-        shutil.rmtree(shared)
-
-
 def test_a_gpu_sized_preset_stops_at_once_on_a_machine_without_a_gpu(monkeypatch, capsys, tmp_path):
     """Issue 26.3: `snakemake --cores all` on a laptop started the paper preset's weeks of work."""
     from cnnvit.config.load import load_params
@@ -281,3 +142,90 @@ def test_a_gpu_sized_preset_stops_at_once_on_a_machine_without_a_gpu(monkeypatch
                  str(tmp_path / "r"), "--ckpt-dir", str(tmp_path / "c")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "snakemake --cores all --config preset=laptop" in err
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """A pretend CUDA GPU of compute capability (major, 0), with or without bf16."""
+
+    def make(major: int, bf16: bool):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (major, 0))
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: f"Pretend sm_{major}0")
+
+    return make
+
+
+def test_auto_precision_is_bf16_on_a_gpu_that_has_it_and_fp32_elsewhere(gpu):
+    gpu(9, True)  # an H100
+    assert [devices.resolve_precision(p, CUDA) for p in ("auto", "fp32", "bf16", "fp16")] == [
+        "bf16", "tf32", "bf16", "fp16"
+    ]  # fmt: skip
+    gpu(7, False)  # a V100: no bf16, no TF32
+    assert devices.resolve_precision("auto", CUDA) == "fp32" and devices.resolve_precision("fp16", CUDA) == "fp16"
+    assert [devices.resolve_precision(p, CPU) for p in ("auto", "fp32", "bf16")] == ["fp32", "fp32", "bf16"]
+    assert devices.resolve_precision("auto", MPS) == "fp32"
+    # a recorded precision matches the setting that resolved to it, and only that
+    assert resolves_to("auto", "bf16") and resolves_to("fp32", "tf32") and not resolves_to("bf16", "fp32")
+
+
+@pytest.mark.parametrize(
+    ("setting", "where", "cause"),
+    [
+        ("bf16", "v100", "this GPU (Pretend sm_70) has no bf16 support"),
+        ("fp16", "cpu", "fp16 needs a CUDA GPU, and this job runs on the CPU (bf16 works on a CPU)"),
+        ("bf16", "mps", "MPS runs fp32 only here"),
+    ],
+)
+def test_a_precision_the_device_cannot_do_is_one_line_naming_the_key(gpu, setting, where, cause):
+    gpu(7, False)
+    device = {"v100": CUDA, "cpu": CPU, "mps": MPS}[where]
+    with pytest.raises(CnnvitError) as err:
+        devices.resolve_precision(setting, device)
+    assert str(err.value) == f"runtime.precision is {setting} but {cause}: set runtime.precision=auto or fp32"
+
+
+def test_what_this_machine_cannot_run_is_refused_before_the_work_starts(tmp_path, capsys):
+    """Snakemake's onstart and DVC's train stage run the plan first: it resolves the device and the
+    precision as every run will."""
+    raw = tiny_params("/nowhere.tar.gz", "0" * 32)
+    raw["runtime"]["precision"] = "fp16"
+    code, err = run_cli(tmp_path, capsys, ["plan"], raw)
+    assert_one_line_error(code, err, "runtime.precision is fp16 but fp16 needs a CUDA GPU")
+    raw["runtime"].update(precision="auto", device="cuda")
+    code, err = run_cli(tmp_path, capsys, ["plan"], raw)
+    assert_one_line_error(code, err, "runtime.device is cuda but", "set runtime.device=auto or cpu")
+
+
+# ----------------------------------------------------------------------------- what a run records of its device
+
+
+def test_provenance_records_the_cuda_stack_and_what_compiling_cost(prepared, tmp_path, monkeypatch):
+    monkeypatch.setattr(devices, "driver_version", lambda: "580.65.06")
+    monkeypatch.setattr(devices, "gpu_names", lambda: ["NVIDIA H200"])
+    summary = train.train_run(paper_vit(prepared[0], 1), prepared[1], tmp_path / "out", tmp_path / "ckpt")
+    prov = json.loads((tmp_path / "out/summary.json").read_text())["provenance"]
+    assert prov == summary.provenance
+    assert prov["cuda"] == {"torch_cuda": torch.version.cuda, "driver": "580.65.06", "gpu": None,
+                            "gpus_on_machine": ["NVIDIA H200"]}  # fmt: skip  # this run trained on the CPU
+    assert prov["compile"] == {"mode": False, "seconds": 0.0, "graphs": 0, "cuda_graphs": "off"}
+    assert prov["device"] == summary.device and "slot" not in summary.device
+
+
+def test_the_driver_and_gpus_are_read_from_the_driver_without_cuda(tmp_path, monkeypatch):
+    proc = tmp_path / "nvidia"
+    (proc / "gpus/0000:01:00.0").mkdir(parents=True)
+    (proc / "version").write_text(
+        "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16)\n"
+        "GCC version:  gcc version 12.3.0\n"
+    )
+    (proc / "gpus/0000:01:00.0/information").write_text("Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 42\n")
+    monkeypatch.setattr(devices, "NVIDIA_PROC", proc)
+    assert devices.driver_version() == "570.86.15"
+    assert devices.gpu_names() == ["NVIDIA H100 80GB HBM3"] and devices.gpu_count() == 1
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    assert devices.torch_cuda() == "12.6"
+    assert "built for CUDA 12.6, which needs an NVIDIA driver of branch 525 or newer" in devices.diagnosis()

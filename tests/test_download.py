@@ -1,9 +1,12 @@
-"""The download stage: over HTTP from 127.0.0.1, from files and directories; failures never
-destroy a verified archive."""
+"""The download stage: over HTTP from 127.0.0.1, from files and directories; a server that
+trickles gives up in one line; failures never destroy a verified archive."""
 
 from __future__ import annotations
 
+import http.server
 import socket
+import threading
+import time
 
 import pytest
 from conftest import assert_one_line_error, make_imagefolder, md5, no_files, run_cli, sha256, tiny_params
@@ -111,3 +114,32 @@ def test_directory_source_is_packed_reproducibly_and_checksummed(tmp_path):
     next((src / "train/cat").iterdir()).unlink()  # the contents changed: the pinned digest catches it
     with pytest.raises(Exception, match="checksum mismatch"):
         dl.download(data(str(src), digest), tmp_path / "c.tar.gz")
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        for _ in range(200):
+            self.wfile.write(b"x")
+            self.wfile.flush()
+            time.sleep(0.05)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_trickling_download_gives_up_in_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(dl, "STALL_WINDOW_S", 1.0)
+    monkeypatch.setattr(dl, "PROGRESS_EVERY_S", 0.3)
+    params = tiny_params(f"http://127.0.0.1:{server.server_address[1]}/c.tar.gz", "0" * 32)
+    out = tmp_path / "raw/c.tar.gz"
+    try:
+        code, err = run_cli(tmp_path, capsys, ["download", "--out", str(out)], params)
+    finally:
+        server.shutdown()
+    assert_one_line_error(code, err, "stalled", "under 10 kB/s", "mirror or a local copy")
+    assert not out.exists() and not list(out.parent.glob(".*.tmp"))

@@ -1,10 +1,8 @@
-"""The model registry over timm: every arch and stem builds and trains a step; pretrained weights
-load through timm's machinery, safely."""
+"""The model registry over timm: every arch and stem builds and trains a step, the networks are
+the ones timm builds, each arch says what it is and why it differs from the paper, and a name is
+registered once. Pretrained weights are in test_pretrained.py."""
 
 from __future__ import annotations
-
-import os
-import pickle
 
 import pytest
 import timm
@@ -12,9 +10,8 @@ import torch
 from conftest import ROOT, TINY_MODELS
 
 from cnnvit.config.load import load_params
-from cnnvit.errors import CnnvitError
-from cnnvit.models import ARCHS, build_model, count_params, flops_per_image, spec_from_dict
-from cnnvit.models.resnet import ResNet50
+from cnnvit.models import ARCHS, ArchSpec, build_model, count_params, flops_per_image, spec_from_dict
+from cnnvit.models.registry import register
 from cnnvit.models.vit import ViT
 
 
@@ -81,96 +78,6 @@ def test_same_seed_same_init_as_timm_create_model():
     assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values(), strict=True))
 
 
-# ----------------------------------------------------------------------------- pretrained weights
-
-VIT_S = {"arch": "vit", "patch_size": 4, "embed_dim": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0}
-
-
-@pytest.fixture(scope="module")
-def vit_s16(tmp_path_factory):
-    """An ImageNet-shaped ViT-S/16 (224 px, 1000 classes) saved as .pth and .safetensors."""
-    from safetensors.torch import save_file
-
-    d = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(1)
-    sd = timm.create_model("vit_small_patch16_224", pretrained=False).state_dict()
-    torch.save(sd, d / "vit_s16.pth")
-    save_file({k: v.contiguous() for k, v in sd.items()}, d / "vit_s16.safetensors")
-    return d, sd
-
-
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_vit_s16_weights_fine_tune_at_32px_with_patch_4(vit_s16, suffix):
-    d, sd = vit_s16
-    model = build_model(spec_from_dict({**VIT_S, "pretrained": str(d / f"vit_s16{suffix}")}))
-    assert model.patch_embed.proj.weight.shape[-2:] == (4, 4)  # resampled from 16x16
-    assert model.pos_embed.shape[1] == 1 + 8 * 8  # resampled from 14x14 tokens
-    assert model.head.out_features == 10
-    assert torch.equal(model.blocks[3].attn.qkv.weight, sd["blocks.3.attn.qkv.weight"])  # loaded, not random
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-
-
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.mark.parametrize("protocol", [2, 4])
-def test_a_hostile_pth_is_refused_and_runs_nothing(tmp_path, protocol):
-    marker, evil = tmp_path / "pwned", tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"patch_embed.proj.weight": _RunsCode(marker)}, protocol=protocol))
-    refused = r"refusing to load pretrained weights .*evil\.pth.*nothing in it was run"
-    with pytest.raises(CnnvitError, match=refused) as e:
-        build_model(spec_from_dict({**VIT_S, "pretrained": str(evil)}))
-    assert not marker.exists()
-    # what was refused, in a few words; not torch's advice to load it with weights_only=False
-    assert "weights_only` set to `False`" not in str(e.value) and "\n" not in str(e.value)
-    if protocol == 2:
-        assert "a pickled posix.system" in str(e.value)
-
-
-def test_weights_that_do_not_fit_name_the_file_and_the_key(vit_s16):
-    d, _ = vit_s16
-    spec = {"arch": "vit", "patch_size": 4, "embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4.0}
-    with pytest.raises(CnnvitError, match=r"vit_s16\.pth do not fit arch vit \(shapes differ for [\w.]+"):
-        build_model(spec_from_dict({**spec, "pretrained": str(d / "vit_s16.pth")}))
-    with pytest.raises(CnnvitError, match="not found"):
-        build_model(spec_from_dict({**VIT_S, "pretrained": str(d / "missing.pth")}))
-
-
-def test_a_hub_name_offline_says_use_a_local_file(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import
-    with pytest.raises(CnnvitError, match=r"cannot fetch hf-hub:timm/vit_small_patch16_224\.augreg_in21k .*local"):
-        build_model(spec_from_dict({**VIT_S, "pretrained": "hf-hub:timm/vit_small_patch16_224.augreg_in21k"}))
-
-
-def test_cifar_stem_refuses_imagenet_weights(vit_s16):
-    d, _ = vit_s16
-    spec = ResNet50(layers=(1, 1, 1, 1), channels=(4, 8, 8, 8), stem="cifar", pretrained=str(d / "vit_s16.pth"))
-    with pytest.raises(CnnvitError, match="stem: cifar cannot load pretrained weights"):
-        build_model(spec)
-
-
-@pytest.mark.slow
-def test_the_transfer_presets_models_take_their_checkpoints(tmp_path):
-    """Each hub name in the transfer preset, made locally (no network): the timm model it names,
-    saved, then loaded into the model entry as a local file."""
-    preset = load_params(ROOT / "params.yaml").presets["transfer"]
-    for name, entry in preset.models.items():
-        spec = spec_from_dict(entry)
-        variant = spec.pretrained.removeprefix("hf-hub:timm/").split(".")[0]
-        path = tmp_path / f"{variant}.pth"
-        torch.save(timm.create_model(variant, pretrained=False).state_dict(), path)
-        model = build_model(type(spec)(**{**spec.__dict__, "pretrained": str(path)}))
-        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10), name
-
-
 def test_every_arch_says_what_it_is_and_why():
     """The deviation table asks each spec class; a registered arch must answer both questions."""
     from cnnvit.models import ARCHS, ArchSpec
@@ -178,3 +85,13 @@ def test_every_arch_says_what_it_is_and_why():
     for name, cls in ARCHS.items():
         for method in ("build", "describe", "deviation"):
             assert getattr(cls, method) is not getattr(ArchSpec, method), f"{name} does not define {method}()"
+
+
+def test_registry_refuses_a_duplicate_name():
+    with pytest.raises(TypeError, match="registered twice"):
+
+        @register
+        class Again(ArchSpec):
+            arch = "vit"
+            display = "ViT again"
+            convnet = False

@@ -1,6 +1,7 @@
 """Where outputs go and how they are read back (issue 28.14 and smaller items): an output folder
-reached through a link is written where the link points; what a killed write left is swept once
-its process is gone; a JSON nested past the recursion limit and tables with missing columns, wrong
+reached through a link is written where the link points; a stage never replaces a folder holding
+files it did not write, and keeps the user's umask; what a killed write left is swept once its
+process is gone; a JSON nested past the recursion limit and tables with missing columns, wrong
 types or non-finite values are one line naming the file (cnnvit.tables)."""
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import make_cifar_python
 
 from cnnvit.errors import CnnvitError
 from cnnvit.files import atomic_dir, atomic_path, read_json, sweep_stale, write_text
+from cnnvit.stages.prepare import prepare
 from cnnvit.tables import read_table
 
 # ----------------------------------------------------------------------------- links
@@ -61,6 +64,32 @@ def test_snakemakes_timestamp_in_an_output_folder_is_neither_refused_nor_carried
     with atomic_dir(tmp_path / "figures", owned=lambda name: name.endswith(".png")) as tmp:
         (tmp / "a.png").write_bytes(b"png")
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [".gitignore", "a.png"]
+
+
+# ----------------------------------------------------------------------------- what a stage may replace
+
+
+def test_a_stage_refuses_to_replace_a_folder_holding_files_it_did_not_write(tmp_path):
+    from cnnvit.stages.prepare import carve_validation, write_prepared
+
+    archive = make_cifar_python(tmp_path / "c.tar.gz")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("keep me")
+    with pytest.raises(CnnvitError, match=r"holds files this stage did not write \(notes.txt\)"):
+        write_prepared(carve_validation(prepare(archive, "cifar10-python"), 20, 0), tmp_path / "mine", {})
+    assert (tmp_path / "mine/notes.txt").read_text() == "keep me"
+
+
+def test_outputs_keep_the_users_umask(prepared, tmp_path):
+    from cnnvit.files import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "figs") as tmp:
+            (tmp / "a.png").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "figs").stat().st_mode & 0o777 == 0o755
 
 
 # ----------------------------------------------------------------------------- what a killed write leaves
@@ -135,6 +164,8 @@ def test_a_deeply_nested_json_is_one_line(tmp_path):
 
 
 COLUMNS = {"model": "str", "severity": "int", "acc": "float", "latency": "float?", "ok": "bool"}
+
+
 GOOD = "model,severity,acc,latency,ok\nvit,1,51.5,2.5,True\nvit,2,40.0,,False\n"
 
 

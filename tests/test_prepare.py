@@ -1,26 +1,23 @@
-"""The prepare stage on fixture archives in the official formats, and on hostile or careless ones."""
+"""The prepare stage on fixture archives in the official formats: the arrays, the validation carve
+and its stats, determinism; and splits that must not share images (copies between and within
+splits). Archives it refuses are in test_refusals_archives.py."""
 
 from __future__ import annotations
 
 import io
-import os
-import pickle
 import re
-import tarfile
-import zipfile
 
 import numpy as np
 import pytest
 from conftest import (
     CLASSES,
     PER_BATCH,
-    add_bytes,
-    assert_one_line_error,
+    batch_dict,
     make_cifar_python,
     make_imagefolder,
     md5,
-    no_files,
     png_bytes,
+    py2_pickle,
     run_cli,
     synthetic_images,
     tar_directory,
@@ -29,8 +26,6 @@ from conftest import (
 
 from cnnvit.errors import CnnvitError
 from cnnvit.stages.prepare import carve_validation, prepare, write_prepared
-
-# ----------------------------------------------------------------------------- prepare
 
 
 def test_prepare_official_format(tmp_path, cifar_archive):
@@ -93,167 +88,6 @@ def test_prepare_imagefolder_archive_and_directory(tmp_path, prefix):
         assert np.array_equal(from_dir[split][1], from_tar[split][1])
 
 
-def test_truncated_archive(tmp_path, cifar_archive, capsys):
-    bad = tmp_path / "trunc.tar.gz"
-    bad.write_bytes(cifar_archive.read_bytes()[: cifar_archive.stat().st_size // 2])
-    params = tiny_params(str(bad), md5(bad))
-    out = tmp_path / "prep"
-    code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(bad), "--out-dir", str(out)], params)
-    assert_one_line_error(code, err, "corrupt or truncated", "download")
-    assert no_files(out)
-
-
-def test_missing_batch(tmp_path, capsys):
-    bad = make_cifar_python(tmp_path / "nobatch.tar.gz", skip="data_batch_3")
-    params = tiny_params(str(bad), md5(bad))
-    out = tmp_path / "prep"
-    code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(bad), "--out-dir", str(out)], params)
-    assert_one_line_error(code, err, "data_batch_3")
-    assert no_files(out)
-
-
-def test_missing_class_folder(tmp_path):
-    folder = make_imagefolder(tmp_path / "folder", skip_class="frog")
-    with pytest.raises(CnnvitError, match="missing class folder test/frog"):
-        prepare(folder, "imagefolder")
-
-
-def test_image_not_32x32_rgb_is_named(tmp_path):
-    folder = make_imagefolder(tmp_path / "folder")
-    big = np.zeros((40, 40, 3), np.uint8)
-    (folder / "train/cat/big.png").write_bytes(png_bytes(big))
-    with pytest.raises(CnnvitError, match=r"train/cat/big\.png: image is 40x40 RGB"):
-        prepare(folder, "imagefolder")
-    (folder / "train/cat/big.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8), "L"))
-    with pytest.raises(CnnvitError, match=r"big\.png: image is 32x32 L, not 32x32 RGB"):
-        prepare(folder, "imagefolder")
-    (folder / "train/cat/big.png").unlink()
-    (folder / "train/cat/fake.jpg").write_bytes(b"this is text, not a JPEG")
-    with pytest.raises(CnnvitError) as exc:
-        prepare(folder, "imagefolder")
-    assert "train/cat/fake.jpg: not a readable image" in str(exc.value) and "BytesIO" not in str(exc.value)
-
-
-def test_count_check(tmp_path, cifar_archive):
-    with pytest.raises(CnnvitError, match="found 100 train images, expected 50000"):
-        prepare(cifar_archive, "cifar10-python", 50000, 10000)
-
-
-def test_unknown_format(tmp_path, cifar_archive, capsys):
-    params = tiny_params(str(cifar_archive), md5(cifar_archive), fmt="cifar100")
-    code, err = run_cli(
-        tmp_path, capsys, ["prepare", "--raw", str(cifar_archive), "--out-dir", str(tmp_path / "p")], params
-    )
-    assert_one_line_error(code, err, "data.format", "cifar100")
-    with pytest.raises(CnnvitError, match=r"unknown data\.format 'cifar100'"):
-        prepare(cifar_archive, "cifar100")
-
-
-# ----------------------------------------------------------------------------- security
-
-
-def _tar_with(tmp_path, member: tarfile.TarInfo, blob: bytes = b"") -> os.PathLike:
-    path = tmp_path / "evil.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        add_bytes(tar, "cifar-10-batches-py/batches.meta", b"x")
-        tar.addfile(member, io.BytesIO(blob) if blob else None)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("name", "kind", "why"),
-    [
-        ("/etc/evil", tarfile.REGTYPE, "absolute path"),
-        ("cifar-10-batches-py/../../evil", tarfile.REGTYPE, "'..' path"),
-        ("cifar-10-batches-py/link", tarfile.SYMTYPE, "link"),
-        ("cifar-10-batches-py/hard", tarfile.LNKTYPE, "link"),
-    ],
-)
-def test_unsafe_members_are_refused(tmp_path, name, kind, why):
-    member = tarfile.TarInfo(name)
-    member.type = kind
-    if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
-        member.linkname = "/etc/passwd"
-    blob = b"data" if kind == tarfile.REGTYPE else b""
-    member.size = len(blob)
-    archive = _tar_with(tmp_path, member, blob)
-    with pytest.raises(CnnvitError, match=f"unsafe member .*{why}"):
-        prepare(archive, "cifar10-python")
-    assert not (tmp_path / "evil").exists() and not (tmp_path.parent / "evil").exists()
-
-
-class _RunsCode:
-    """Unpickling this calls os.system: what a hostile mirror would plant in a batch."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path):
-    marker = tmp_path / "pwned"
-    evil = pickle.dumps({b"data": _RunsCode(marker), b"labels": []}, protocol=2)
-    archive = make_cifar_python(tmp_path / "evil.tar.gz", extra={"data_batch_1": evil})
-    with pytest.raises(CnnvitError, match=r"data_batch_1: refusing to unpickle .*forbidden global"):
-        prepare(archive, "cifar10-python")
-    assert not marker.exists()
-    pickle.loads(evil)  # the same bytes do run code when unpickled naively
-    assert marker.exists()
-
-
-def test_more_classes_than_the_models_take_fail_in_prepare(tmp_path, capsys):
-    """Issue 9.6: an 11th class used to pass prepare and crash train with an IndexError."""
-    folder = make_imagefolder(tmp_path / "folder")
-    for split in ("train", "test"):
-        (folder / split / "zebra").mkdir()
-        (folder / split / "zebra/0.png").write_bytes(png_bytes(np.zeros((32, 32, 3), np.uint8)))
-    params = tiny_params(str(folder), "0" * 32, fmt="imagefolder")
-    code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(folder), "--out-dir", str(tmp_path / "p")], params)
-    assert_one_line_error(code, err, "11 classes", "built for CIFAR-10's 10")
-    assert no_files(tmp_path / "p")
-
-
-def test_an_empty_class_folder_is_named(tmp_path):
-    folder = make_imagefolder(tmp_path / "folder")
-    for p in (folder / "test/frog").iterdir():
-        p.unlink()
-    with pytest.raises(CnnvitError, match="class folder test/frog has no images"):
-        prepare(folder, "imagefolder")
-    archive = tar_directory(folder, tmp_path / "a.tar.gz")
-    with pytest.raises(CnnvitError, match="class folder test/frog has no images"):
-        prepare(archive, "imagefolder")
-
-
-def test_a_zip_is_named_as_not_a_tar(tmp_path, capsys):
-    z = tmp_path / "cifar.zip"
-    with zipfile.ZipFile(z, "w") as f:
-        f.writestr("cifar-10-batches-py/batches.meta", b"x")
-    code, err = run_cli(
-        tmp_path, capsys, ["prepare", "--raw", str(z), "--out-dir", str(tmp_path / "p")], tiny_params(str(z), md5(z))
-    )
-    assert_one_line_error(code, err, "is a zip file, not a tar archive")
-    text = tmp_path / "plain.tar.gz"
-    text.write_bytes(b"hello, I am not an archive at all" * 10)
-    with pytest.raises(CnnvitError, match="not a tar archive"):
-        prepare(text, "cifar10-python")
-
-
-def test_constant_images_are_refused(tmp_path, capsys):
-    """Issue 9.7: all-constant images gave a ZeroDivisionError in training."""
-    folder = make_imagefolder(tmp_path / "folder")
-    for i, p in enumerate(sorted(folder.rglob("*.png"))):  # red constant; distinct images (no copies)
-        image = synthetic_images(1, seed=i)[0][0]
-        image[..., 0] = 7
-        p.write_bytes(png_bytes(image))
-    params = tiny_params(str(folder), "0" * 32, fmt="imagefolder")
-    params["data"].update(expect_train=0, expect_test=0)
-    code, err = run_cli(tmp_path, capsys, ["prepare", "--raw", str(folder), "--out-dir", str(tmp_path / "p")], params)
-    assert_one_line_error(code, err, "same R value (std 0)", "fix data.url")
-    assert no_files(tmp_path / "p")
-
-
 # ----------------------------------------------------------------------------- splits that must not share images
 
 
@@ -276,7 +110,6 @@ def test_a_test_batch_row_copied_from_a_training_batch_is_refused(tmp_path):
     images, labels = synthetic_images(PER_BATCH, seed=5)  # the fixture's test_batch
     train, _ = synthetic_images(PER_BATCH, seed=2)  # data_batch_3
     images[7] = train[4]
-    from conftest import batch_dict, py2_pickle
 
     test_batch = py2_pickle(batch_dict(images, labels, "t"))
     archive = make_cifar_python(tmp_path / "c.tar.gz", extra={"test_batch": test_batch})
@@ -317,20 +150,6 @@ def test_data_without_copies_carves_as_before(cifar_archive):
     _, val = validation_split(labels, 20, 3)
 
     assert np.array_equal(val, stratified_indices(labels, 20, 3))
-
-
-def test_an_archive_with_two_roots_is_refused_not_merged(tmp_path):
-    """Issue 28.9: two roots were merged, every image counted twice."""
-    a = make_imagefolder(tmp_path / "src/a")
-    make_imagefolder(tmp_path / "src/b")
-    with pytest.raises(CnnvitError, match=r"2 dataset roots \(a/, b/\).*remove all but one"):
-        prepare(tmp_path / "src", "imagefolder")
-    archive = tmp_path / "two.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(a, arcname="cifar10")
-        tar.add(a / "train", arcname="train")  # a second root at the top level
-    with pytest.raises(CnnvitError, match=r"2 dataset roots \(the top level, cifar10/\)"):
-        prepare(archive, "imagefolder")
 
 
 def test_an_imbalanced_class_is_told_the_real_limit(tmp_path):

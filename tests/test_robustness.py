@@ -1,5 +1,5 @@
-"""Robustness statistics: per-image pairing, the relative mCE only where its denominator is clear of
-noise, and comparisons the paper never made read as exploratory."""
+"""Robustness statistics: the mCE relative to ResNet50, per-image pairing, the relative mCE only
+where its denominator is clear of noise, and comparisons the paper never made read as exploratory."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from cnnvit.errors import CnnvitError
 from cnnvit.report.sections import robustness_pair_rows, robustness_rows
 from cnnvit.stats import robustness as R
+from cnnvit.stats.robustness import mce
 
 CORRUPTIONS, SEVERITIES, N = ("fog", "contrast"), (1, 2), 400
 
@@ -37,6 +38,18 @@ def long_from(runs: dict) -> pd.DataFrame:
                 rows.append({"model": model, "recipe": recipe, "seed": seed, "corruption": c, "severity": s,
                              "acc": 100 * p.corrupted[i, j].mean()})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def test_mce_is_relative_to_resnet50():
+    rows = []
+    for model, err in (("resnet50", 40.0), ("vit", 60.0)):
+        rows += [{"model": model, "recipe": "paper", "seed": 0, "corruption": "clean", "severity": 0, "acc": 80.0}]
+        rows += [{"model": model, "recipe": "paper", "seed": 0, "corruption": c, "severity": s, "acc": 100 - err}
+                 for c in ("fog", "snow") for s in (1, 2)]  # fmt: skip
+    long = pd.DataFrame(rows)
+    assert mce(long, "resnet50", "paper") == pytest.approx((100.0, 100.0))
+    ours, relative = mce(long, "vit", "paper")
+    assert ours == pytest.approx(150.0) and relative == pytest.approx(100 * (60 - 20) / (40 - 20))
 
 
 def test_the_per_image_file_round_trips_and_bad_files_are_one_line(tmp_path):

@@ -1,35 +1,22 @@
-"""The params loader: typed configs, per-arch schemas, errors that name the key, YAML 1.2
-numbers, deprecated names, and the schema's arch list against the registry."""
+"""Loading params.yaml: errors that name the key before anything runs, YAML 1.2 numbers and
+Snakemake's config strings, deprecated names, run names and what a run's identity holds, and a
+preset's own `runs:` over the top-level one (issue 26.2)."""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 
 import pytest
 import yaml
-from conftest import ROOT, claims_for
+from conftest import PARAMS, assert_one_line_error
+from snakemake.cli import parse_config
+from snakemake.utils import update_config
 
 from cnnvit.cli import main
-from cnnvit.config.load import coerce_scalars, load_params, params_from_dict, schema
+from cnnvit.config.load import coerce_scalars, load_params, params_from_dict, yaml_load
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.errors import CnnvitError
-from cnnvit.models import ARCHS, ArchSpec
-from cnnvit.models.registry import register
-from cnnvit.models.schema import schema_defs
-
-PARAMS = ROOT / "params.yaml"
-
-
-def test_shipped_params_are_valid_for_every_preset():
-    """Every model of every preset resolves to its spec (through the preset's own runs: override)."""
-    for preset in load_params(PARAMS).presets:
-        models = list(load_params(PARAMS).presets[preset].models)
-        claims = f"analysis.claims={claims_for(models)}"
-        p = load_params(PARAMS, [f"preset={preset}", f"presets.{preset}.runs.models={models}", claims])
-        assert set(p.runs.models) == set(models)
-        for run in p.all_runs():
-            assert run_config(p, run).preset == preset
 
 
 @pytest.mark.parametrize(
@@ -58,7 +45,13 @@ def test_shipped_params_are_valid_for_every_preset():
         ),
         ("presets.paper.models.convnext.dims=[8,16]", "depths and dims must have the same length"),
         ("runs.train_fractions=[0, 1]", "runs.train_fractions.0: 0 is less than or equal to the minimum of 0"),
-        ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of"),
+        ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of ['auto', 'fp32', 'bf16', 'fp16']"),
+        ("runtime.compile=fastest", "runtime.compile: 'fastest' is not one of [False, True, 'default'"),
+        ("runtime.runs_per_gpu=0", "runtime.runs_per_gpu: 0 is less than the minimum of 1"),
+        ("runtime.device=tpu", "runtime.device: 'tpu' is not one of ['auto', 'cpu', 'cuda', 'mps']"),
+        ("robustness.corruptions=[frost]", "robustness.corruptions.0: 'frost' is not one of"),
+        ("robustness.severities=[0, 6]", "robustness.severities.0: 0 is not one of [1, 2, 3, 4, 5]"),
+        ("cost.sizes=[]", "cost.sizes: [] should be non-empty"),
         ("data.val_size=0", "data.val_size: 0 is less than the minimum of 1"),
         ("data.val_size=-5", "data.val_size: -5 is less than the minimum of 1"),
         ("presets.quick.val_size=-1", "presets.quick.val_size: -1 is less than the minimum of 0"),
@@ -169,28 +162,79 @@ def test_typed_configs_and_run_names():
     )
 
 
-def test_the_schemas_model_part_is_what_the_spec_classes_generate():
-    """params.schema.json's model definitions are written by `cnnvit schema` from cnnvit.models."""
-    defs = schema()["$defs"]
-    assert {k: defs[k] for k in schema_defs()} == schema_defs()
-    assert set(defs["model"]["properties"]["arch"]["enum"]) == set(ARCHS)
-    for arch, cls in ARCHS.items():
-        fields = {f.name for f in dataclasses.fields(cls)}
-        assert set(defs[f"arch_{arch}"]["properties"]) == {"arch"} | fields, arch
-    assert main(["schema", "--params", str(PARAMS), "--check"]) == 0
+# ----------------------------------------------------------------------------- per-preset runs
 
 
-def test_registry_refuses_a_duplicate_name():
-    with pytest.raises(TypeError, match="registered twice"):
-
-        @register
-        class Again(ArchSpec):
-            arch = "vit"
-            display = "ViT again"
-            convnet = False
+SHIPPED = yaml_load(PARAMS.read_text(), "params.yaml")
 
 
-def test_schema_is_valid_json_schema():
-    import jsonschema
+def test_a_presets_runs_override_the_top_level_ones_key_by_key():
+    raw = copy.deepcopy(SHIPPED)
+    raw.update(preset="laptop", runs={**raw["runs"], "train_fractions": [0.5, 1.0], "seeds": [7]})
+    laptop = params_from_dict(raw)
+    assert laptop.runs.models == ("resnet50", "vit", "cnn_vit") and laptop.runs.recipes == ("paper",)
+    assert laptop.runs.seeds == (0, 1, 2, 3, 4)  # the preset's, not the top-level override
+    assert laptop.runs.train_fractions == (0.5, 1.0)  # not overridden: the top level's
+    assert len(laptop.all_runs()) == 3 * 1 * 2 * 5
+    # raw is the file as given: the top-level runs and the preset's own, apart
+    assert laptop.raw["runs"]["seeds"] == [7] and laptop.raw["presets"]["laptop"]["runs"]["seeds"] == [0, 1, 2, 3, 4]
+    assert laptop.active.runs == SHIPPED["presets"]["laptop"]["runs"]
+    quick = load_params(PARAMS, ["preset=quick"])
+    assert quick.active.runs == {} and quick.runs == load_params(PARAMS).runs  # {}: the top level's
+    assert len(quick.all_runs()) == 5 * 2 * 3
 
-    jsonschema.Draft202012Validator.check_schema(schema())
+
+def test_snakemakes_config_strings_reach_a_presets_runs():
+    raw = yaml_load(PARAMS.read_text(), "params.yaml")
+    update_config(raw, parse_config(["preset=laptop", "presets={laptop: {runs: {seeds: [3, 4]}}}"]))
+    assert raw["presets"]["laptop"]["runs"]["seeds"] == ["3", "4"]  # merged, as strings
+    p = params_from_dict(raw)
+    assert p.runs.seeds == (3, 4) and p.runs.models == ("resnet50", "vit", "cnn_vit")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["preset=lapotp"], "preset: unknown preset 'lapotp'; use one of datasize, laptop, paper, quick, transfer"),
+        (["preset=laptop", "presets.laptop.runs.epochs=3"], "unknown key presets.laptop.runs.epochs: remove or rename"),
+        (
+            ["preset=laptop", "presets.laptop.runs.models=[vit, cnn_vit]"],
+            "analysis.claims: resnet_beats_vit needs resnet50, which presets.laptop.runs.models does not list: add "
+            "resnet50 to presets.laptop.runs.models, or drop resnet_beats_vit from analysis.claims",
+        ),
+        (["preset=quick", "runs.models=[vit, resnet50]"], "hybrid_beats_vit needs cnn_vit, which runs.models does not"),
+        (["preset=transfer"], "hybrid_beats_vit needs cnn_vit, which presets.transfer.runs.models does not list"),
+        (["preset=laptop", "presets.laptop.runs.recipes=[fast]"], "presets.laptop.runs.recipes: unknown recipe 'fast'"),
+        (
+            ["preset=laptop", "presets.laptop.runs.models=[vit, cnn_vit, resnet50, nope]"],
+            "presets.laptop.runs.models: model 'nope' is not defined in preset 'laptop'",
+        ),
+        (["preset=laptop", "presets.laptop.runs.seeds=[]"], "presets.laptop.runs.seeds: [] should be non-empty"),
+        (
+            ["preset=laptop", "presets.laptop.runs.train_fractions=[1e-9, 1]"],
+            "presets.laptop.runs.train_fractions: 1e-09 of 45,000",
+        ),
+        (
+            ["presets.laptop.models.vit.arch=vgg"],
+            "presets.laptop.models.vit.arch: no module registers arch 'vgg': use one of",
+        ),
+        (["presets.laptop.hardware=tpu"], "presets.laptop.hardware: 'tpu' is not one of ['cpu', 'gpu']"),
+        (
+            ["preset=laptop", "runs.seeds=[0, 1]"],
+            "--set runs.seeds: preset laptop sets presets.laptop.runs.seeds, which wins over runs.seeds: --set "
+            "presets.laptop.runs.seeds=... instead",
+        ),
+        (
+            [
+                "preset=laptop",
+                "runs={models: [vit], recipes: [paper], seeds: [1], train_fractions: [1], fraction_budget: steps}",
+            ],
+            "--set runs: preset laptop sets presets.laptop.runs.models, which wins over runs.models",
+        ),
+    ],
+)
+def test_bad_runs_and_presets_are_one_line_naming_the_key(overrides, needle, capsys):
+    argv = ["plan", "--params", str(PARAMS)]
+    for item in overrides:
+        argv += ["--set", item]
+    assert_one_line_error(main(argv), capsys.readouterr().err, needle)

@@ -1,12 +1,16 @@
-"""`cnnvit plan`'s forecast of the whole DAG, itemised: optimizer steps, per-epoch and robustness
-evaluation, checkpoint writes on the cadence, compilation, start-up and the light stages."""
+"""`cnnvit plan`'s forecast of the whole DAG, itemised (optimizer steps, per-epoch and robustness
+evaluation, checkpoint writes on the cadence, compilation, start-up and the light stages), its
+budget warnings, and each epoch's line of the pipeline's progress: trainings left, and when it ends."""
 
 from __future__ import annotations
 
-import pytest
-from conftest import tiny_params
+import datetime as dt
+import json
 
-from cnnvit import plan
+import pytest
+from conftest import ROOT, tiny_params
+
+from cnnvit import plan, progress
 from cnnvit.config.load import params_from_dict
 
 
@@ -78,7 +82,6 @@ def test_measure_times_a_step_an_evaluation_and_a_checkpoint_eagerly(tmp_path):
 def test_a_forecast_far_past_the_presets_budget_warns():
     """Issue 26: a laptop preset asked of a slow host warns with the forecast before starting; a
     GPU-sized preset on a CPU is told of the laptop preset."""
-    from conftest import ROOT
 
     from cnnvit.config.load import load_params
 
@@ -89,3 +92,30 @@ def test_a_forecast_far_past_the_presets_budget_warns():
     (line,) = plan.budget_warning(load_params(ROOT / "params.yaml"), "cpu: x", 20 * 86400)
     assert "sized for a GPU" in line and "--config preset=laptop" in line
     assert plan.budget_warning(load_params(ROOT / "params.yaml"), "cuda: H100", 3 * 3600) == []
+
+
+# ----------------------------------------------------------------------------- the pipeline's progress
+
+
+def test_the_forecast_gives_every_trainings_seconds():
+    params = params_with(checkpoint_every_s=0)
+    runs = params.all_runs()
+    got = plan.forecast(params, runs, {"vit": M, "resnet50": M}, startup=5.0, jobs="snakemake", slots=2, device="cpu")
+    assert set(got["runs_s"]) == {r.name for r in runs} and got["lanes"] == 2
+    assert sum(got["runs_s"].values()) == sum(got["parts_s"][k] for k in plan.TRAIN_PARTS)
+    assert got["after_s"] > 0
+
+
+def test_the_pipeline_line_counts_what_is_left_and_scales_the_forecast(tmp_path, monkeypatch):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    assert progress.pipeline_eta("a", 0.5, 10.0) == ""  # a run trained by hand: no pipeline line
+    kept = {"runs_s": {"a": 100.0, "b": 100.0, "c": 200.0, "d": 100.0}, "lanes": 2, "after_s": 50.0}
+    progress.start(kept, tmp_path / "runs")
+    (tmp_path / "runs/b").mkdir()
+    (tmp_path / "runs/b/summary.json").write_text("{}")  # b is finished
+    # half of a took 100 s, twice its forecast: c, d and a's other half are 2 x (200 + 100 + 50) = 700 s of
+    # work on 2 lanes, then 2 x 50 s after the trainings
+    now = dt.datetime(2026, 12, 6, 12, 0).timestamp()
+    line = progress.pipeline_eta("a", 0.5, 100.0, now=now)
+    assert line == "  pipeline: 3 of 4 trainings left, ends ~12:07"  # 350 + 100 = 450 s after 12:00
+    assert json.loads((tmp_path / "runs" / progress.FILE).read_text())["lanes"] == 2

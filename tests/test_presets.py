@@ -1,7 +1,8 @@
-"""The laptop preset (issue 26): the paper's question on a 2-core CPU. Its config (all of CIFAR-10,
-the paper's three models under the paper recipe, at least three seeds, FLOPs comparable), and one
-epoch of each of its runs through `cnnvit train` on a slice of the fixture data. Its wall time and
-accuracies are measured by benchmarks/laptop.sh, not here."""
+"""The presets as shipped: every model of every preset resolves, each says what hardware it is
+sized for, the transfer preset runs its own models, and the laptop preset (issue 26) asks the
+paper's question on a 2-core CPU: all of CIFAR-10, the paper's three models under the paper recipe,
+at least three seeds, FLOPs comparable; one epoch of each of its runs through `cnnvit train` on a
+slice of the fixture data. Its wall time and accuracies are measured by benchmarks/laptop.sh."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 
 import pytest
 import yaml
-from conftest import PER_BATCH, ROOT, VAL_SIZE, make_cifar_python, md5, prepare_dir, write_yaml
+from conftest import PARAMS, PER_BATCH, VAL_SIZE, claims_for, make_cifar_python, md5, prepare_dir, write_yaml
 
 from cnnvit.cli import main
 from cnnvit.config.load import load_params
@@ -17,7 +18,32 @@ from cnnvit.config.runs import run_config
 from cnnvit.models import build_model, flops_per_image, spec_from_dict
 from cnnvit.paper import CLAIMS
 
-PARAMS = ROOT / "params.yaml"
+
+def test_shipped_params_are_valid_for_every_preset():
+    """Every model of every preset resolves to its spec (through the preset's own runs: override)."""
+    for preset in load_params(PARAMS).presets:
+        models = list(load_params(PARAMS).presets[preset].models)
+        claims = f"analysis.claims={claims_for(models)}"
+        p = load_params(PARAMS, [f"preset={preset}", f"presets.{preset}.runs.models={models}", claims])
+        assert set(p.runs.models) == set(models)
+        for run in p.all_runs():
+            assert run_config(p, run).preset == preset
+
+
+@pytest.mark.parametrize("preset", ["paper", "quick", "laptop", "datasize", "transfer"])
+def test_a_preset_says_what_hardware_it_is_sized_for(preset):
+    hardware = load_params(PARAMS).presets[preset].hardware
+    assert hardware == ("cpu" if preset in ("quick", "laptop") else "gpu")
+
+
+def test_the_transfer_preset_runs_its_own_models_once_the_claims_it_cannot_test_are_dropped():
+    p = load_params(PARAMS, ["preset=transfer", "analysis.claims=[resnet_beats_vit]"])
+    assert {r.name for r in p.all_runs()} == {
+        f"{m}-transfer-s{s}" for m in ("vit", "resnet50", "convnext") for s in (0, 1, 2)
+    }
+
+
+# ----------------------------------------------------------------------------- the laptop preset
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +75,6 @@ def test_every_laptop_model_builds_and_the_papers_three_are_within_3x_in_flops(l
         assert run_config(laptop, run).model.to_dict()["arch"] == laptop.active.models[run.model]["arch"]
     three = [flops[m] for m in laptop.runs.models]
     assert max(three) <= 3 * min(three), flops
-
-
-@pytest.mark.parametrize("preset", ["paper", "quick", "laptop", "datasize", "transfer"])
-def test_a_preset_says_what_hardware_it_is_sized_for(preset):
-    hardware = load_params(PARAMS).presets[preset].hardware
-    assert hardware == ("cpu" if preset in ("quick", "laptop") else "gpu")
 
 
 def test_one_epoch_of_every_laptop_run_on_a_slice(tmp_path, capsys):

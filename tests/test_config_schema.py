@@ -1,9 +1,7 @@
-"""One config source (issue 29.3) and per-preset runs (issue 26.2).
-
-The typed config (cnnvit.config.types) describes every key; params.schema.json is generated from
-it (and from the model specs) and must be current; every key must be in params.yaml, each with a
-comment, and a missing one is one line naming it and its default. A preset's `runs:` overrides
-the top-level one, and Params.runs is what the active preset trains."""
+"""One config source (issue 29.3): the typed config (cnnvit.config.types) describes every key;
+params.schema.json is generated from it (and from the model specs) and must be current and valid;
+every key must be in params.yaml, each with a comment, and a missing one is one line naming it and
+its default; whatever a DVC stage reads is required; a key's doc or bound is not code."""
 
 from __future__ import annotations
 
@@ -14,18 +12,20 @@ import typing
 
 import pytest
 import yaml
-from conftest import ROOT, assert_one_line_error, write_yaml
-from snakemake.cli import parse_config
-from snakemake.utils import update_config
+from conftest import PARAMS, assert_one_line_error, write_yaml
 
 from cnnvit.cli import main
 from cnnvit.config import schema as generator
 from cnnvit.config import types
-from cnnvit.config.load import check, load_params, params_from_dict, yaml_load
+from cnnvit.config.load import check, load_params, params_from_dict, schema, yaml_load
+from cnnvit.dag import stages as S
 from cnnvit.errors import CnnvitError
+from cnnvit.models import ARCHS
+from cnnvit.models.schema import schema_defs
 
-PARAMS = ROOT / "params.yaml"
 SHIPPED = yaml_load(PARAMS.read_text(), "params.yaml")
+
+
 # each section of params.yaml (one of each kind) and the dataclass that describes it
 SECTIONS = {
     (): types.Params,
@@ -99,6 +99,23 @@ def test_the_schema_shows_each_keys_description_default_and_bounds():
     assert "required" not in schema["$defs"]["runs_override"]  # any of runs:' keys, none needed
     assert set(schema["$defs"]["runs_override"]["properties"]) == set(props["runs"]["properties"])
     assert props["runs"]["properties"]["seeds"]["items"] == {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
+
+
+def test_the_schemas_model_part_is_what_the_spec_classes_generate():
+    """params.schema.json's model definitions are written by `cnnvit schema` from cnnvit.models."""
+    defs = schema()["$defs"]
+    assert {k: defs[k] for k in schema_defs()} == schema_defs()
+    assert set(defs["model"]["properties"]["arch"]["enum"]) == set(ARCHS)
+    for arch, cls in ARCHS.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(defs[f"arch_{arch}"]["properties"]) == {"arch"} | fields, arch
+    assert main(["schema", "--params", str(PARAMS), "--check"]) == 0
+
+
+def test_schema_is_valid_json_schema():
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(schema())
 
 
 # ----------------------------------------------------------------------------- every key in params.yaml
@@ -188,86 +205,34 @@ def test_every_key_of_params_yaml_has_a_comment():
     assert keys > 150 and not uncommented, uncommented
 
 
-# ----------------------------------------------------------------------------- per-preset runs
+def test_every_key_a_dvc_stage_reads_is_required_by_the_schema():
+    """DVC stops at a params key missing from params.yaml: whatever a job reads must be required,
+    so that a params file one tool accepts, the other does too (data.md5 was optional)."""
+    params = load_params(PARAMS, ["runs.train_fractions=[0.5, 1.0]"])
+    root = schema()
+
+    def required(dotted: str) -> bool:
+        node = root
+        for part in dotted.split("."):
+            node = resolve(node)
+            if "properties" in node and part in node["properties"]:
+                if part not in node.get("required", []):
+                    return False
+                node = node["properties"][part]
+            elif isinstance(node.get("additionalProperties"), dict):  # a map: presets, recipes, models
+                node = node["additionalProperties"]
+            else:
+                return False
+        return True
+
+    def resolve(node):
+        return resolve(root["$defs"][node["$ref"].split("/")[-1]]) if "$ref" in node else node
+
+    keys = {k for tool in ("snakemake", "dvc") for job in S.jobs(params, tool) for k in job.params}
+    assert keys and all(required(k) for k in keys), sorted(k for k in keys if not required(k))
 
 
-def test_a_presets_runs_override_the_top_level_ones_key_by_key():
-    raw = copy.deepcopy(SHIPPED)
-    raw.update(preset="laptop", runs={**raw["runs"], "train_fractions": [0.5, 1.0], "seeds": [7]})
-    laptop = params_from_dict(raw)
-    assert laptop.runs.models == ("resnet50", "vit", "cnn_vit") and laptop.runs.recipes == ("paper",)
-    assert laptop.runs.seeds == (0, 1, 2, 3, 4)  # the preset's, not the top-level override
-    assert laptop.runs.train_fractions == (0.5, 1.0)  # not overridden: the top level's
-    assert len(laptop.all_runs()) == 3 * 1 * 2 * 5
-    # raw is the file as given: the top-level runs and the preset's own, apart
-    assert laptop.raw["runs"]["seeds"] == [7] and laptop.raw["presets"]["laptop"]["runs"]["seeds"] == [0, 1, 2, 3, 4]
-    assert laptop.active.runs == SHIPPED["presets"]["laptop"]["runs"]
-    quick = load_params(PARAMS, ["preset=quick"])
-    assert quick.active.runs == {} and quick.runs == load_params(PARAMS).runs  # {}: the top level's
-    assert len(quick.all_runs()) == 5 * 2 * 3
-
-
-def test_snakemakes_config_strings_reach_a_presets_runs():
-    raw = yaml_load(PARAMS.read_text(), "params.yaml")
-    update_config(raw, parse_config(["preset=laptop", "presets={laptop: {runs: {seeds: [3, 4]}}}"]))
-    assert raw["presets"]["laptop"]["runs"]["seeds"] == ["3", "4"]  # merged, as strings
-    p = params_from_dict(raw)
-    assert p.runs.seeds == (3, 4) and p.runs.models == ("resnet50", "vit", "cnn_vit")
-
-
-def test_the_transfer_preset_runs_its_own_models_once_the_claims_it_cannot_test_are_dropped():
-    p = load_params(PARAMS, ["preset=transfer", "analysis.claims=[resnet_beats_vit]"])
-    assert {r.name for r in p.all_runs()} == {
-        f"{m}-transfer-s{s}" for m in ("vit", "resnet50", "convnext") for s in (0, 1, 2)
-    }
-
-
-@pytest.mark.parametrize(
-    ("overrides", "needle"),
-    [
-        (["preset=lapotp"], "preset: unknown preset 'lapotp'; use one of datasize, laptop, paper, quick, transfer"),
-        (["preset=laptop", "presets.laptop.runs.epochs=3"], "unknown key presets.laptop.runs.epochs: remove or rename"),
-        (
-            ["preset=laptop", "presets.laptop.runs.models=[vit, cnn_vit]"],
-            "analysis.claims: resnet_beats_vit needs resnet50, which presets.laptop.runs.models does not list: add "
-            "resnet50 to presets.laptop.runs.models, or drop resnet_beats_vit from analysis.claims",
-        ),
-        (["preset=quick", "runs.models=[vit, resnet50]"], "hybrid_beats_vit needs cnn_vit, which runs.models does not"),
-        (["preset=transfer"], "hybrid_beats_vit needs cnn_vit, which presets.transfer.runs.models does not list"),
-        (["preset=laptop", "presets.laptop.runs.recipes=[fast]"], "presets.laptop.runs.recipes: unknown recipe 'fast'"),
-        (
-            ["preset=laptop", "presets.laptop.runs.models=[vit, cnn_vit, resnet50, nope]"],
-            "presets.laptop.runs.models: model 'nope' is not defined in preset 'laptop'",
-        ),
-        (["preset=laptop", "presets.laptop.runs.seeds=[]"], "presets.laptop.runs.seeds: [] should be non-empty"),
-        (
-            ["preset=laptop", "presets.laptop.runs.train_fractions=[1e-9, 1]"],
-            "presets.laptop.runs.train_fractions: 1e-09 of 45,000",
-        ),
-        (
-            ["presets.laptop.models.vit.arch=vgg"],
-            "presets.laptop.models.vit.arch: no module registers arch 'vgg': use one of",
-        ),
-        (["presets.laptop.hardware=tpu"], "presets.laptop.hardware: 'tpu' is not one of ['cpu', 'gpu']"),
-        (
-            ["preset=laptop", "runs.seeds=[0, 1]"],
-            "--set runs.seeds: preset laptop sets presets.laptop.runs.seeds, which wins over runs.seeds: --set "
-            "presets.laptop.runs.seeds=... instead",
-        ),
-        (
-            [
-                "preset=laptop",
-                "runs={models: [vit], recipes: [paper], seeds: [1], train_fractions: [1], fraction_budget: steps}",
-            ],
-            "--set runs: preset laptop sets presets.laptop.runs.models, which wins over runs.models",
-        ),
-    ],
-)
-def test_bad_runs_and_presets_are_one_line_naming_the_key(overrides, needle, capsys):
-    argv = ["plan", "--params", str(PARAMS)]
-    for item in overrides:
-        argv += ["--set", item]
-    assert_one_line_error(main(argv), capsys.readouterr().err, needle)
+# ----------------------------------------------------------------------------- a key's description is not code
 
 
 def test_a_description_or_a_bound_edit_leaves_a_runs_code_identity_alone(tmp_path, monkeypatch):

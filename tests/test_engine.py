@@ -1,9 +1,11 @@
 """The training engine: the LR schedule's exact values, what evaluation does, that a model learns,
-the data path, the bf16 and torch.compile paths on a CPU, and what a GPU run pays for: graphs
-compiled, host-device syncs in the step loop, peak memory per run, out-of-memory advice."""
+the data path, the bf16, fp16 and torch.compile paths on a CPU, and what a GPU run pays for: graphs
+compiled, host-device syncs in the step loop, peak memory per run, out-of-memory advice, the fused
+optimizer and the memory layout."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -20,7 +22,7 @@ from cnnvit.config.types import RunSpec
 from cnnvit.training import engine as train
 from cnnvit.training.engine import NAN_CHECK_EVERY, Trainer
 from cnnvit.training.inputs import Augment, Prepared, Split, load_prepared, stratified_indices
-from cnnvit.training.numerics import channels_last, lr_factor, oom_error, peak_mem_mb, reset_peak_memory
+from cnnvit.training.numerics import channels_last, compile_mode, lr_factor, oom_error, peak_mem_mb, reset_peak_memory
 
 CPU = torch.device("cpu")
 
@@ -150,6 +152,35 @@ def test_bf16_and_compile_train_every_arch_on_cpu(learnable, tmp_path, name):
         torch.equal(a, b)
         for a, b in zip(eager.model.state_dict().values(), trainer.model.state_dict().values(), strict=True)
     )
+
+
+def tiny_trainer(precision: str, clip: float | None = None) -> Trainer:
+    raw = tiny_params("/nowhere.tar.gz", "0" * 32, epochs=1)
+    raw["recipes"]["paper"]["grad_clip"] = clip
+    cfg = dataclasses.replace(run_config(params_from_dict(raw), RunSpec("vit", "paper", 0)), precision=precision)
+    gen = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.arange(64) % 10)
+    return Trainer(cfg, Prepared(split, split, split, {"mean": [0.5] * 3, "std": [0.25] * 3}, list("abcdefghij")), CPU)
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_fp16_trains_with_a_gradient_scaler_and_bf16_without(clip):
+    """fp16 autocast with the paper's GradScaler (§2.2); run here on the CPU, which torch allows
+    and the settings refuse, to test the code path a CUDA GPU takes."""
+    fp16 = tiny_trainer("fp16", clip)
+    assert fp16.scaler.is_enabled() and fp16.amp.fast_dtype == torch.float16
+    row = fp16.train_epoch(1)
+    assert torch.isfinite(torch.tensor(row["train_loss"])) and fp16.scaler.get_scale() > 0
+    assert fp16.state()["scaler"]["scale"] == fp16.scaler.get_scale()  # checkpointed with the run
+    bf16 = tiny_trainer("bf16")
+    assert not bf16.scaler.is_enabled() and bf16.amp.fast_dtype == torch.bfloat16
+    assert not tiny_trainer("fp32").amp._enabled
+
+
+def test_compile_modes():
+    assert [compile_mode(v) for v in (False, True, "default", "reduce-overhead", "max-autotune")] == [
+        None, "default", "default", "reduce-overhead", "max-autotune"
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- what a GPU run pays for
