@@ -9,21 +9,31 @@ with ``np.random.randint`` replaced by a seeded Generator drawn in the same orde
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import pytest
 from conftest import PARAMS
 
-from cnnvit.config.load import load_params
+from cnnvit.config.load import load_params, schema
 from cnnvit.config.types import Corruption
 from cnnvit.measure import corruptions as C
 
+# CIFAR-10-C's corruptions as published (Hendrycks & Dietterich 2019, make_cifar_c.py), in its order
+CIFAR10_C = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+             "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+             "jpeg_compression"]  # fmt: skip
 
-def test_the_corruption_names_are_one_list():
-    import typing
 
-    schema_names = load_params(PARAMS).raw["robustness"]["corruptions"]
-    assert list(C.CORRUPTIONS) == list(typing.get_args(Corruption)) == schema_names
-    assert "frost" not in C.CORRUPTIONS and len(C.CORRUPTIONS) == 14
+def test_the_corruptions_are_cifar10_cs_less_frost_in_its_order_everywhere():
+    """The functions, the config's allowed values, the schema's and the shipped params each hold
+    CIFAR-10-C's list without frost (it blends photographs the original code shipped), in the
+    published order, which also seeds each corruption (its index)."""
+    published = [c for c in CIFAR10_C if c != "frost"]
+    assert list(C.CORRUPTIONS) == published
+    assert list(typing.get_args(Corruption)) == published
+    assert schema()["properties"]["robustness"]["properties"]["corruptions"]["items"]["enum"] == published
+    assert list(load_params(PARAMS).robustness.corruptions) == published
 
 
 GREY = np.full((2, 32, 32, 3), 128, dtype=np.uint8)  # a flat mid-grey image, twice
