@@ -6,6 +6,7 @@ command looks: each one line."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from conftest import assert_one_line_error, make_cifar_python, md5, run_cli, tiny_params
@@ -87,12 +88,29 @@ def test_an_output_under_a_file_or_where_nothing_can_be_written_is_one_line(tmp_
             arguments.check_path("--out", bad, arguments.OUT_FILE)
 
 
-def test_a_linked_output_folder_is_checked_where_it_points(tmp_path):
+def test_a_linked_output_folder_is_checked_where_it_points(tmp_path, monkeypatch):
+    """A link is written through (cnnvit.files), so what counts is the folder it points into: a
+    link to a folder, or dangling into one that can be made, is taken; a link from a writable
+    folder into one nothing can be written in, or to a place under a file, is one line."""
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "tables").symlink_to(tmp_path / "elsewhere")
     arguments.check_path("--out-dir", str(tmp_path / "tables"), arguments.OUT_DIR)
     (tmp_path / "dangling").symlink_to(tmp_path / "not-yet/tables")
     arguments.check_path("--out-dir", str(tmp_path / "dangling"), arguments.OUT_DIR)
+    (tmp_path / "results").mkdir()  # writable, holding links that point elsewhere
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access  # as root, permissions do not stop a write: emulate what a user meets
+    monkeypatch.setattr(arguments.os, "access", lambda p, mode: False if str(p) == str(ro) else real(p, mode))
+    (tmp_path / "results/tables").symlink_to(ro / "tables")
+    with pytest.raises(CnnvitError, match=rf"results/tables: cannot write in {re.escape(str(ro))} \(permission denied"):
+        arguments.check_path("--out-dir", str(tmp_path / "results/tables"), arguments.OUT_DIR)
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "results/figures").symlink_to(tmp_path / "f/figures")
+    with pytest.raises(
+        CnnvitError, match=rf"results/figures cannot be created: {re.escape(str(tmp_path / 'f'))} is a file"
+    ):
+        arguments.check_path("--out-dir", str(tmp_path / "results/figures"), arguments.OUT_DIR)
 
 
 def test_run_from_elsewhere_names_the_missing_prepared_data(tmp_path, capsys):
