@@ -4,6 +4,7 @@ budget warnings, and each epoch's line of the pipeline's progress: trainings lef
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -98,12 +99,19 @@ def test_a_forecast_far_past_the_presets_budget_warns():
 
 
 def test_the_forecast_gives_every_trainings_seconds():
+    """By hand: a run is 4 epochs of 80 images, its validation and test images (20 + 20) evaluated
+    each epoch at 2 ms an image, and 4 checkpoints at 0.5 s; ResNet50's steps take twice the ViT's."""
     params = params_with(checkpoint_every_s=0)
     runs = params.all_runs()
-    got = plan.forecast(params, runs, {"vit": M, "resnet50": M}, startup=5.0, jobs="snakemake", slots=2, device="cpu")
-    assert set(got["runs_s"]) == {r.name for r in runs} and got["lanes"] == 2
-    assert sum(got["runs_s"].values()) == sum(got["parts_s"][k] for k in plan.TRAIN_PARTS)
-    assert got["after_s"] > 0
+    slower = dataclasses.replace(M, step_s=0.64)
+    got = plan.forecast(params, runs, {"vit": M, "resnet50": slower}, 5.0, jobs="snakemake", slots=2, device="cpu")
+    each = {m: 4 * 80 * step_s / 32 + 4 * 40 * 0.002 + 4 * 0.5 for m, step_s in (("vit", 0.32), ("resnet50", 0.64))}
+    assert got["runs_s"] == pytest.approx({r.name: each[r.model] for r in runs}) and got["lanes"] == 2
+    # then the 8 runs' robustness evaluations (10 images, clean and 2 x 2 corrupted) on 2 lanes, and the last stages
+    light = got["light_s"]
+    assert got["after_s"] == pytest.approx(
+        8 * 10 * 5 * 0.002 / 2 + light["collect"] + light["figures"] + light["report"]
+    )
 
 
 def test_the_pipeline_line_counts_what_is_left_and_scales_the_forecast(tmp_path, monkeypatch):
