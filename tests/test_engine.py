@@ -300,10 +300,23 @@ def test_out_of_memory_with_runs_sharing_a_gpu_names_runs_per_gpu():
     )
 
 
-def test_fused_adam_on_cuda_only_and_the_hybrids_stem_channels_last_on_cuda_only():
+def test_fused_adam_on_cuda_only_and_the_hybrids_stem_channels_last_on_cuda_only(monkeypatch):
+    """Which optimizer a run asks timm for, on a CPU and on CUDA: the CUDA trainer is built here
+    with its model and input scaling left on the CPU (Module.to and Augment stubbed)."""
+    import timm.optim
+
     from cnnvit.models import spec_from_dict
 
-    assert tiny_vit_trainer(8, 4).optimizer.defaults.get("fused") is None  # a CPU run's optimizer as it was
+    fused, real = [], timm.optim.create_optimizer_v2
+    monkeypatch.setattr(
+        timm.optim, "create_optimizer_v2", lambda m, **kw: fused.append(kw.pop("fused", None)) or real(m, **kw)
+    )
+    cpu = tiny_vit_trainer(8, 4)
+    assert cpu.optimizer.defaults.get("fused") is None  # a CPU run's optimizer as it was
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)
+    monkeypatch.setattr(train, "Augment", lambda *a, **k: None)
+    Trainer(dataclasses.replace(cpu.cfg, precision="fp32"), cpu.data, torch.device("cuda", 0))
+    assert fused == [None, True]  # the paper recipe's Adam, fused on CUDA only
     hybrid = spec_from_dict(TINY_MODELS["cnn_vit"])
     assert channels_last(hybrid, torch.device("cuda", 0)) and not channels_last(hybrid, CPU)
     convnet, vit = spec_from_dict(TINY_MODELS["resnet50"]), spec_from_dict(TINY_MODELS["vit"])
