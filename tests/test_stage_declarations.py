@@ -5,8 +5,10 @@ read, ends in one line naming the stage and what disagrees."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
+import re
 import subprocess
 import sys
 
@@ -37,11 +39,31 @@ def test_reading_the_declarations_imports_no_stage_and_nothing_heavy():
     assert out.strip() == f"{len(NAMES)} []"
 
 
-def test_the_stage_subcommands_are_the_declared_stages_in_order():
-    stages = [name for name, (module, _) in cli.commands().items() if module.startswith("stages.")]
-    assert stages == list(NAMES)
-    assert all(help_ == declared.declaration(n).help for n, (_, help_) in cli.commands().items() if n in NAMES)
-    assert {"plan", "bench", "dvc-yaml", "snakemake-rules", "stages", "schema"} <= set(cli.commands())
+# the pipeline's stages in the order they run, written out (the CLI and the DAG read cnnvit.stages.NAMES)
+PIPELINE = ["download", "prepare", "corrupt", "train", "evaluate", "cost", "collect", "figures", "report"]
+
+
+def test_the_stage_subcommands_are_the_pipelines_stages_each_with_its_modules_help_and_arguments(capsys, monkeypatch):
+    """`cnnvit --help` lists the stages in pipeline order, each with the help its module's STAGE
+    declares (imported here, not read as the CLI reads it), and each stage's subcommand takes the
+    arguments of that stage's own parser."""
+    assert list(NAMES) == PIPELINE
+    monkeypatch.setenv("COLUMNS", "1000")  # one line a subcommand
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    listing = capsys.readouterr().out
+    assert done.value.code == 0
+    shown = re.findall(r"^ {4}(\S+) +(.+)$", listing, re.M)
+    stages = [(name, help_) for name, help_ in shown if name in PIPELINE]
+    assert stages == [(n, importlib.import_module(f"cnnvit.stages.{n}").STAGE.help) for n in PIPELINE], listing
+    assert {"plan", "bench", "dvc-yaml", "snakemake-rules", "stages", "schema"} <= {name for name, _ in shown}
+    for name in PIPELINE:
+        own = argparse.ArgumentParser()
+        importlib.import_module(f"cnnvit.stages.{name}").add_args(own)
+        sub = next(a for a in cli.build_parser([name])._actions if a.dest == "command").choices[name]
+        assert {o for a in own._actions for o in a.option_strings} <= {
+            o for a in sub._actions for o in a.option_strings
+        }
 
 
 def test_every_declaration_agrees_with_its_stages_parser():
