@@ -15,9 +15,14 @@ from conftest import assert_one_line_error, forward_calls, make_cifar_python, md
 from cnnvit.config.load import params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
+from cnnvit.measure.attention import attention_maps, mean_distance
+from cnnvit.models import build_model
+from cnnvit.models.weights import load_weights
 from cnnvit.stages import evaluate
+from cnnvit.stages.corrupt import robustness_subset
 from cnnvit.stats.robustness import read_per_image
 from cnnvit.training import engine as train
+from cnnvit.training.inputs import Augment
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +61,20 @@ def test_a_trained_run_is_evaluated_from_its_weights(trained, tmp_path, capsys):
     assert 100 * right.clean.mean() == pytest.approx(rob.iloc[0].acc)
     assert [100 * right.corrupted[i, j].mean() for i in range(2) for j in range(2)] == pytest.approx(list(rob.acc[1:]))
     assert len(preds["labels"]) == 20
+    # the clean images are scored as the trained weights scored them (the run's own predictions of them), and
+    # the attention is theirs: recomputed here from the weights file on the first 4 of them
+    row = {int(position): k for k, position in enumerate(preds["indices"])}
+    rows = [row[int(position)] for position in right.indices]
+    assert np.array_equal(right.clean, preds["selected_logits"][rows].argmax(1) == preds["labels"][rows])
+    cfg = run_config(params_from_dict(raw), RunSpec("vit", "paper", 0))
+    model = build_model(cfg.model)
+    load_weights(model, d / "runs/vit-paper-s0/weights.safetensors")
+    stats = json.loads((data / "stats.json").read_text())
+    scale = Augment(stats["mean"], stats["std"], cfg.recipe.normalize, 0, False, "cpu", channels_last=False)
+    x = scale(torch.from_numpy(robustness_subset(data, cfg.test_size, 10)[0][:4].transpose(0, 3, 1, 2).copy()))
+    cell = cfg.model.token_pixels
+    theirs = [px for maps in attention_maps(model.eval(), x) for px in mean_distance(maps, 32 // cell, cell)]
+    assert list(attn.distance_px) == pytest.approx(theirs, rel=1e-5)
 
 
 def test_a_run_that_never_trained_or_foreign_weights_are_one_line(trained, tmp_path, capsys):
