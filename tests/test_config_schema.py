@@ -21,7 +21,6 @@ from cnnvit.config.load import check, load_params, params_from_dict, schema, yam
 from cnnvit.dag import stages as S
 from cnnvit.errors import CnnvitError
 from cnnvit.models import ARCHS
-from cnnvit.models.schema import schema_defs
 
 SHIPPED = yaml_load(PARAMS.read_text(), "params.yaml")
 
@@ -102,14 +101,13 @@ def test_the_schema_shows_each_keys_description_default_and_bounds():
 
 
 def test_the_schemas_model_part_is_what_the_spec_classes_generate():
-    """params.schema.json's model definitions are written by `cnnvit schema` from cnnvit.models."""
+    """params.schema.json's model definitions: every registered arch, each with its spec class's
+    fields as its keys (the file being current is the --check above)."""
     defs = schema()["$defs"]
-    assert {k: defs[k] for k in schema_defs()} == schema_defs()
     assert set(defs["model"]["properties"]["arch"]["enum"]) == set(ARCHS)
     for arch, cls in ARCHS.items():
         fields = {f.name for f in dataclasses.fields(cls)}
         assert set(defs[f"arch_{arch}"]["properties"]) == {"arch"} | fields, arch
-    assert main(["schema", "--params", str(PARAMS), "--check"]) == 0
 
 
 def test_schema_is_valid_json_schema():

@@ -80,7 +80,7 @@ def test_a_stage_refuses_to_replace_a_folder_holding_files_it_did_not_write(tmp_
     assert (tmp_path / "mine/notes.txt").read_text() == "keep me"
 
 
-def test_outputs_keep_the_users_umask(prepared, tmp_path):
+def test_outputs_keep_the_users_umask(tmp_path):
     from cnnvit.files import atomic_dir
 
     old = os.umask(0o022)
