@@ -220,7 +220,9 @@ def test_a_pretrained_vit_fine_tunes_and_records_its_weights(prepared, tmp_path)
     archive, data_dir = prepared
     raw = tiny_params(str(archive), md5(archive), epochs=1)
     raw["preset"] = "quick"
-    raw["presets"]["quick"].update(train_size=64, val_size=0, test_size=20, epochs=1)
+    raw["presets"]["quick"].update(
+        train_size=64, val_size=0, test_size=20, epochs=1, robustness_images=10, attention_images=4
+    )
     raw["presets"]["quick"]["models"]["vit"] = {
         "arch": "vit",
         "patch_size": 4,
