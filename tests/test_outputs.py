@@ -165,7 +165,6 @@ def test_a_deeply_nested_json_is_one_line(tmp_path):
 
 COLUMNS = {"model": "str", "severity": "int", "acc": "float", "latency": "float?", "ok": "bool"}
 
-
 GOOD = "model,severity,acc,latency,ok\nvit,1,51.5,2.5,True\nvit,2,40.0,,False\n"
 
 

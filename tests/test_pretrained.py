@@ -25,7 +25,6 @@ from cnnvit.training import engine as train
 
 VIT2 = {"arch": "vit", "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "mlp_ratio": 1.0}
 
-
 RESNET = {"arch": "resnet50", "layers": [1, 1, 1, 1], "channels": [4, 8, 8, 8], "stem": "imagenet"}
 
 

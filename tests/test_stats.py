@@ -26,7 +26,6 @@ from cnnvit.stats.intervals import (
 
 T2 = 4.302652729749464  # t(0.975, df=2), the 4.303 of every t table
 
-
 CLAIM = {c.id: c for c in CLAIMS}
 
 
