@@ -39,6 +39,7 @@ ROLES: dict[str | tuple[str, str], str] = {
     "out_dir": OUT_DIR,
     "ckpt_dir": OUT_DIR,
     "cache": OUT_DIR,
+    "progress": OUT_DIR,  # plan: where the runs go, to keep the forecast beside them
 }
 NOT_PATHS = {
     "help", "command", "overrides", "model", "recipe", "seeds", "fraction", "all_runs", "workers", "threads",

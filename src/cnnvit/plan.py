@@ -363,19 +363,23 @@ def plan(params: Params, runs: list[RunSpec], jobs: str, slots: int, cache: Path
     return forecast(params, runs, measured, startup, jobs, slots, device)
 
 
-def _plan_lines(params: Params, runs: list[RunSpec], jobs: str, slots: int, cache: Path | None) -> list[str]:
-    return report_lines(plan(params, runs, jobs, slots, cache), params)
+def _plan_lines(params: Params, runs: list[RunSpec], jobs: str, slots: int, cache: Path | None) -> tuple[list, dict]:
+    got = plan(params, runs, jobs, slots, cache)
+    return report_lines(got, params), got
 
 
-def print_forecast(params: Params, runs: list[RunSpec], workers: int) -> None:
+def print_forecast(params: Params, runs: list[RunSpec], workers: int, runs_dir: Path) -> None:
     """The forecast of DVC's train stage, measured in a child process: this one forks its workers
-    next, and must not have started torch's thread pools (or CUDA) before that."""
+    next, and must not have started torch's thread pools (or CUDA) before that. It is kept beside
+    the runs for the pipeline line of every epoch (cnnvit.progress)."""
+    from cnnvit import progress
     from cnnvit.batch import _context
 
     cache = Path(".dvc/tmp/cnnvit") if Path(".dvc").is_dir() else None
     with _context().Pool(1) as pool:
-        lines = pool.apply(_plan_lines, (params, runs, "dvc", workers, cache))
+        lines, got = pool.apply(_plan_lines, (params, runs, "dvc", workers, cache))
     print("\n".join(lines), flush=True)
+    progress.start(got, runs_dir)
 
 
 def add_args(p) -> None:
@@ -383,6 +387,7 @@ def add_args(p) -> None:
     p.add_argument("--slots", default="auto", help="jobs at once: a number, or auto (this machine's slots)")
     p.add_argument("--cache", default=None, help="a folder to keep the measurements in, for the next plan")
     p.add_argument("--out", default=None, help="also write the plan as JSON here")
+    p.add_argument("--progress", default=None, help="the runs' folder: keep the forecast there for the epochs' lines")
 
 
 def run(args, params: Params) -> None:
@@ -396,3 +401,7 @@ def run(args, params: Params) -> None:
         from cnnvit.files import write_json
 
         write_json(args.out, got)
+    if args.progress:
+        from cnnvit import progress
+
+        progress.start(got, args.progress)

@@ -69,6 +69,9 @@ class Stage:
     threads: Literal["one", "runtime", "all"] = "one"
     threads_option: str | None = None
     sized_by_runs: bool = False
+    # Snakemake's priority: what can fail fast (the download, its checksum) goes first, a job that
+    # only times things last, so a wrong URL is found in seconds, not after minutes of timing
+    priority: int = 0
 
     @property
     def module(self) -> str:

@@ -9,6 +9,7 @@ from cnnvit.config.load import params_from_dict, read_params_file
 from cnnvit.dag import snakemake as S
 from cnnvit.dag.tool_lock import hold_for_snakemake
 from cnnvit.errors import CnnvitError
+from cnnvit.training.hardware import check_fits
 
 # Snakemake reads params.yaml and every --configfile with its own YAML reader, which keeps the last
 # of two equal keys without a word: each is read again through the project's reader, which refuses
@@ -62,6 +63,11 @@ onstart:
         )
     try:
         hold_for_snakemake()
+    except CnnvitError as exc:
+        sys.exit(f"error: {exc}")
+    try:  # a GPU-sized preset on a machine without a GPU (jobs run here): one line naming the laptop preset
+        if workflow.local_exec:
+            check_fits(PARAMS)
     except CnnvitError as exc:
         sys.exit(f"error: {exc}")
     S.write_snapshot(PARAMS)

@@ -22,6 +22,7 @@ rule download:
         "logs/download.log",
     conda:
         "../envs/cnnvit.yaml"
+    priority: 10
     params:
         values=values(
             "data.url",
@@ -46,6 +47,7 @@ rule prepare:
         "logs/prepare.log",
     conda:
         "../envs/cnnvit.yaml"
+    priority: 10
     params:
         values=values(
             "data.format",
@@ -166,6 +168,7 @@ rule cost:
     conda:
         "../envs/cnnvit.yaml"
     threads: S.alone_cores(workflow, PARAMS)
+    priority: -10
     resources:
         gpu=GPUS,
     params:

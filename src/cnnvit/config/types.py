@@ -211,7 +211,9 @@ class Preset:
     mem_mb: int = field(default=16000, metadata=key("memory a training job asks a cluster for", minimum=100))
     budget_minutes: int | None = field(
         default=None,
-        metadata=key("the wall time it is sized for on its hardware: the plan warns past 1.5x (null = none)", minimum=1),
+        metadata=key(
+            "the wall time it is sized for on its hardware: the plan warns past 1.5x (null = none)", minimum=1
+        ),
     )
     runs: dict[str, Any] = field(
         default_factory=dict,

@@ -131,6 +131,8 @@ def rule(stage: Stage) -> str:
     threads = {"runtime": "PARAMS.runtime.threads", "all": "S.alone_cores(workflow, PARAMS)"}.get(stage.threads)
     if threads:
         out.append(f"{I}threads: {threads}")
+    if stage.priority:
+        out.append(f"{I}priority: {stage.priority}")
     resources = ["gpu=GPUS,"] if stage.device else []
     if stage.sized_by_runs:
         resources += ["runtime=lambda w: S.slurm_minutes(PARAMS, BATCHES[w.batch]),", "mem_mb=PARAMS.active.mem_mb,"]

@@ -15,6 +15,7 @@ params.yaml during a run changes nothing for the jobs still to come.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from cnnvit.config.types import SEED_SUFFIX
+from cnnvit.paths import RUNS_DIR
 from cnnvit.stage import RUN
 
 PARAMS_SNAPSHOT = ".snakemake/cnnvit/params.yaml"
@@ -158,9 +160,14 @@ def print_plan(workflow, params: Params) -> str | None:
     if not workflow.local_exec:
         print("plan: the jobs go to a cluster; for a forecast, run `uv run cnnvit plan` on one of its nodes")
         return None
+    from cnnvit import progress
+
     cmd = ["cnnvit", "plan", "--params", PARAMS_SNAPSHOT, "--cache", str(Path(PARAMS_SNAPSHOT).parent)]
-    proc = subprocess.run([*cmd, "--slots", str(plan_slots(workflow, params))], stderr=subprocess.PIPE, text=True)
+    cmd += ["--slots", str(plan_slots(workflow, params)), "--progress", RUNS_DIR]
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
     if proc.returncode:
         lines = proc.stderr.strip().splitlines() or [f"cnnvit plan failed (exit {proc.returncode})"]
         return lines[-1].removeprefix("error: ")
+    # every job started from here (and their epochs' pipeline line) finds the forecast the plan kept
+    os.environ[progress.ENV] = str((Path(RUNS_DIR) / progress.FILE).resolve())
     return None

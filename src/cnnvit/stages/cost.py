@@ -44,6 +44,7 @@ STAGE = Stage(
     ),
     device=True,
     threads="all",
+    priority=-10,
 )
 
 COLUMNS = ["model", "arch", "size", "params", "flops_per_image", "latency_ms_median", "latency_ms_p95",

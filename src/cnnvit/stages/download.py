@@ -39,6 +39,7 @@ STAGE = Stage(
     outs=(Out(paths.RAW),),
     params=("data.url", "data.md5", "data.sha256"),
     local_input="data.url",
+    priority=10,
 )
 
 CHUNK = 1 << 20

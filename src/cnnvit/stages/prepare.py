@@ -49,6 +49,7 @@ STAGE = Stage(
     deps=(paths.RAW,),
     outs=tuple(Out(p) for p in paths.PREPARED),
     params=("data.format", "data.expect_train", "data.expect_test", "data.val_size", "data.val_seed"),
+    priority=10,
 )
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg"}

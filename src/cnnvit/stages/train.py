@@ -87,7 +87,7 @@ def run(args, params: Params) -> None:
     if args.all_runs:
         from cnnvit.plan import print_forecast
 
-        print_forecast(params, runs, workers)
+        print_forecast(params, runs, workers, Path(args.runs_dir))
     fn = functools.partial(
         train_one, params=params, data_dir=args.data_dir, runs_dir=args.runs_dir, ckpt_dir=args.ckpt_dir,
         threads=args.threads,
