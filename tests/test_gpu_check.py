@@ -30,6 +30,7 @@ def alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # 19 s: a child per row, one of them left to hang until its timeout
 def test_a_failing_and_a_hanging_row_are_reported_and_the_exit_is_non_zero(tmp_path):
     got = gpu_check(
         tmp_path, "--sections", "peak,models", "--force", "models/vit/bf16=fail", "--force", "models/cnn_vit/fp32=hang",

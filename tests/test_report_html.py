@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error
-from test_stats import collect, fabricate
+from fabricated_runs import collect, fabricate
 
 from cnnvit.cli import main
 from cnnvit.paper import paper_epochs

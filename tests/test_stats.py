@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-from fabricated_runs import collect, fabricate  # noqa: F401  (test_report_html.py imports them from here)
 from scipy import stats as sps
 from scipy.special import expit
 

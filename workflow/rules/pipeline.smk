@@ -20,9 +20,9 @@ rule download:
         "data/raw/cifar10.tar.gz",
     log:
         "logs/download.log",
+    priority: 10
     conda:
         "../envs/cnnvit.yaml"
-    priority: 10
     params:
         values=values(
             "data.url",
@@ -45,9 +45,9 @@ rule prepare:
         stats="data/prepared/stats.json",
     log:
         "logs/prepare.log",
+    priority: 10
     conda:
         "../envs/cnnvit.yaml"
-    priority: 10
     params:
         values=values(
             "data.format",
@@ -165,10 +165,10 @@ rule cost:
         report("results/cost/cost.csv", category="Tables"),
     log:
         "logs/cost.log",
+    priority: -10
     conda:
         "../envs/cnnvit.yaml"
     threads: S.alone_cores(workflow, PARAMS)
-    priority: -10
     resources:
         gpu=GPUS,
     params:

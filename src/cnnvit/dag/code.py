@@ -47,7 +47,7 @@ INFRASTRUCTURE: dict[str, str] = {
     "cnnvit.tables": "the checked reader of the tables stages hand on: it refuses a table or returns it as read",
     "cnnvit.paths": "where files are: the DAG names each file itself, so a moved file is a changed input",
     "cnnvit.batch": "which runs a command does, in how many processes: a run gives the same bits alone, "
-    "in a batch or in a worker (tests/test_runtime.py)",
+    "in a batch or in a worker (tests/test_batch.py)",
     "cnnvit.plan": "the forecast printed before the work starts",
     "cnnvit.dag": "the DAG, its generators, the tool lock and the runs' status",
     "cnnvit.training.device": "picks and claims a device, names the precision: the resolved precision is part "

@@ -127,12 +127,13 @@ def rule(stage: Stage) -> str:
     out += [f"{I * 2}{item}," for item in _inputs(stage)]
     out += [f"{I}output:"] + [line for o in stage.outs for line in _output(stage, o)]
     log = stage.log
-    out += [f"{I}log:", f"{I * 2}{q(log)},", f"{I}conda:", f'{I * 2}"../envs/cnnvit.yaml"']
+    out += [f"{I}log:", f"{I * 2}{q(log)},"]
+    if stage.priority:  # in the order snakefmt keeps: priority, conda, threads
+        out.append(f"{I}priority: {stage.priority}")
+    out += [f"{I}conda:", f'{I * 2}"../envs/cnnvit.yaml"']
     threads = {"runtime": "PARAMS.runtime.threads", "all": "S.alone_cores(workflow, PARAMS)"}.get(stage.threads)
     if threads:
         out.append(f"{I}threads: {threads}")
-    if stage.priority:
-        out.append(f"{I}priority: {stage.priority}")
     resources = ["gpu=GPUS,"] if stage.device else []
     if stage.sized_by_runs:
         resources += ["runtime=lambda w: S.slurm_minutes(PARAMS, BATCHES[w.batch]),", "mem_mb=PARAMS.active.mem_mb,"]
