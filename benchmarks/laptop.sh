@@ -4,7 +4,8 @@
 # collect, figures, report) <= 60 minutes; every paper model >= 50% test accuracy, the best >= 70%;
 # mde_pp <= 3 for every claim; the forecast within 30%. Run it alone: anything else running slows
 # torch's threads several-fold.
-#   bash benchmarks/laptop.sh [ARCHIVE] [--dvc]
+#   bash benchmarks/laptop.sh [ARCHIVE] [--dvc] [KEY=VALUE ...]
+# KEY=VALUE pairs are added to Snakemake's --config (e.g. 'runtime={group_seeds: false}').
 # Clones the committed project into a temp dir, installs it (uv sync --locked, not timed), prepares
 # the data (download + prepare, timed apart), then times `uv run snakemake --cores all --config
 # preset=laptop` (or `dvc exp run -S preset=laptop`) and prints: the wall time, the forecast the
@@ -15,9 +16,11 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 archive="$root/../shared/data/cifar10-imagefolder-jpeg.tar.gz"
 tool=snakemake
+extra=()
 for arg in "$@"; do
   case "$arg" in
     --dvc) tool=dvc ;;
+    *=*) extra+=("$arg") ;;
     *) archive="$arg" ;;
   esac
 done
@@ -37,7 +40,7 @@ if [ "$tool" = dvc ]; then
   uv run dvc exp run -S preset=laptop -S "data.url=$archive" -S data.format=imagefolder -S data.md5=null \
     -S "data.sha256=$sha" 2>&1 | tee pipeline.log
 else
-  uv run snakemake --cores all --config preset=laptop data="$data" 2>&1 | tee pipeline.log
+  uv run snakemake --cores all --config preset=laptop data="$data" "${extra[@]}" 2>&1 | tee pipeline.log
 fi
 t2=$(date +%s)
 echo "laptop pipeline ($tool): $((t2 - t1)) s wall from prepared data (target <= 3600); report: $work/report/index.html"
