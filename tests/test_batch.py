@@ -15,11 +15,11 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_cifar_python, md5, prepare_dir, tiny_params, train_argv, write_yaml
+from conftest import ROOT, make_cifar_python, md5, prepare_dir, tiny_params, train_argv, write_yaml
 
 from cnnvit import batch
 from cnnvit.cli import main
-from cnnvit.config.load import params_from_dict
+from cnnvit.config.load import load_params, params_from_dict
 from cnnvit.config.runs import run_config
 from cnnvit.config.types import RunSpec
 from cnnvit.errors import CnnvitError, Interrupted
@@ -82,6 +82,21 @@ def test_which_runs_a_command_does(tmp_path):
     assert batch.worker_count("3", params, runs=2) == 2
     with pytest.raises(CnnvitError, match="--workers '0' is not a whole number of at least 1 or auto"):
         batch.worker_count("0", params, runs=2)
+
+
+def test_seeds_are_grouped_into_one_job_only_where_the_groups_fill_the_lanes():
+    """group_seeds: auto groups when there are at least twice as many groups as lanes: the quick
+    preset's 10 groups on 2 cores are 10 jobs, the laptop preset's 3 groups of 5 seeds 15 jobs."""
+    quick = load_params(ROOT / "params.yaml", ["preset=quick"])
+    laptop = load_params(ROOT / "params.yaml", ["preset=laptop"])
+    assert quick.runtime.group_seeds == "auto" == laptop.runtime.group_seeds  # the default
+    assert [len(b.runs) for b in batch.batches(quick, lanes=2)] == [3] * 10
+    assert [b.name for b in batch.batches(laptop, lanes=2)] == [r.name for r in laptop.all_runs()]
+    assert len(batch.batches(laptop, lanes=1)) == 3  # one lane: 3 groups fill it
+    assert len(batch.batches(quick, lanes=5)) == 10 and len(batch.batches(quick, lanes=6)) == 30
+    for setting, jobs in [("true", 3), ("false", 15)]:
+        pinned = load_params(ROOT / "params.yaml", ["preset=laptop", f"runtime.group_seeds={setting}"])
+        assert len(batch.batches(pinned, lanes=2)) == len(batch.batches(pinned, lanes=8)) == jobs
 
 
 def test_runs_trained_together_in_workers_are_the_runs_trained_alone(tmp_path, capsys):

@@ -254,7 +254,7 @@ def forecast(
         return COMPILE_S["warm" if warm else "first"]
 
     if jobs == "snakemake":
-        groups = [[r for r in b.runs if r in per_run] for b in batches(params)]
+        groups = [[r for r in b.runs if r in per_run] for b in batches(params, slots)]
         trains = [(g, compile_s(g[0].model)) for g in groups if g]
         durations = [startup + c + sum(per_run[r][k] for r in g for k in TRAIN_PARTS) for g, c in trains]
         durations += [startup + sum(per_run[r]["robustness evaluation"] for r in g) for g, _ in trains]

@@ -4,7 +4,7 @@
 import shutil
 import sys
 
-from cnnvit.batch import batches
+from cnnvit.batch import batches, grouped
 from cnnvit.config.load import params_from_dict, read_params_file
 from cnnvit.dag import snakemake as S
 from cnnvit.dag.tool_lock import hold_for_snakemake
@@ -21,8 +21,6 @@ try:
     PARAMS = params_from_dict(config, "config")
 except CnnvitError as exc:
     sys.exit(f"error: {exc}")
-RUNS = {run.name: run for run in PARAMS.all_runs()}
-BATCHES = {batch.name: batch for batch in batches(PARAMS)}
 # The executor (local or SLURM) is known when the DAG is built, after this file is read: the GPU
 # request is a callable, and the SLURM check runs when the workflow starts.
 GPUS = lambda wildcards: S.gpu_request(PARAMS.runtime.device, workflow.local_exec)
@@ -33,6 +31,12 @@ if workflow.local_exec and S._resource(workflow, "gpu") is None:
 
     on_gpu = S.gpu_request(PARAMS.runtime.device, True)
     workflow.register_resource("gpu", slots(PARAMS.runtime) if on_gpu else 1)
+RUNS = {run.name: run for run in PARAMS.all_runs()}
+# A per-run stage's jobs: the seeds of a model x recipe x fraction together, or one run each
+# (runtime.group_seeds; auto decides by the lanes that run at once, cnnvit.batch.grouped).
+LANES = S.lanes(workflow, PARAMS)
+GROUPED = grouped(PARAMS, LANES)
+BATCHES = {batch.name: batch for batch in batches(PARAMS, LANES)}
 
 # The helpers of the generated rules.
 # values("data.url", ...): the params a job reads ({preset} filled in), for the params trigger.
@@ -43,7 +47,7 @@ batch_values = lambda *keys, fraction=(): (
     lambda w: S.values(PARAMS.raw, keys, BATCHES[w.batch], fraction)
 )
 # each_run("results/runs/{run}/x"): that file of every run of a {batch}.
-each_run = lambda path: S.each_run(PARAMS, path)
+each_run = lambda path: S.each_run(PARAMS, path, GROUPED)
 # batch_code("train"): the code a per-run job runs: the rule's, and its batch's arch's.
 batch_code = lambda stage: (
     lambda w: [*CODE[stage], *ARCH_CODE[stage][S.arch_of(PARAMS, BATCHES[w.batch])]]

@@ -34,6 +34,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 # torch.compile's modes; true is "default", false is eager
 Compile = Literal[False, True, "default", "reduce-overhead", "max-autotune"]
+GroupSeeds = Literal["auto", True, False]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine", "linear"]
 Normalize = Literal["meanstd", "unit"]
@@ -126,8 +127,12 @@ class Runtime:
     compile: Compile = field(default=False, metadata=key("torch.compile with this mode (true = default); false: eager"))
     eval_batch_size: int = field(default=1000, metadata=key("images per batch when evaluating", minimum=1))
     runs_per_gpu: int = field(default=1, metadata=key("trainings that share one GPU", minimum=1))
-    group_seeds: bool = field(
-        default=True, metadata=key("Snakemake: one job trains every seed of a group in turn; false: a job per run")
+    group_seeds: GroupSeeds = field(
+        default="auto",
+        metadata=key(
+            "Snakemake: true, one job trains every seed of a group in turn; false, a job per run; auto: grouped "
+            "when the groups fill each lane that runs at once at least twice"
+        ),
     )
     checkpoint_every_s: float = field(
         default=300, metadata=key("seconds of training between checkpoints (0: every evaluated epoch)", minimum=0)

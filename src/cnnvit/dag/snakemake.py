@@ -6,7 +6,8 @@ config snapshot and the forecast. The rules themselves (``workflow/rules/pipelin
 
 A per-run stage's job is a batch of runs (:func:`cnnvit.batch.batches`), the ``{batch}``
 wildcard: the seeds of one model x recipe x fraction, whose outputs are ``<batch>-s<seed>/...``
-for every seed, or one run (``runtime.group_seeds: false``), whose outputs are ``<batch>/...``.
+for every seed, or one run (``runtime.group_seeds``, :func:`cnnvit.batch.grouped`), whose outputs are
+``<batch>/...``.
 
 Every job reads the config Snakemake validated at its start, written once (in ``onstart``) to
 :data:`PARAMS_SNAPSHOT`, with the overrides given to Snakemake (``--config``) in it: editing
@@ -64,9 +65,10 @@ def values(cfg: dict, keys, batch: Batch | None = None, fraction=()) -> dict[str
     return {k.format(**fill): canonical(get_key(cfg, k.format(**fill))) for k in keys}
 
 
-def each_run(params: Params, path: str) -> list[str]:
-    """A per-run path (``results/runs/{run}/weights.safetensors``) for every run of a ``{batch}``."""
-    suffixes = [SEED_SUFFIX.format(seed=s) for s in params.runs.seeds] if params.runtime.group_seeds else [""]
+def each_run(params: Params, path: str, grouped: bool) -> list[str]:
+    """A per-run path (``results/runs/{run}/weights.safetensors``) for every run of a ``{batch}``
+    (its seeds where the seeds are ``grouped``, else the run itself)."""
+    suffixes = [SEED_SUFFIX.format(seed=s) for s in params.runs.seeds] if grouped else [""]
     return [path.replace(RUN, "{batch}" + suffix) for suffix in suffixes]
 
 
@@ -150,6 +152,14 @@ def plan_slots(workflow, params: Params) -> int:
     if gpu_request(params.runtime.device, workflow.local_exec):
         return max(1, _resource(workflow, "gpu") or 1)
     return max(1, all_cores(workflow) // max(1, params.runtime.threads))
+
+
+def lanes(workflow, params: Params) -> int:
+    """Training jobs that run at once: :func:`plan_slots` here, every job Snakemake may queue
+    (``--jobs``) on a cluster."""
+    if not workflow.local_exec:
+        return max(1, getattr(workflow.resource_settings, "nodes", None) or 1)
+    return plan_slots(workflow, params)
 
 
 def print_plan(workflow, params: Params) -> str | None:

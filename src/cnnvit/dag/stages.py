@@ -12,7 +12,8 @@ A stage's code dependencies are the source files that can change its results
 (:mod:`cnnvit.dag.code`). A per-run stage writes a folder per run, named by
 :func:`cnnvit.config.types.run_name`; its jobs are :class:`Batch`es of runs, because a process's
 start-up (imports, CUDA, compilation) costs as much as a small run: Snakemake runs one job per
-group of seeds (:func:`batches`; ``runtime.group_seeds: false``, one per run), and DVC, which
+group of seeds or one per run (:func:`batches`, ``runtime.group_seeds``: auto groups where the
+groups fill the lanes that run at once), and DVC, which
 runs one stage at a time, one job for every run with a worker per slot (:data:`ALL_RUNS`). A run
 whose params, data and code are unchanged is re-emitted from its checkpoint, not retrained, and
 an evaluation of the same weights under the same settings is kept, so a job re-does only what
@@ -127,7 +128,7 @@ class Job:
     params: tuple[str, ...]
 
 
-def jobs(params: Params, tool: str = "snakemake") -> list[Job]:
+def jobs(params: Params, tool: str = "snakemake", lanes: int = 1) -> list[Job]:
     """Every job of the DAG for these params, as ``tool`` should run it: a per-run stage is a
     job per batch under Snakemake, one job for every run under DVC (whose outputs are then the
     runs' folder, and whose dependencies the folders of the runs it reads)."""
@@ -135,7 +136,7 @@ def jobs(params: Params, tool: str = "snakemake") -> list[Job]:
     for name, s in STAGES.items():
         units: list[Batch | None] = [None]
         if s.per_run and tool == "snakemake":
-            units = list(batches(params))
+            units = list(batches(params, lanes))
         for batch in units:
             outs = run_outputs(name, batch.runs) if batch else [run_folder(name)] if s.per_run else outputs(name)
             out.append(
