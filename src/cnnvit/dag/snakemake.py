@@ -155,11 +155,15 @@ def plan_slots(workflow, params: Params) -> int:
 
 
 def lanes(workflow, params: Params) -> int:
-    """Training jobs that run at once: :func:`plan_slots` here, every job Snakemake may queue
-    (``--jobs``) on a cluster."""
+    """The lanes :func:`cnnvit.batch.grouped` decides by: this machine's slots (its cores over
+    runtime.threads, or its GPUs x runs_per_gpu), not ``--cores``, so that a ``snakemake -n
+    --cores 1`` after ``--cores all`` sees the same jobs (a job's runs are a param: another
+    grouping would re-run them); on a cluster, the jobs Snakemake may queue (``--jobs``)."""
     if not workflow.local_exec:
         return max(1, getattr(workflow.resource_settings, "nodes", None) or 1)
-    return plan_slots(workflow, params)
+    from cnnvit.training.device import slots
+
+    return slots(params.runtime)
 
 
 def print_plan(workflow, params: Params) -> str | None:

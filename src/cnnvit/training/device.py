@@ -374,7 +374,9 @@ def select_device(setting: str, runs_per_gpu: int = 1):
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
-    if gpus and (given or nvidia_present()):
+    # NVIDIA hardware torch cannot use: stop. A scheduler's GPU count alone is not hardware (a
+    # count-only gres, a CPU node of a mixed partition): there the CPU is all there is.
+    if gpus and nvidia_present():
         raise _unusable(setting, gpus)
     if setting == "cuda":
         raise _no_device(
