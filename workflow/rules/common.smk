@@ -26,11 +26,13 @@ except CnnvitError as exc:
 GPUS = lambda wildcards: S.gpu_request(PARAMS.runtime.device, workflow.local_exec)
 # The GPU slots training jobs are scheduled onto, where no --resources gpu=N is given: the visible
 # GPUs (of this machine, or of the SLURM allocation Snakemake runs in) x runtime.runs_per_gpu.
+# Only on a machine with a GPU: without one, local jobs ask for none, and a cluster's jobs (the
+# executor is not known yet while this file is read) must not be capped by the submit host's count.
 if workflow.local_exec and S._resource(workflow, "gpu") is None:
     from cnnvit.training.device import slots
 
-    on_gpu = S.gpu_request(PARAMS.runtime.device, True)
-    workflow.register_resource("gpu", slots(PARAMS.runtime) if on_gpu else 1)
+    if S.gpu_request(PARAMS.runtime.device, True):
+        workflow.register_resource("gpu", slots(PARAMS.runtime))
 RUNS = {run.name: run for run in PARAMS.all_runs()}
 # A per-run stage's jobs: the seeds of a model x recipe x fraction together, or one run each
 # (runtime.group_seeds; auto decides by the lanes that run at once, cnnvit.batch.grouped).
