@@ -54,15 +54,22 @@ def layer(module: str) -> int:
 
 def imported(tree: ast.Module, known: set[str]) -> set[str]:
     """The cnnvit modules a module imports anywhere (lazy imports too; not under TYPE_CHECKING)."""
-    found = set()
-    for node in ast.walk(tree):
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            node.body = []
+            children: list[ast.AST] = list(node.orelse)  # for the type checker only: no import at run time
+        else:
+            children = list(ast.iter_child_nodes(node))
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cnnvit"):
             subs = {f"{node.module}.{a.name}" for a in node.names} & known
-            found |= subs or {node.module}
+            found.update(subs or {node.module})
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("cnnvit")}
+            found.update(a.name for a in node.names if a.name.startswith("cnnvit"))
+        for child in children:
+            visit(child)
+
+    visit(tree)
     return found
 
 

@@ -25,7 +25,7 @@ from conftest import ROOT, make_cifar_python, md5, tiny_params
 
 from cnnvit.batch import batches
 from cnnvit.config.load import params_from_dict
-from cnnvit.dag.snakemake import get_key
+from cnnvit.config.values import get_key
 from cnnvit.dag.stages import STAGES
 from cnnvit.files import HOW_IT_RAN
 from cnnvit.stage import RUN, RUNS

@@ -5,6 +5,7 @@ import shutil
 import sys
 
 from cnnvit.batch import batches, grouped
+from cnnvit.config import values as V
 from cnnvit.config.load import params_from_dict, read_params_file
 from cnnvit.dag import snakemake as S
 from cnnvit.dag.tool_lock import hold_for_snakemake
@@ -42,11 +43,11 @@ BATCHES = {batch.name: batch for batch in batches(PARAMS, LANES)}
 
 # The helpers of the generated rules.
 # values("data.url", ...): the params a job reads ({preset} filled in), for the params trigger.
-values = lambda *keys: S.values(PARAMS.raw, keys)
+values = lambda *keys: V.values(PARAMS.raw, keys)
 # batch_values(...): the same for a per-run job ({model}, {recipe} of its batch; fraction keys on a
 # fraction of the training set).
 batch_values = lambda *keys, fraction=(): (
-    lambda w: S.values(PARAMS.raw, keys, BATCHES[w.batch], fraction)
+    lambda w: V.values(PARAMS.raw, keys, BATCHES[w.batch], fraction)
 )
 # each_run("results/runs/{run}/x"): that file of every run of a {batch}.
 each_run = lambda path: S.each_run(PARAMS, path, GROUPED)
@@ -55,7 +56,7 @@ batch_code = lambda stage: (
     lambda w: [*CODE[stage], *ARCH_CODE[stage][S.arch_of(PARAMS, BATCHES[w.batch])]]
 )
 # local_file("data.url"): the file itself as an input where the key names a local path.
-local_file = lambda key: S.local_source(S.get_key(PARAMS.raw, key))
+local_file = lambda key: S.local_source(V.get_key(PARAMS.raw, key))
 
 
 # In the main process only, before any job: refuse while DVC runs here, hold the project, write

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from cnnvit.batch import Batch, batches
 from cnnvit.config.types import run_name
+from cnnvit.config.values import values
 from cnnvit.dag.code import arch_modules, stage_code
 from cnnvit.dag.declared import declared
-from cnnvit.dag.snakemake import values
 from cnnvit.stage import BATCH, RUN, RUNS, Out, Stage
 
 if TYPE_CHECKING:
