@@ -127,6 +127,21 @@ def resnet_as_vit(p: Path) -> None:
     edit_params(p, setitem("presets.tiny.models.vit.pretrained", "results/runs/resnet50-paper-s0/weights.safetensors"))
 
 
+def by_hand(*cmds: str, forget: bool = True):
+    """Stages run by hand in the project (and Snakemake's records deleted): issue 28.15's setup."""
+
+    def setup(p: Path) -> None:
+        for cmd in cmds:
+            subprocess.run(cmd, shell=True, cwd=p, env=ENV, check=True, capture_output=True)
+        if forget:
+            shutil.rmtree(p / ".snakemake")
+
+    return setup
+
+
+HAND_TRAINED = "cnnvit train --model vit --recipe paper --seeds 0 --set presets.tiny.val_size=10"
+HAND_CORRUPTED = "cnnvit corrupt --set presets.tiny.test_size=15"
+
 CASES: list[tuple[str, Callable[[Path], None] | None, str]] = [
     # the config, in every command that reads it
     (
@@ -300,6 +315,36 @@ CASES: list[tuple[str, Callable[[Path], None] | None, str]] = [
         "snakemake --cores 1 --config preset=paper 'data={expect_test: 0}'",
     ),
     ("snakemake with an unknown preset", None, "snakemake -n --cores 1 --config preset=nope"),
+    # outputs made under other params, which Snakemake has no record of (issue 28.15): they run again
+    (
+        "a run trained by hand under another val_size, .snakemake gone (runs again)",
+        by_hand(HAND_TRAINED),
+        "snakemake --cores 2",
+    ),
+    (
+        "the corrupted set made under another test_size, .snakemake gone (runs again)",
+        by_hand(HAND_CORRUPTED),
+        "snakemake --cores 2",
+    ),
+    (
+        "a run trained by hand over Snakemake's, its records kept (runs again)",
+        by_hand(HAND_TRAINED, forget=False),
+        "snakemake --cores 2",
+    ),
+    (
+        "the tables collected by hand under another close_margin_pp (runs again)",
+        by_hand(
+            COLLECT.replace("/tmp/cases-tables", "results/tables") + " --set analysis.close_margin_pp=3", forget=False
+        ),
+        "snakemake --cores 2",
+    ),
+    (
+        "a summary.json from before runs recorded their config (runs again)",
+        by_hand(
+            f"python -c \"import json,pathlib;p=pathlib.Path('{RUN}/summary.json');d=json.loads(p.read_text());d.pop('config');p.write_text(json.dumps(d))\""
+        ),
+        "snakemake --cores 2",
+    ),
 ]
 
 
@@ -315,6 +360,7 @@ def one_case(base: Path, work: Path, name: str, setup, cmd: str) -> dict:
     errors = [ln for ln in lines if ln.startswith("error:") or ": error: " in ln]
     warnings = [ln for ln in lines if ln.startswith("warning:")]
     said = [ln for ln in proc.stdout.splitlines() if "moved it to" in ln]  # a checkpoint set aside
+    said += [ln for ln in lines if "its job runs again" in ln]  # outputs made under other params
     last = errors[-1] if errors else (said or warnings or lines or [""])[-1]
     return {
         "case": name,
@@ -347,7 +393,7 @@ def main() -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
-    works = ("(set aside", "(drawn as plain")  # cases that must succeed, not be refused
+    works = ("(set aside", "(drawn as plain", "(runs again")  # cases that must succeed, not be refused
     bad = [r["case"] for r in rows if (r["exit"] == 0) != any(w in r["case"] for w in works) or not r["clean"]]
     print(
         f"{len(rows)} cases; {len(rows) - len(bad)} as they should be (refused in one line, or working); not: {bad}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -143,6 +144,37 @@ def test_a_params_change_reruns_only_that_model(sm_project, dvc_project):
     assert "plan: preset tiny, 10 trainings" in out  # the forecast, before it trains
     for project in (sm_project, dvc_project):
         edit_params(project, "presets.tiny.models.vit.depth", 1)
+
+
+def test_outputs_made_under_other_params_are_stale_to_both_tools_without_snakemakes_records(
+    sm_project, dvc_project, tmp_path
+):
+    """Issue 28.15: a run trained by hand with other params, and the corrupted set made under
+    another test_size, with .snakemake gone: every `snakemake` stopped at collect ("train it again")
+    or evaluate ("run `cnnvit corrupt` again") and never ran them. Their own records make them stale.
+    On copies of the two projects: without Snakemake's records, its later tests' times would differ."""
+    sm, dvc = (
+        shutil.copytree(p, tmp_path / name, symlinks=True) for p, name in ((sm_project, "sm"), (dvc_project, "dvc"))
+    )
+    for project in (sm, dvc):
+        sh("cnnvit train --model vit --recipe paper --seeds 0 --set presets.tiny.val_size=10", project)
+        sh("cnnvit corrupt --set presets.tiny.test_size=15", project)
+    shutil.rmtree(sm / ".snakemake")
+    dry = sh("snakemake -n --cores 2", sm)
+    assert "data/corrupted/test.npz was made under other params (presets.tiny.test_size: 15 -> 0)" in dry.stderr
+    plan = snakemake_plan(sm)
+    batches = 2 * len(MODELS)  # every model on the whole training set and on a fifth
+    assert plan == {"corrupt": 1, "train": 1, "evaluate": batches, "collect": 1, "figures": 1, "report": 1, "all": 1,
+                    "total": batches + 6}, plan  # fmt: skip
+    proc = sh("snakemake --cores 2", sm, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = sh("snakemake -n --cores 2", sm)
+    assert "Nothing to be done" in again.stdout and "its job runs again" not in again.stderr, again.stderr
+    stamps = list((sm / ".snakemake/cnnvit/made-with").rglob("*.txt"))
+    assert stamps and all(p.read_text() == "agree\n" for p in stamps)  # what the runs made agrees, every stage
+    # DVC hashes its outputs against dvc.lock: outputs replaced by hand are a change to it already
+    status = yaml.safe_load(sh("dvc status --json", dvc).stdout)
+    assert "changed outs" in json.dumps(status.get("corrupt")) and "train" in status, status
 
 
 def edit(project: Path, path: str, old: str, new: str) -> None:

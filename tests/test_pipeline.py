@@ -122,7 +122,9 @@ def test_an_evaluation_records_the_code_the_dag_reruns_it_for():
 
     # the corrupted set's maker (its sha256 is recorded), the paper's tables, the file names, the
     # intervals (imported beside the per-image writer, not by it), and packages whose __init__ is a docstring
-    outside = {"cnnvit.measure.corruptions", "cnnvit.paper", "cnnvit.runfiles", "cnnvit.stats.intervals"}
+    # and the params values the corrupted set records it was made with
+    outside = {"cnnvit.measure.corruptions", "cnnvit.paper", "cnnvit.runfiles", "cnnvit.stats.intervals",
+               "cnnvit.config.values"}  # fmt: skip
     outside |= {"cnnvit", "cnnvit.config", "cnnvit.measure", "cnnvit.stats", "cnnvit.training"}
     stage = pipeline.STAGES["evaluate"]
     every = code.result_modules(stage.module)

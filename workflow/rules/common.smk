@@ -8,6 +8,7 @@ from cnnvit.batch import batches, grouped
 from cnnvit.config import values as V
 from cnnvit.config.load import params_from_dict, read_params_file
 from cnnvit.dag import snakemake as S
+from cnnvit.dag.made_with import stamp_path, write_stamps
 from cnnvit.dag.tool_lock import hold_for_snakemake
 from cnnvit.errors import CnnvitError
 from cnnvit.training.hardware import check_fits
@@ -41,6 +42,17 @@ LANES = S.lanes(workflow, PARAMS)
 GROUPED = grouped(PARAMS, LANES)
 BATCHES = {batch.name: batch for batch in batches(PARAMS, LANES)}
 
+# Outputs made under other params than these (by a stage run by hand, or with .snakemake gone, so
+# that Snakemake has no record of theirs) are stale: each job's stamp, an input of its rule, says
+# whether its outputs' own records agree (cnnvit.dag.made_with). Written here, before the DAG is
+# built, by the main process only.
+if workflow.is_main_process:
+    try:
+        for path, why in write_stamps(PARAMS, BATCHES.values()).items():
+            print(f"cnnvit: {why}: its job runs again (see {path})", file=sys.stderr)
+    except CnnvitError as exc:
+        sys.exit(f"error: {exc}")
+
 # The helpers of the generated rules.
 # values("data.url", ...): the params a job reads ({preset} filled in), for the params trigger.
 values = lambda *keys: V.values(PARAMS.raw, keys)
@@ -55,6 +67,9 @@ each_run = lambda path: S.each_run(PARAMS, path, GROUPED)
 batch_code = lambda stage: (
     lambda w: [*CODE[stage], *ARCH_CODE[stage][S.arch_of(PARAMS, BATCHES[w.batch])]]
 )
+# made_with("corrupt"), batch_made_with("train"): a job's stamp (above).
+made_with = lambda stage: stamp_path(stage)
+batch_made_with = lambda stage: lambda w: stamp_path(stage, w.batch)
 # local_file("data.url"): the file itself as an input where the key names a local path.
 local_file = lambda key: S.local_source(V.get_key(PARAMS.raw, key))
 

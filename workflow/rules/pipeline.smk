@@ -38,6 +38,7 @@ rule prepare:
     input:
         rules.download.output,
         code=CODE["prepare"],
+        made_with=made_with("prepare"),
     output:
         train="data/prepared/train.npz",
         val="data/prepared/val.npz",
@@ -65,6 +66,7 @@ rule corrupt:
     input:
         rules.prepare.output,
         code=CODE["corrupt"],
+        made_with=made_with("corrupt"),
     output:
         "data/corrupted/test.npz",
     log:
@@ -87,6 +89,7 @@ rule train:
     input:
         rules.prepare.output,
         code=batch_code("train"),
+        made_with=batch_made_with("train"),
     output:
         metrics=each_run("results/runs/{run}/metrics.csv"),
         summary=each_run("results/runs/{run}/summary.json"),
@@ -126,6 +129,7 @@ rule evaluate:
         rules.corrupt.output,
         rules.train.output.weights,
         code=batch_code("evaluate"),
+        made_with=batch_made_with("evaluate"),
     output:
         robustness=each_run("results/eval/{run}/robustness.csv"),
         attention=each_run("results/eval/{run}/attention.csv"),
@@ -161,6 +165,7 @@ rule evaluate:
 rule cost:
     input:
         code=CODE["cost"],
+        made_with=made_with("cost"),
     output:
         report("results/cost/cost.csv", category="Tables"),
     log:
@@ -192,6 +197,7 @@ rule collect:
         expand(rules.train.output, batch=BATCHES),
         expand(rules.evaluate.output, batch=BATCHES),
         code=CODE["collect"],
+        made_with=made_with("collect"),
     output:
         epochs=report("results/tables/epochs.csv", category="Tables"),
         runs=report("results/tables/runs.csv", category="Tables"),

@@ -6,7 +6,9 @@
 ``pipeline.smk`` holds a rule per declared stage, in pipeline order, that names its files: a
 stage's input made by another rule is ``rules.<that rule>.output`` (or ``.output.<name>`` for
 part of it), every run's outputs of a per-run rule are ``expand(rules.<rule>.output,
-batch=BATCHES)``, and any other path is written out. A per-run rule (train, evaluate) has the
+batch=BATCHES)``, and any other path is written out; a stage whose outputs record the params
+they were made with has a stamp input, ``made_with=...``, that makes them stale when those differ
+from the current ones (:mod:`cnnvit.dag.made_with`). A per-run rule (train, evaluate) has the
 ``{batch}`` wildcard, its outputs are ``each_run(<path with {run}>)`` and its command takes the
 batch's runs from ``params.runs``. Each rule lists the params keys its job reads (``values(...)``,
 ``batch_values(...)``: what Snakemake's params trigger compares), its log, threads, resources and
@@ -24,6 +26,7 @@ import re
 from pathlib import Path
 
 from cnnvit.dag.code import arch_modules, stage_code
+from cnnvit.dag.made_with import READERS
 from cnnvit.dag.snakemake import PARAMS_SNAPSHOT
 from cnnvit.dag.stages import STAGES
 from cnnvit.stage import RUN, RUNS, Out, Stage
@@ -80,7 +83,10 @@ def _inputs(stage: Stage) -> list[str]:
             i += 1
     items += [f"expand(rules.{rule}.output, batch=BATCHES)" for rule in stage.reads_all_runs]
     code = f"batch_code({q(stage.name)})" if stage.per_run else f"CODE[{q(stage.name)}]"
-    return [*items, f"code={code}"]
+    items.append(f"code={code}")
+    if stage.name in READERS:  # outputs that record their params: a stamp that says whether they agree
+        items.append(f"made_with={'batch_made_with' if stage.per_run else 'made_with'}({q(stage.name)})")
+    return items
 
 
 def _output(stage: Stage, o: Out) -> list[str]:

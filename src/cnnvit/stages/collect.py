@@ -41,10 +41,11 @@ import pandas as pd
 
 from cnnvit import paths
 from cnnvit.cifar import IMG_SIZE
+from cnnvit.config.recorded import run_config_differs
 from cnnvit.config.runs import run_config
-from cnnvit.config.types import Params, RunSpec, resolves_to
+from cnnvit.config.types import Params, RunSpec
 from cnnvit.errors import CnnvitError
-from cnnvit.files import atomic_dir, cpu_name, made_with_hint, params_differ, provenance, read_json, write_json
+from cnnvit.files import atomic_dir, cpu_name, made_with_hint, provenance, read_json, write_json
 from cnnvit.models import spec_from_dict
 from cnnvit.paper import CLAIMS, PAPER_NAME
 from cnnvit.runfiles import (
@@ -94,11 +95,7 @@ def check_config(s: RunSummary, expected: dict, where: str, preset: str) -> None
     if s.config is None:
         print(f"warning: {where} records no training config; cannot check it matches params.yaml")
         return
-    expected = dict(expected)
-    if resolves_to(str(expected.get("precision")), s.config.get("precision")):
-        expected["precision"] = s.config.get("precision")  # the run's device resolved the setting to this
-    diff = params_differ(s.config, expected, first=("preset", "epochs", "train_size", "test_size", "precision"))
-    if diff:
+    if diff := run_config_differs(s.config, expected):
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
         made = s.config.get("preset")
         hint = made_with_hint({"preset": made}) if made != preset else ""

@@ -12,6 +12,7 @@ evaluation reads it, so a change here re-runs the evaluations, never the trainin
 
 from __future__ import annotations
 
+import json
 import time
 import zipfile
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from cnnvit import paths
 from cnnvit.cifar import stratified_indices, subset_size
 from cnnvit.config.types import Params
+from cnnvit.config.values import values
 from cnnvit.errors import CnnvitError
 from cnnvit.files import atomic_path
 from cnnvit.measure.corruptions import corrupt
@@ -77,8 +79,11 @@ def make_corrupted(params: Params, data_dir, out) -> dict:
         for j, severity in enumerate(r.severities):
             stack[i, j] = corrupt(images, name, severity, r.seed)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        # the values of the params it reads: what cnnvit.dag.made_with compares with the current
+        # ones, so that a set made under other params is stale to Snakemake without its metadata
+        prov = np.array(json.dumps({"values": values(params.raw, STAGE.params)}, sort_keys=True))
         np.savez(f, images=stack, labels=labels, indices=indices, corruptions=np.array(r.corruptions),
-                 severities=np.array(r.severities))  # fmt: skip
+                 severities=np.array(r.severities), provenance=prov)  # fmt: skip
     return {"images": len(labels), "sets": len(r.corruptions) * len(r.severities)}
 
 
