@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import make_cifar_python, make_project, md5, sh, tiny_params, write_yaml
 
-pytestmark = pytest.mark.slow  # three `dvc repro` of two tiny runs: ~2 minutes
+pytestmark = pytest.mark.slow  # three `dvc repro evaluate` of two tiny runs: ~1.5 minutes
 
 RUNS = ("vit-paper-s0", "resnet50-paper-s0")
 
@@ -25,7 +25,7 @@ def project(tmp_path_factory) -> Path:
     archive = make_cifar_python(d / "c.tar.gz")
     params = tiny_params(str(archive), md5(archive), epochs=1, models=["vit", "resnet50"], recipes=["paper"])
     project = make_project(d / "project", params)
-    sh("dvc repro", project)
+    sh("dvc repro evaluate", project)  # the stages up to evaluate: what `cnnvit status` speaks of
     return project
 
 
@@ -61,7 +61,7 @@ def test_a_change_to_one_model_redoes_only_its_runs_and_says_so(project):
     assert set(stale["train"]) == {"vit-paper-s0"} and "model.depth: 1 -> 2" in stale["train"]["vit-paper-s0"]
     assert stale["evaluate"] == {"vit-paper-s0": "its run trains again first"}
     kept = (project / "results/eval/resnet50-paper-s0/robustness.csv").stat().st_mtime_ns
-    out = sh("dvc repro", project).stdout
+    out = sh("dvc repro evaluate", project).stdout
     assert "train: 1 of 2 runs to (re)do, 1 up to date" in out and "evaluate: 1 of 2 runs to (re)do" in out, out
     assert "resnet50-paper-s0: checkpoint found, finished; not retraining" in out
     assert "vit-paper-s0 epoch 1/1 " in out and "resnet50-paper-s0 epoch" not in out
@@ -75,8 +75,8 @@ def test_undoing_the_change_restores_the_earlier_training_without_training(proje
     stale = status(project)
     assert stale["train"] == {}  # the checkpoint kept for depth 1 is reused
     assert set(stale["evaluate"]) == {"vit-paper-s0"}  # its weights go back to depth 1's
-    out = sh("dvc repro", project).stdout
+    out = sh("dvc repro evaluate", project).stdout
     assert "was kept for exactly these params, data and code: using it" in out
     assert " epoch 1/1 " not in out, out  # nothing trained
     assert status(project) == {"train": {}, "evaluate": {}}
-    assert "up to date" in sh("dvc status", project).stdout
+    assert "up to date" in sh("dvc status evaluate", project).stdout
