@@ -339,6 +339,11 @@ CASES: list[tuple[str, Callable[[Path], None] | None, str]] = [
         "snakemake --cores 2",
     ),
     (
+        "the cost table measured by hand for a wider ViT (runs again)",
+        by_hand("cnnvit cost --set presets.tiny.models.vit.embed_dim=32", forget=False),
+        "snakemake --cores 2",
+    ),
+    (
         "a summary.json from before runs recorded their config (runs again)",
         by_hand(
             f"python -c \"import json,pathlib;p=pathlib.Path('{RUN}/summary.json');d=json.loads(p.read_text());d.pop('config');p.write_text(json.dumps(d))\""

@@ -4,6 +4,7 @@ stamp, an input of its rule, is dated now when they differ and 1970 when they ag
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -47,8 +48,12 @@ def write_records(root, params) -> None:
     (root / "results/tables").mkdir(parents=True)
     (root / "results/tables/provenance.json").write_text(json.dumps({"params": params.raw}))
     (root / "results/cost").mkdir(parents=True)
-    rows = [f"{m},{params.active.models[m]['arch']},{s}" for m in params.runs.models for s in params.cost.sizes]
-    (root / "results/cost/cost.csv").write_text("model,arch,size\n" + "\n".join(rows) + "\n")
+    with (root / "results/cost/cost.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "arch", "size", "spec"])
+        for m in params.runs.models:
+            spec = params.active.models[m]
+            w.writerows([m, spec["arch"], s, json.dumps(spec, sort_keys=True)] for s in params.cost.sizes)
 
 
 def test_outputs_made_under_these_params_are_not_stale_and_none_yet_is_not_either(tmp_path):
@@ -79,6 +84,22 @@ def test_outputs_made_under_other_params_are_stale_where_their_records_say_so(tm
     assert {stage for stage, _ in found} == stale, found
     key = next(iter(change))
     assert all(key in why or "models" in why for why in found.values()), found
+
+
+def test_a_cost_table_of_other_model_sizes_or_of_an_older_cnnvit_is_stale(tmp_path):
+    """collect refuses a cost table measured for other model sizes: Snakemake must re-run cost."""
+    now = params_with()
+    made = params_from_dict(
+        {**now.raw, "presets": {**now.raw["presets"], "tiny": {**now.raw["presets"]["tiny"], "models": {
+            **now.active.models, "vit": {**now.active.models["vit"], "embed_dim": 32}}}}}, "test")  # fmt: skip
+    write_records(tmp_path, made)
+    found = stale_jobs(now, batches(now, 1), tmp_path)
+    assert "presets.tiny.models.vit:" in found[("cost", None)] and "'embed_dim': 32" in found[("cost", None)]
+    write_records(tmp_path / "b", now)
+    assert ("cost", None) not in stale_jobs(now, batches(now, 1), tmp_path / "b")
+    cost = tmp_path / "b/results/cost/cost.csv"
+    cost.write_text("model,arch,size\nvit,vit,32\n")  # an older cnnvit's: no spec column
+    assert "records no params" in stale_jobs(now, batches(now, 1), tmp_path / "b")[("cost", None)]
 
 
 def test_a_stamp_is_dated_when_first_seen_kept_while_the_same_and_new_after_an_agreement(tmp_path):

@@ -14,11 +14,12 @@ lock, are a change to it already.
 Each stage whose outputs record the params they were made with has a reader here
 (:data:`READERS`): the prepared data (``stats.json``), the corrupted set (its ``provenance``
 member: the values of the params it read), each run (``summary.json``'s config, as ``cnnvit
-collect`` checks it), each evaluation (``evaluation.json``'s settings), the cost table (its models
-and sizes) and the tables (``provenance.json``). The params compared are those the stage declares it reads
-(``STAGE.params``, what Snakemake's params trigger compares), or the run's identity. At every
-Snakemake start, in the main process, :func:`write_stamps` writes each such job's stamp, an input
-of its rule (``made_with=...`` in the generated rules):
+collect`` checks it), each evaluation (``evaluation.json``'s settings), the cost table (its
+models, the entry each was measured as, and its sizes) and the tables (``provenance.json``). The
+params compared are those the stage declares it reads (``STAGE.params``, what Snakemake's params
+trigger compares), or the run's identity. At every Snakemake start, in the main process,
+:func:`write_stamps` writes each such job's stamp, an input of its rule (``made_with=...`` in the
+generated rules):
 
 - outputs that agree, or none yet: the stamp says so, with mtime 0 (never newer than an output);
 - outputs made under other params: the stamp names the keys and when this was first seen, dated
@@ -126,7 +127,7 @@ def corrupt(params: Params, root: Path) -> str | None:
 
 
 def cost(params: Params, root: Path) -> str | None:
-    """cost.csv names its models, their archs and the input sizes: another set is another config."""
+    """cost.csv names its models with the entry each was measured as (``spec``) and its input sizes."""
     import csv
 
     path = root / paths.COST
@@ -135,14 +136,19 @@ def cost(params: Params, root: Path) -> str | None:
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        got = {(r["model"], r["arch"]) for r in rows}
+        got = {r["model"]: json.loads(r["spec"]) for r in rows if r.get("spec")}
         sizes = {r["size"] for r in rows}
-    except (OSError, KeyError, TypeError, csv.Error, UnicodeDecodeError):
+    except (OSError, KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError):
         return f"{path} is unreadable"
-    want = {(m, params.active.models[m]["arch"]) for m in params.runs.models if m in params.active.models}
-    diff = []
-    if got != want:
-        diff.append(f"models: {sorted(m for m, _ in got)} -> {sorted(m for m, _ in want)}")
+    if not rows or len(got) < len({r["model"] for r in rows}):
+        return _say(path, [NO_RECORD])
+    want = {m: params.active.models[m] for m in params.runs.models if m in params.active.models}
+    diff = [f"models: {sorted(got)} -> {sorted(want)}"] if set(got) != set(want) else []
+    diff += [
+        f"presets.{params.preset}.models.{m}: {got[m]} -> {want[m]}"
+        for m in sorted(want)
+        if m in got and got[m] != want[m]
+    ]
     if sizes != {str(s) for s in params.cost.sizes}:
         diff.append(f"cost.sizes: {sorted(sizes)} -> {sorted(str(s) for s in params.cost.sizes)}")
     return _say(path, diff)

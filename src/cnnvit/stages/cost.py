@@ -8,12 +8,14 @@ throughput at ``cost.batch`` and the peak memory of an inference pass and of a t
 measured apart (:mod:`cnnvit.measure.cost`), in the precision ``runtime.precision`` resolves to
 on this device and the models' training memory layout, as a run computes. The device, precision
 and thread count are in every row. The numbers are this machine's: they are measured, not
-derived, and differ from machine to machine.
+derived, and differ from machine to machine. Each row also holds the model's params entry as measured
+(``spec``, JSON), which :mod:`cnnvit.dag.made_with` compares with the current one.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import time
 
 import torch
@@ -49,7 +51,7 @@ STAGE = Stage(
 
 COLUMNS = ["model", "arch", "size", "params", "flops_per_image", "latency_ms_median", "latency_ms_p95",
            "throughput_images_per_s", "batch", "inference_peak_mb", "inference_step_mb", "training_peak_mb",
-           "training_step_mb", "device", "precision", "threads"]  # fmt: skip
+           "training_step_mb", "device", "precision", "threads", "spec"]  # fmt: skip
 
 
 def cost_table(params: Params) -> list[dict]:
@@ -62,8 +64,10 @@ def cost_table(params: Params) -> list[dict]:
     for name in params.runs.models:
         spec = spec_from_dict(params.active.models[name])
         for row in measure(spec, device, tuple(params.cost.sizes), params.cost.batch, precision=precision):
+            # spec: the model's entry as measured, which cnnvit.dag.made_with compares with the params
             rows.append({"model": name, "arch": spec.arch, **row, "device": device_name, "precision": precision,
-                         "threads": torch.get_num_threads()})  # fmt: skip
+                         "threads": torch.get_num_threads(),
+                         "spec": json.dumps(params.active.models[name], sort_keys=True)})  # fmt: skip
         print(f"{name}: {rows[-len(params.cost.sizes)]['latency_ms_median']:.2f} ms at batch 1", flush=True)
     return rows
 
