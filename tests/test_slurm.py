@@ -84,7 +84,7 @@ def project(tmp_path):
 
 def seconds_per_epoch(project: Path, tmp_path: Path) -> float:
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["presets"]["tiny"]["epochs"] = 6
+    raw["presets"]["tiny"]["epochs"] = 12
     calib = tmp_path / "calib.yaml"
     calib.write_text(json.dumps(raw))
     raw_file = tmp_path / "raw.tar.gz"  # outside the project: the workflow's own download must still run
@@ -98,7 +98,7 @@ def seconds_per_epoch(project: Path, tmp_path: Path) -> float:
         f"--runs-dir {tmp_path}/calib --ckpt-dir {tmp_path}/ck",
         project,
     )
-    return json.loads((tmp_path / "calib/vit-paper-s0/summary.json").read_text())["wall_seconds"] / 6
+    return json.loads((tmp_path / "calib/vit-paper-s0/summary.json").read_text())["wall_seconds"] / 12
 
 
 def run_until_killed(cmd: str, project: Path, jobcomp: Path, kills: int) -> str:
@@ -119,14 +119,14 @@ def run_until_killed(cmd: str, project: Path, jobcomp: Path, kills: int) -> str:
 
 
 def test_the_slurm_profile_runs_the_pipeline_and_resumes_after_a_time_limit(slurm, project, tmp_path):
-    """Two trainings (two seeds), sized from timed epochs to need ~100 s, run side by side under a
+    """Two trainings (two seeds), sized from timed epochs to need ~110 s, run side by side under a
     1-minute limit: SLURM kills both (its limits are whole minutes, enforced on a 30 s sweep: the
     kill comes 60-90 s in), and the same command then resumes them from their checkpoints (up to
     `train`: the later stages are one-core jobs like download and prepare, and test_e2e runs them,
     so CI's minutes go elsewhere). The first
     pass uses runtime.device auto, so each training asks SLURM for a GPU; the second pass uses cpu,
     a runtime-only setting (the checkpoints stay valid), so none is asked for."""
-    epochs = math.ceil(100 / seconds_per_epoch(project, tmp_path))
+    epochs = math.ceil(110 / seconds_per_epoch(project, tmp_path))
     config = f"--config 'presets={{tiny: {{epochs: {epochs}}}}}'"
     output = run_until_killed(f"{COMMAND} {FAST} {config} --set-resources train:runtime=1", project, slurm, kills=2)
     jobs, done = submitted(output), records(slurm)
