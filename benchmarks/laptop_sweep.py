@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from cnnvit.models import spec_from_dict
+
 ENCODER = {"embed_dim": 64, "depth": 6, "num_heads": 2, "mlp_ratio": 2.0}
 CANDIDATES = {  # the preset's sizes (resnet50, vit, cnn_vit) and their neighbours
     "resnet50": {"arch": "resnet50", "layers": [1, 1, 1, 1], "channels": [32, 64, 128, 256], "stem": "imagenet"},
@@ -35,15 +37,26 @@ CANDIDATES = {  # the preset's sizes (resnet50, vit, cnn_vit) and their neighbou
     "vit": {"arch": "vit", "patch_size": 4, **ENCODER},
     "vit_w48d4": {"arch": "vit", "patch_size": 4, "embed_dim": 48, "depth": 4, "num_heads": 3, "mlp_ratio": 2.0},
     "vit_w96": {"arch": "vit", "patch_size": 4, **ENCODER, "embed_dim": 96, "num_heads": 3},
-    "cnn_vit": {"arch": "cnn_vit", "stem_channels": [16, 32, 64], "stem_strides": [2, 2, 1], **ENCODER},
-    "cnn_vit_s122": {"arch": "cnn_vit", "stem_channels": [16, 32, 64], "stem_strides": [1, 2, 2], **ENCODER},
-    "cnn_vit_w32": {"arch": "cnn_vit", "stem_channels": [32, 48, 64], "stem_strides": [2, 2, 1], **ENCODER},
+    "cnn_vit": {"arch": "cnn_vit", "stem_channels": [16, 32, 64], "stem_strides": [1, 2, 2], **ENCODER},
+    "cnn_vit_s221": {"arch": "cnn_vit", "stem_channels": [16, 32, 64], "stem_strides": [2, 2, 1], **ENCODER},
+    "cnn_vit_w32_s221": {"arch": "cnn_vit", "stem_channels": [32, 48, 64], "stem_strides": [2, 2, 1], **ENCODER},
 }
 
 
 def size(spec: dict) -> str:
     keys = [k for k in spec if k != "arch"]
     return ", ".join(f"{k} {spec[k]}" for k in keys)
+
+
+def reusable(run_dir: Path, spec: dict) -> bool:
+    """A laptop run's seed 0 stands in for a candidate only if it trained that very size."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return False
+    made = spec_from_dict(json.loads(summary.read_text())["config"]["model"])
+    if made != spec_from_dict(spec):
+        print(f"{run_dir} trained another size than this candidate's ({size(spec)}): training it", file=sys.stderr)
+    return made == spec_from_dict(spec)
 
 
 def candidate_params(base: dict, name: str, spec: dict, epochs: int | None, train_size: int | None) -> dict:
@@ -109,7 +122,7 @@ def main() -> int:
     todo = []
     for name in args.candidates:
         kept = Path(args.reuse or "") / f"{name}-paper-s0"
-        if args.reuse and (kept / "summary.json").is_file():
+        if args.reuse and reusable(kept, CANDIDATES[name]):
             done[name] = kept
             continue
         path = out / "params" / f"{name}.yaml"
