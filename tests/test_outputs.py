@@ -2,7 +2,9 @@
 reached through a link is written where the link points; a stage never replaces a folder holding
 files it did not write, and keeps the user's umask; what a killed write left is swept once its
 process is gone; a JSON nested past the recursion limit and tables with missing columns, wrong
-types or non-finite values are one line naming the file (cnnvit.tables)."""
+types or non-finite values are one line naming the file (cnnvit.tables); a file where a folder
+belongs, or a folder where a file does, is refused in one line and kept; a command's lines reach a
+log shared with other jobs whole."""
 
 from __future__ import annotations
 
@@ -147,6 +149,93 @@ def test_a_write_killed_between_its_two_renames_gets_its_previous_version_back(t
     (old / "summary.csv").write_text("previous")
     sweep_stale(tmp_path / "tables")
     assert (tmp_path / "tables/summary.csv").read_text() == "previous" and not old.exists()
+
+
+# ----------------------------------------------------------------------------- something else in the way
+
+
+@pytest.mark.parametrize("write", ["text", "dir"])
+def test_a_file_where_a_folder_belongs_is_one_line_naming_it_and_is_kept(tmp_path, write):
+    """A file where an output's folder belongs (results/, .snakemake/cnnvit/made-with): the write
+    is refused in one line naming that file, which is left as it was."""
+    (tmp_path / "results").write_text("mine")
+    target = tmp_path / "results/tables/summary.csv"
+    with pytest.raises(CnnvitError, match=rf"{tmp_path / 'results'} is a file, where a folder belongs: move it away"):
+        if write == "text":
+            write_text(target, "x")
+        else:
+            with atomic_dir(target.parent):
+                pass
+    assert (tmp_path / "results").read_text() == "mine" and os.listdir(tmp_path) == ["results"]
+
+
+def test_a_folder_where_a_file_belongs_is_refused_not_replaced(tmp_path):
+    (tmp_path / "summary.csv").mkdir()
+    (tmp_path / "summary.csv/notes.txt").write_text("mine")
+    with pytest.raises(CnnvitError, match=r"summary.csv: it is a folder, where a file belongs: move it away"):
+        write_text(tmp_path / "summary.csv", "x")
+    assert (tmp_path / "summary.csv/notes.txt").read_text() == "mine" and os.listdir(tmp_path) == ["summary.csv"]
+
+
+def test_a_file_where_an_output_folder_belongs_is_refused_not_moved_aside(tmp_path):
+    """Moved aside, it would have been swept as a killed write's leftover once this process ended."""
+    (tmp_path / "figures").write_text("mine")
+    refused = pytest.raises(CnnvitError, match=r"figures: it is a file, where a folder belongs: move it away")
+    with refused, atomic_dir(tmp_path / "figures"):
+        pass
+    assert (tmp_path / "figures").read_text() == "mine" and os.listdir(tmp_path) == ["figures"]
+
+
+def test_snakemakes_state_blocked_by_a_file_or_folder_is_one_line(tmp_path):
+    """The Snakefile's own writes at its start (the made-with stamps, the project lock)."""
+    from conftest import tiny_params
+
+    from cnnvit.batch import batches
+    from cnnvit.config.load import params_from_dict
+    from cnnvit.dag.made_with import write_stamps
+    from cnnvit.dag.tool_lock import hold_for_snakemake
+
+    cfg = tiny_params("data/raw.tar.gz", "0" * 32, models=["vit", "resnet50"], recipes=["paper"], seeds=[0])
+    params = params_from_dict(cfg, "test")
+    (tmp_path / ".snakemake/cnnvit").mkdir(parents=True)
+    (tmp_path / ".snakemake/cnnvit/made-with").write_text("mine")
+    with pytest.raises(CnnvitError, match=r"made-with is a file, where a folder belongs: move it away"):
+        write_stamps(params, batches(params, lanes=1), tmp_path)
+    (tmp_path / ".snakemake/cnnvit.lock").mkdir()
+    with pytest.raises(CnnvitError, match=r"cnnvit.lock: it is a folder, where a file belongs: move it away"):
+        hold_for_snakemake(tmp_path)
+    assert (tmp_path / ".snakemake/cnnvit/made-with").read_text() == "mine"
+
+
+def test_a_commands_lines_reach_a_shared_log_whole():
+    """Under PYTHONUNBUFFERED (Snakemake's jobs), print() writes a line's text and its newline
+    apart, so two jobs' lines ran together in one log; `cnnvit` writes each line at once."""
+    import io
+
+    from cnnvit.cli import whole_lines
+
+    class Recorder(io.RawIOBase):
+        def __init__(self):
+            self.chunks: list[bytes] = []
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.chunks.append(bytes(b))
+            return len(b)
+
+    raw = Recorder()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # as python -u makes stdout
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = stream
+    try:
+        whole_lines()
+        print("epoch 3/6 done", "val 61.2%")
+        print("error: x", file=sys.stderr)
+    finally:
+        sys.stdout, sys.stderr = saved
+    assert raw.chunks == [b"epoch 3/6 done val 61.2%\n", b"error: x\n"]
 
 
 # ----------------------------------------------------------------------------- reading back

@@ -66,7 +66,17 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def whole_lines() -> None:
+    """One write per line: under PYTHONUNBUFFERED (Snakemake's jobs, CI) print() writes a line's
+    text and its newline apart, and two jobs writing to one terminal or log run their lines together."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "write_through", False) and hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True, write_through=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # run as the command (not by a caller that owns the streams, a test's capture)
+        whole_lines()
     argv = sys.argv[1:] if argv is None else argv
     raise_on_signals()
     try:  # everything, imports included: a Ctrl-C at any moment ends in one line

@@ -33,10 +33,30 @@ PACKAGES = ("cnnvit", "torch", "torchvision", "timm", "numpy", "pandas", "seabor
 
 
 def write_failure(path: Path, exc: BaseException) -> CnnvitError:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        why = "no space left on the device" if exc.errno != errno.EFBIG else "the file size limit was hit"
+    """One line for a write that failed: the cause in the user's terms where it is one they can
+    fix (a full disk, a file where a folder belongs or the reverse, no permission)."""
+    path = Path(path)
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = "no space left on the device" if code != errno.EFBIG else "the file size limit was hit"
         return CnnvitError(f"cannot write {path}: {why}: free some space (or write elsewhere) and run again")
+    if code in (errno.ENOTDIR, errno.EEXIST) and (blocker := not_a_folder(path.parent)):
+        why = f"{blocker} is a file, where a folder belongs"
+        return CnnvitError(f"cannot write {path}: {why}: move it away and run again")
+    if code == errno.EISDIR or (code is not None and path.is_dir() and not path.is_symlink()):
+        return CnnvitError(f"cannot write {path}: it is a folder, where a file belongs: move it away and run again")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = exc.filename or path  # type: ignore[union-attr]
+        return CnnvitError(f"cannot write {path}: no permission to write {where}: make it writable and run again")
     return CnnvitError(f"cannot write {path} ({type(exc).__name__}: {exc}): check the directory and run again")
+
+
+def not_a_folder(path: Path) -> Path | None:
+    """The first of ``path`` and the folders above it, from the top, that exists but is not a folder."""
+    for p in [*reversed(path.parents), path]:
+        if os.path.lexists(p) and not p.is_dir():
+            return p
+    return None
 
 
 def through_links(path: Path) -> Path:
@@ -109,7 +129,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             yield tmp_path
         except OSError as exc:
             raise write_failure(shown, exc) from None
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:  # a folder in the file's place: refused, never removed
+            raise write_failure(shown, exc) from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -134,6 +157,8 @@ def atomic_dir(path: str | Path, owned: Callable[[str], bool] | None = None) -> 
     the ``.gitignore`` DVC writes beside its outputs, which is carried over."""
     shown = Path(path)
     path = through_links(shown)
+    if os.path.lexists(path) and not path.is_dir():  # never ours: refused, not moved aside and swept
+        raise CnnvitError(f"cannot write {shown}: it is a file, where a folder belongs: move it away and run again")
     if owned is not None and path.is_dir():
         foreign = sorted(p.name for p in path.iterdir() if not owned(p.name) and p.name not in CARRIED + TOOL_MARKERS)
         if foreign:

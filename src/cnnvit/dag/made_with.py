@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnvit import paths
 from cnnvit.config.types import resolves_to
-from cnnvit.files import params_differ
+from cnnvit.files import params_differ, write_failure, write_text
 
 if TYPE_CHECKING:
     from cnnvit.batch import Batch
@@ -232,8 +232,6 @@ def write_stamps(params: Params, batches: Iterable[Batch], root: Path = Path("."
     an agreement) is new text. Returns path -> why, for the stale ones."""
     import datetime as dt
 
-    from cnnvit.files import write_text
-
     batches = list(batches)
     stale = stale_jobs(params, batches, root)
     jobs = [(s, None) for s in READERS if s not in PER_RUN] + [(s, b.name) for s in PER_RUN for b in batches]
@@ -243,17 +241,18 @@ def write_stamps(params: Params, batches: Iterable[Batch], root: Path = Path("."
         why = stale.get((stage, batch))
         try:
             current = path.read_text()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             current = None
         if why:
             out[str(path)] = why
             if current is None or not current.startswith(f"stale: {why}\n"):
-                path.parent.mkdir(parents=True, exist_ok=True)
                 write_text(path, f"stale: {why}\nseen: {dt.datetime.now(dt.UTC).isoformat()}\n")  # dated now
             continue
         if current != f"{AGREE}\n":
-            path.parent.mkdir(parents=True, exist_ok=True)
             write_text(path, f"{AGREE}\n")
-        if path.stat().st_mtime != 0:
-            os.utime(path, (0, 0))
+        try:
+            if path.stat().st_mtime != 0:
+                os.utime(path, (0, 0))
+        except OSError as exc:
+            raise write_failure(path, exc) from None
     return out
