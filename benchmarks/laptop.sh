@@ -11,7 +11,7 @@
 # preset=laptop` (or `dvc exp run -S preset=laptop`) and prints: the wall time, the forecast the
 # tool printed at its start, each paper model's accuracy (mean and s.d. over seeds), the verdicts
 # with their intervals and mde_pp, and the share of the machine's core-seconds spent in optimizer
-# steps.
+# steps, and the frontier (benchmarks/laptop_frontier.py).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 archive="$root/../shared/data/cifar10-imagefolder-jpeg.tar.gz"
@@ -68,3 +68,6 @@ steps = sum(json.loads(p.read_text())["train_seconds"] for p in Path("results/ru
 print(f"\noptimizer steps: {steps:.0f} s of {cores} x {end - start:.0f} core-seconds = "
       f"{100 * steps / (cores * (end - start)):.0f}%")
 EOF
+echo
+echo "The frontier (accuracy after each epoch; mde_pp against seeds and wall minutes):"
+uv run python benchmarks/laptop_frontier.py . --wall-min "$(( (t2 - t1) / 60 ))"
