@@ -64,6 +64,14 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _member(path: Path, key: str) -> dict | None:
+    """The mapping under ``key`` of the JSON record at ``path``; None where the record is missing,
+    unreadable, or holds no such mapping."""
+    record = _read_json(path)
+    made = record.get(key) if isinstance(record, dict) else None
+    return made if isinstance(made, dict) else None
+
+
 def _declared(stage: str) -> tuple[str, ...]:
     from cnnvit.dag.stages import STAGES
 
@@ -169,9 +177,7 @@ def train(params: Params, root: Path, run: RunSpec) -> str | None:
     path = root / paths.RUNS_DIR / run.name / SUMMARY
     if not path.parent.exists():
         return None
-    summary = _read_json(path)
-    made = summary.get("config") if isinstance(summary, dict) else None
-    if not isinstance(made, dict):
+    if (made := _member(path, "config")) is None:
         return _say(path, [NO_RECORD])
     return _say(path, run_config_differs(made, run_config(params, run).identity()))
 
@@ -184,9 +190,7 @@ def evaluate(params: Params, root: Path, run: RunSpec) -> str | None:
     path = root / paths.EVAL_DIR / run.name / EVAL_RECORD
     if not path.parent.exists():
         return None
-    record = _read_json(path)
-    made = record.get("settings") if isinstance(record, dict) else None
-    if not isinstance(made, dict):
+    if (made := _member(path, "settings")) is None:
         return _say(path, [NO_RECORD])
     cfg = run_config(params, run)
     want = {"model": json.loads(json.dumps(cfg.model.to_dict())), "test_size": cfg.test_size,
