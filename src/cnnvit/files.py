@@ -46,7 +46,7 @@ def write_failure(path: Path, exc: BaseException) -> CnnvitError:
     if code == errno.EISDIR or (code is not None and path.is_dir() and not path.is_symlink()):
         return CnnvitError(f"cannot write {path}: it is a folder, where a file belongs: move it away and run again")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        where = exc.filename or path  # type: ignore[union-attr]
+        where = getattr(exc, "filename", None) or path
         return CnnvitError(f"cannot write {path}: no permission to write {where}: make it writable and run again")
     return CnnvitError(f"cannot write {path} ({type(exc).__name__}: {exc}): check the directory and run again")
 
