@@ -207,6 +207,15 @@ def test_snakemakes_state_blocked_by_a_file_or_folder_is_one_line(tmp_path):
     assert (tmp_path / ".snakemake/cnnvit/made-with").read_text() == "mine"
 
 
+def test_a_folder_where_a_runs_lock_belongs_is_one_line(tmp_path):
+    from cnnvit.training.checkpoint import run_lock
+
+    (tmp_path / "vit-paper-s0.lock").mkdir()
+    refused = pytest.raises(CnnvitError, match=r"vit-paper-s0.lock: it is a folder, where a file belongs")
+    with refused, run_lock(tmp_path, "vit-paper-s0"):
+        pass
+
+
 def test_a_commands_lines_reach_a_shared_log_whole():
     """Under PYTHONUNBUFFERED (Snakemake's jobs), print() writes a line's text and its newline
     apart, so two jobs' lines ran together in one log; `cnnvit` writes each line at once."""

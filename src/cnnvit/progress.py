@@ -29,7 +29,6 @@ FILE = ".progress.json"  # beside the runs' folders
 def start(plan: dict, runs_dir: str | Path) -> Path:
     """Keep ``plan``'s per-run forecast beside the runs and name it for the jobs started from here."""
     path = Path(runs_dir) / FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     keep = {k: plan[k] for k in ("runs_s", "lanes", "after_s")} | {"runs_dir": str(Path(runs_dir).resolve())}
     write_json(path, keep)
     os.environ[ENV] = str(path.resolve())
