@@ -51,6 +51,16 @@ def write_failure(path: Path, exc: BaseException) -> CnnvitError:
     return CnnvitError(f"cannot write {path} ({type(exc).__name__}: {exc}): check the directory and run again")
 
 
+def open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file ``path`` (made, and its folder, if missing), for ``flock``; what
+    stands in the way (a file where its folder belongs, a folder where it does) is one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise write_failure(path, exc) from None
+
+
 def not_a_folder(path: Path) -> Path | None:
     """The first of ``path`` and the folders above it, from the top, that exists but is not a folder."""
     for p in [*reversed(path.parents), path]:

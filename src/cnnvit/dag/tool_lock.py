@@ -53,13 +53,9 @@ def hold_for_snakemake(root: str | Path = ".") -> None:
             "then run snakemake again"
         )
     path = root / SNAKEMAKE_LOCK
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:  # a file where .snakemake belongs, a folder where the lock does, no permission
-        from cnnvit.files import write_failure
+    from cnnvit.files import open_lock_file
 
-        raise write_failure(path, exc) from None
+    fd = open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -32,7 +32,7 @@ import torch
 
 from cnnvit.code_identity import digests, training_modules
 from cnnvit.errors import CnnvitError, first_line, refused_pickle
-from cnnvit.files import atomic_path, write_failure
+from cnnvit.files import atomic_path, open_lock_file
 
 RUNTIME_KEYS = ("device", "threads", "compile")  # recorded; a change warns but keeps the checkpoint
 
@@ -191,11 +191,7 @@ def load(path: Path, current: dict, runtime: dict) -> dict | None:
 def run_lock(ckpt_dir: Path, name: str) -> Iterator[None]:
     """Hold ``<ckpt_dir>/<name>.lock`` while the run trains; a second holder is refused at once."""
     path = ckpt_dir / f"{name}.lock"
-    try:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:  # a file where the folder belongs, a folder where the lock does
-        raise write_failure(path, exc) from None
+    fd = open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
