@@ -97,6 +97,12 @@ def test_snakemake_end_to_end(sm_project):
     # the forecast comes before any job: 10 trainings in 10 jobs (one seed), with their evaluations
     assert "plan: preset tiny, 10 trainings" in out and "(20 snakemake jobs, 2 at once" in out, out[:3000]
     assert out.index("plan: preset tiny") < out.index("rule train")
+    # the trainings start longest first, by the forecast the plan kept (issue 26: Snakemake's own
+    # order left one long training alone at the end): all are ready at once, after prepare
+    forecast = json.loads((sm_project / "results/runs/.progress.json").read_text())["runs_s"]
+    started = re.findall(r"rule train:\n(?:.+\n)*?\s+wildcards: batch=(\S+)", out)
+    seconds = [sum(s for run, s in forecast.items() if run.rsplit("-s", 1)[0] == b) for b in started]
+    assert len(started) == 10 and len(set(seconds)) > 3 and seconds == sorted(seconds, reverse=True), (started, seconds)
     sh("snakemake --report results/snakemake-report.html", sm_project)  # Snakemake's own report
     html = (sm_project / "results/snakemake-report.html").read_text()
     assert all(f'"{c}"' in html for c in ("Tables", "Figures", "Report")) and "claims.csv" in html, html[:500]

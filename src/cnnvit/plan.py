@@ -368,10 +368,10 @@ def _plan_lines(params: Params, runs: list[RunSpec], jobs: str, slots: int, cach
     return report_lines(got, params), got
 
 
-def print_forecast(params: Params, runs: list[RunSpec], workers: int, runs_dir: Path) -> None:
+def print_forecast(params: Params, runs: list[RunSpec], workers: int, runs_dir: Path) -> dict:
     """The forecast of DVC's train stage, measured in a child process: this one forks its workers
     next, and must not have started torch's thread pools (or CUDA) before that. It is kept beside
-    the runs for the pipeline line of every epoch (cnnvit.progress)."""
+    the runs for the pipeline line of every epoch (cnnvit.progress), and returned."""
     from cnnvit import progress
     from cnnvit.batch import _context
 
@@ -380,6 +380,7 @@ def print_forecast(params: Params, runs: list[RunSpec], workers: int, runs_dir: 
         lines, got = pool.apply(_plan_lines, (params, runs, "dvc", workers, cache))
     print("\n".join(lines), flush=True)
     progress.start(got, runs_dir)
+    return got
 
 
 def add_args(p) -> None:

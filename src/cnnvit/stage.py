@@ -72,6 +72,8 @@ class Stage:
     # Snakemake's priority: what can fail fast (the download, its checksum) goes first, a job that
     # only times things last, so a wrong URL is found in seconds, not after minutes of timing
     priority: int = 0
+    # A per-run stage whose jobs start longest first (their runs' forecast seconds, from the plan)
+    longest_first: bool = False
 
     @property
     def module(self) -> str:

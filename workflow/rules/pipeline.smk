@@ -97,6 +97,7 @@ rule train:
         weights=each_run("results/runs/{run}/weights.safetensors"),
     log:
         "logs/train/{batch}.log",
+    priority: lambda w: S.expected_s(BATCHES[w.batch])
     conda:
         "../envs/cnnvit.yaml"
     threads: PARAMS.runtime.threads

@@ -134,7 +134,9 @@ def rule(stage: Stage) -> str:
     out += [f"{I}output:"] + [line for o in stage.outs for line in _output(stage, o)]
     log = stage.log
     out += [f"{I}log:", f"{I * 2}{q(log)},"]
-    if stage.priority:  # in the order snakefmt keeps: priority, conda, threads
+    if stage.longest_first:  # in the order snakefmt keeps: priority, conda, threads
+        out.append(f"{I}priority: lambda w: S.expected_s(BATCHES[w.batch])")
+    elif stage.priority:
         out.append(f"{I}priority: {stage.priority}")
     out += [f"{I}conda:", f'{I * 2}"../envs/cnnvit.yaml"']
     threads = {"runtime": "PARAMS.runtime.threads", "all": "S.alone_cores(workflow, PARAMS)"}.get(stage.threads)

@@ -152,5 +152,29 @@ def print_plan(workflow, params: Params) -> str | None:
         lines = proc.stderr.strip().splitlines() or [f"cnnvit plan failed (exit {proc.returncode})"]
         return lines[-1].removeprefix("error: ")
     # every job started from here (and their epochs' pipeline line) finds the forecast the plan kept
-    os.environ[progress.ENV] = str((Path(RUNS_DIR) / progress.FILE).resolve())
+    kept = (Path(RUNS_DIR) / progress.FILE).resolve()
+    os.environ[progress.ENV] = str(kept)
+    longest_first(workflow, kept)
     return None
+
+
+# Each run's forecast seconds (the plan's), by run name: the training jobs' priorities.
+FORECAST_S: dict[str, float] = {}
+
+
+def expected_s(batch: Batch) -> float:
+    """A batch's Snakemake priority: its runs' forecast seconds (0 before the plan has measured;
+    not rounded, a tiny preset's runs take fractions of a second)."""
+    return sum(FORECAST_S.get(run.name, 0.0) for run in batch.runs)
+
+
+def longest_first(workflow, kept: Path) -> None:
+    """Start the longest trainings first, as the plan's makespan packs them: with Snakemake's
+    order, short jobs went first and left one long training to a lane alone at the end (the laptop
+    preset: a core idle for 12 of 86 minutes). Snakemake computes the priorities with the DAG,
+    before ``onstart`` has measured the models; they are computed again from the plan kept."""
+    import json
+
+    FORECAST_S.clear()
+    FORECAST_S.update(json.loads(kept.read_text())["runs_s"])
+    workflow.dag.update_priority()

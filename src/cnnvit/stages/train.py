@@ -54,6 +54,7 @@ STAGE = Stage(
     threads="runtime",
     threads_option="--threads",
     sized_by_runs=True,
+    longest_first=True,
 )
 
 
@@ -87,7 +88,10 @@ def run(args, params: Params) -> None:
     if args.all_runs:
         from cnnvit.plan import print_forecast
 
-        print_forecast(params, runs, workers, Path(args.runs_dir))
+        forecast = print_forecast(params, runs, workers, Path(args.runs_dir))["runs_s"]
+        # longest first, as the plan packs them (and Snakemake's jobs start): no worker is left
+        # with one long run at the end
+        runs = sorted(runs, key=lambda run: -forecast.get(run.name, 0.0))
     fn = functools.partial(
         train_one, params=params, data_dir=args.data_dir, runs_dir=args.runs_dir, ckpt_dir=args.ckpt_dir,
         threads=args.threads,
