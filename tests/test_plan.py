@@ -127,3 +127,26 @@ def test_the_pipeline_line_counts_what_is_left_and_scales_the_forecast(tmp_path,
     line = progress.pipeline_eta("a", 0.5, 100.0, now=now)
     assert line == "  pipeline: 3 of 4 trainings left, ends ~12:07"  # 350 + 100 = 450 s after 12:00
     assert json.loads((tmp_path / "runs" / progress.FILE).read_text())["lanes"] == 2
+
+
+def test_training_jobs_get_their_runs_forecast_seconds_as_priority_once_the_plan_is_kept(tmp_path, monkeypatch):
+    """Snakemake computes its priorities with the DAG, before onstart's plan has measured: they are
+    0 until then, and computed again from the forecast kept (the e2e test sees the order it makes)."""
+    from types import SimpleNamespace
+
+    from cnnvit.batch import batches
+    from cnnvit.dag import snakemake as S
+
+    monkeypatch.delenv(progress.ENV, raising=False)  # progress.start names the file it keeps
+    params = params_with()
+    groups = batches(params, lanes=2)
+    monkeypatch.setattr(S, "FORECAST_S", {})
+    assert [S.expected_s(b) for b in groups] == [0.0] * len(groups)
+    kept = progress.start({"runs_s": {r.name: 10.0 * (i + 1) for i, r in enumerate(params.all_runs())},
+                           "lanes": 2, "after_s": 0.0}, tmp_path)  # fmt: skip
+    updated = []
+    S.longest_first(SimpleNamespace(dag=SimpleNamespace(update_priority=lambda: updated.append(True))), kept)
+    assert updated == [True]  # Snakemake asked to compute them again
+    runs_s = json.loads(kept.read_text())["runs_s"]
+    assert [S.expected_s(b) for b in groups] == [sum(runs_s[r.name] for r in b.runs) for b in groups]
+    assert len({S.expected_s(b) for b in groups}) == len(groups) > 1
