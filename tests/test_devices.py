@@ -7,6 +7,7 @@ CUDA stack. Claiming a GPU (slot) per job is in test_gpu_slots.py."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -27,6 +28,8 @@ def test_device_selection_on_a_cpu_only_machine(monkeypatch):
     monkeypatch.setattr(devices, "nvidia_present", lambda: False)
     device, name = devices.select_device("auto")
     assert device.type == "cpu" and name.startswith("cpu: ")
+    # the CPU's model and the instruction set torch's kernels use on it: a run's floats depend on them
+    assert f", {torch.backends.cpu.get_cpu_capability()} x" in name and name.endswith(f" x{os.cpu_count()}")
     assert devices.select_device("cpu")[0].type == "cpu"
     with pytest.raises(CnnvitError, match=r"runtime\.device .*is cuda but this machine has no visible NVIDIA GPU"):
         devices.select_device("cuda")

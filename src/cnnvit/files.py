@@ -21,6 +21,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -265,7 +266,21 @@ def git_commit(cwd: str | Path = ".") -> str:
 
 
 def cpu_name() -> str:
-    return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    """The CPU a result was computed on: its model, the instruction set torch's kernels use on it
+    (where torch is loaded) and its cores. Runs of the same code and seed agree bit for bit on one
+    CPU, not necessarily across CPUs (the laptop benchmark's ResNet and ViT means moved by 0.13 and
+    0.18 pp between two VMs with the same code, data and packages), so the CPU is part of a result's
+    provenance."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:  # not Linux
+        pass
+    torch = sys.modules.get("torch")
+    isa = getattr(getattr(getattr(torch, "backends", None), "cpu", None), "get_cpu_capability", lambda: "")()
+    what = ", ".join(x for x in (model or platform.processor() or platform.machine(), isa) if x)
+    return f"cpu: {what} x{os.cpu_count()}"
 
 
 def provenance(params: Any, device: str, cuda: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class RunSummary:
     train_images_per_s: float | None = None
     infer_images_per_s: float | None = None
     peak_mem_mb: float | None = None
-    device: str | None = None  # the device the run trained on, e.g. "cuda: NVIDIA H100" or "cpu: x86_64 x2"
+    device: str | None = None  # the device the run trained on, e.g. "cuda: NVIDIA H100", "cpu: Xeon, AVX512 x2"
     threads: int | None = None
     precision: str | None = None
     compile: bool | None = None

@@ -388,7 +388,9 @@ def select_device(setting: str, runs_per_gpu: int = 1):
         return torch.device("mps"), f"mps: {platform.machine()} (Apple GPU)"
     if setting == "mps":
         raise _no_device(setting, "torch sees no Apple MPS device (torch.backends.mps.is_available() is false)")
-    return torch.device("cpu"), f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    from cnnvit.files import cpu_name
+
+    return torch.device("cpu"), cpu_name()
 
 
 def resolve_precision(setting: str, device) -> str:
