@@ -79,6 +79,9 @@ def project(tmp_path):
         str(archive), md5(archive), epochs=2, models=["vit"], recipes=["paper"], seeds=[0, 1], per_batch=200
     )
     params["runtime"]["group_seeds"] = False  # a job per seed: two trainings side by side, each on its GPU
+    # a checkpoint every 5 s of training: the resume starts near the kill, not after epoch 1 (its
+    # first checkpoint at the default 300 s), which retrained all of it again
+    params["runtime"]["checkpoint_every_s"] = 5
     return make_project(tmp_path / "project", params)
 
 
@@ -119,14 +122,14 @@ def run_until_killed(cmd: str, project: Path, jobcomp: Path, kills: int) -> str:
 
 
 def test_the_slurm_profile_runs_the_pipeline_and_resumes_after_a_time_limit(slurm, project, tmp_path):
-    """Two trainings (two seeds), sized from timed epochs to need ~110 s, run side by side under a
-    1-minute limit: SLURM kills both (its limits are whole minutes, enforced on a 30 s sweep: the
-    kill comes 60-90 s in), and the same command then resumes them from their checkpoints (up to
-    `train`: the later stages are one-core jobs like download and prepare, and test_e2e runs them,
-    so CI's minutes go elsewhere). The first
+    """Two trainings (two seeds), sized from timed epochs to need ~100 s alone (with a job's start,
+    past 90 s side by side), run side by side under a 1-minute limit: SLURM kills both (its limits
+    are whole minutes, enforced on a 30 s sweep: the kill comes 60-90 s in), and the same command
+    then resumes them from their checkpoints (up to `train`: the later stages are one-core jobs
+    like download and prepare, and test_e2e runs them, so CI's minutes go elsewhere). The first
     pass uses runtime.device auto, so each training asks SLURM for a GPU; the second pass uses cpu,
     a runtime-only setting (the checkpoints stay valid), so none is asked for."""
-    epochs = math.ceil(110 / seconds_per_epoch(project, tmp_path))
+    epochs = math.ceil(100 / seconds_per_epoch(project, tmp_path))
     config = f"--config 'presets={{tiny: {{epochs: {epochs}}}}}'"
     output = run_until_killed(f"{COMMAND} {FAST} {config} --set-resources train:runtime=1", project, slurm, kills=2)
     jobs, done = submitted(output), records(slurm)
