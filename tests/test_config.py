@@ -48,6 +48,11 @@ from cnnvit.errors import CnnvitError
         ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of ['auto', 'fp32', 'bf16', 'fp16']"),
         ("runtime.compile=fastest", "runtime.compile: 'fastest' is not one of [False, True, 'default'"),
         ("runtime.runs_per_gpu=0", "runtime.runs_per_gpu: 0 is less than the minimum of 1"),
+        # a number or auto: both named, not "not valid under any of the given schemas"
+        ("runtime.eval_batch_size=big", 'runtime.eval_batch_size: "big" is not a whole number >= 1 or auto'),
+        ("runtime.eval_batch_size=1.5", "runtime.eval_batch_size: 1.5 is not a whole number >= 1 or auto"),
+        ("runtime.eval_batch_size=null", "runtime.eval_batch_size: null is not a whole number >= 1 or auto"),
+        ("runtime.eval_batch_size=0", "runtime.eval_batch_size: 0 is less than the minimum of 1"),
         ("runtime.device=tpu", "runtime.device: 'tpu' is not one of ['auto', 'cpu', 'cuda', 'mps']"),
         ("robustness.corruptions=[frost]", "robustness.corruptions.0: 'frost' is not one of"),
         ("robustness.severities=[0, 6]", "robustness.severities.0: 0 is not one of [1, 2, 3, 4, 5]"),

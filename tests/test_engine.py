@@ -22,7 +22,15 @@ from cnnvit.config.types import RunSpec
 from cnnvit.training import engine as train
 from cnnvit.training.engine import NAN_CHECK_EVERY, Trainer
 from cnnvit.training.inputs import Augment, Prepared, Split, load_prepared, stratified_indices
-from cnnvit.training.numerics import channels_last, compile_mode, lr_factor, oom_error, peak_mem_mb, reset_peak_memory
+from cnnvit.training.numerics import (
+    channels_last,
+    compile_mode,
+    eval_batch,
+    lr_factor,
+    oom_error,
+    peak_mem_mb,
+    reset_peak_memory,
+)
 
 CPU = torch.device("cpu")
 
@@ -87,6 +95,20 @@ def test_evaluate_is_eval_mode_without_augmentation_or_smoothing(learnable, monk
         assert ev.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, split.labels).item(), rel=1e-5)
         assert ev.acc == pytest.approx(100 * (logits.argmax(1) == split.labels).float().mean().item())
         assert trainer.model.training is False
+
+
+def test_evaluation_batches_auto_are_small_on_a_cpu_and_large_on_a_gpu(learnable):
+    assert (eval_batch("auto", CPU), eval_batch("auto", torch.device("cuda")), eval_batch(64, CPU)) == (128, 1000, 64)
+    archive, prepared = learnable
+    cfg = run_config(params_for(archive), RunSpec("vit", "paper", 0))
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, eval_batch_size="auto"))
+    trainer = Trainer(cfg, load_prepared(prepared, cfg, CPU), CPU)
+    sizes: list[int] = []
+    trainer.model.register_forward_pre_hook(lambda m, a: sizes.append(len(a[0])))
+    test = trainer.data.test
+    split = Split(test.images.repeat(3, 1, 1, 1), test.labels.repeat(3))  # 300 images: two batches and a part
+    trainer.evaluate(split)
+    assert sizes == [128, 128, len(split) - 256]
 
 
 def test_unit_and_meanstd_scaling():

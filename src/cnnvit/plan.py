@@ -88,6 +88,7 @@ def measure(params: Params, model: str, recipe: str, steps: int = 4, where: Path
 
     from cnnvit.config.runs import run_config
     from cnnvit.models import flops_per_image
+    from cnnvit.training import numerics
     from cnnvit.training.checkpoint import save
     from cnnvit.training.device import resolve_precision, select_device, use_precision
     from cnnvit.training.engine import Trainer
@@ -113,7 +114,7 @@ def measure(params: Params, model: str, recipe: str, steps: int = 4, where: Path
     trainer.steps_per_epoch = steps
     trainer.train_epoch(1, max_steps=2)  # warm-up: allocations, cuDNN's algorithm search
     row = trainer.train_epoch(2, max_steps=steps)
-    eval_batch = min(len(split), params.runtime.eval_batch_size)
+    eval_batch = min(len(split), numerics.eval_batch(params.runtime.eval_batch_size, device))
     trainer.evaluate(split, eval_batch)  # warm-up
     began = time.perf_counter()
     trainer.evaluate(split, eval_batch)

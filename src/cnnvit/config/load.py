@@ -184,7 +184,19 @@ def _message(err: jsonschema.ValidationError, source: str) -> str:
             f"{source}: {where}: no module registers arch {short(repr(err.instance), 60)}: use one of {known}, or add "
             "its module to src/cnnvit/models/"
         )
+    if err.validator == "anyOf":  # a number or a word: name both, not "not valid under any of the given schemas"
+        options = " or ".join(_describe(alt, schema_) for alt in typing.cast(list, err.validator_value))
+        return f"{source}: {where}: {short(json.dumps(err.instance), 60)} is not {options}: give one of them"
     return f"{source}: {where}: {short(err.message)}: fix this value"
+
+
+def _describe(alt: dict, outer: dict) -> str:
+    """One alternative of an ``anyOf``, in words: its values, or its type with the key's bounds."""
+    if "enum" in alt:
+        return " or ".join(map(str, alt["enum"]))
+    kind = {"integer": "a whole number", "number": "a number"}.get(alt.get("type", ""), f"a {alt.get('type')}")
+    bounds = [f"{op} {outer[k]}" for k, op in (("minimum", ">="), ("maximum", "<=")) if k in outer]
+    return " ".join([kind, *bounds])
 
 
 def _yaml(value: Any) -> str:

@@ -56,6 +56,8 @@ def type_schema(tp: Any, meta: Mapping[str, Any]) -> dict:
         (inner,) = [a for a in args if a is not type(None)]
         out = type_schema(inner, meta)
         return {**out, "enum": [*out["enum"], None]} if "enum" in out else {**out, "type": [out["type"], "null"]}
+    if origin in (typing.Union, types.UnionType):  # a number or a word (auto): either schema
+        return {"anyOf": [type_schema(a, meta) for a in args]}
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         item = _ref(meta["each"]) if meta.get("each") else type_schema(args[0], {}) | meta.get("items", {})
         return {"type": "array", "items": item, "minItems": 1, "uniqueItems": True}

@@ -32,6 +32,7 @@ Format = Literal["cifar10-python", "imagefolder"]
 FractionBudget = Literal["steps", "epochs"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Auto = Literal["auto"]
 # torch.compile's modes; true is "default", false is eager
 Compile = Literal[False, True, "default", "reduce-overhead", "max-autotune"]
 GroupSeeds = Literal["auto", True, False]
@@ -125,7 +126,9 @@ class Runtime:
         ),
     )
     compile: Compile = field(default=False, metadata=key("torch.compile with this mode (true = default); false: eager"))
-    eval_batch_size: int = field(default=1000, metadata=key("images per batch when evaluating", minimum=1))
+    eval_batch_size: int | Auto = field(
+        default="auto", metadata=key("images per batch when evaluating; auto: 128 on a CPU, 1000 on a GPU", minimum=1)
+    )
     runs_per_gpu: int = field(default=1, metadata=key("trainings that share one GPU", minimum=1))
     group_seeds: GroupSeeds = field(
         default="auto",

@@ -54,7 +54,7 @@ from cnnvit.stages.corrupt import read_corrupted, robustness_subset
 from cnnvit.stats.robustness import write_per_image
 from cnnvit.training.device import resolve_precision, select_device, use_precision
 from cnnvit.training.inputs import Augment, load_stats
-from cnnvit.training.numerics import autocast, channels_last
+from cnnvit.training.numerics import autocast, channels_last, eval_batch
 
 STAGE = Stage(
     name="evaluate",
@@ -237,10 +237,10 @@ def evaluate_one(
     start = time.perf_counter()
     weights = Path(runs_dir) / cfg.name / WEIGHTS_FILE
     dest = Path(out_dir) / cfg.name
-    batch, attention = params.runtime.eval_batch_size, params.active.attention_images
     # The run's precision, as training resolved it on this device: autocast, and TF32 on CUDA.
     device = select_device(cfg.runtime.device, cfg.runtime.runs_per_gpu)[0]  # evaluate_run's too: one claim
     precision = resolve_precision(cfg.runtime.precision, device)
+    batch, attention = eval_batch(params.runtime.eval_batch_size, device), params.active.attention_images
     if corrupted_sha256 is None and Path(corrupted).is_file():
         corrupted_sha256 = file_sha256(Path(corrupted))
     settings = evaluation_settings(cfg, corrupted_sha256 or "", attention, precision)

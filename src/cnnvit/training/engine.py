@@ -30,8 +30,8 @@ on CUDA, so that a CPU run computes what it always did).
 CUDA graphs, which remove the launch overhead of small steps). Exactly one graph is compiled per
 process: the full training batch. An epoch's last, smaller batch runs the same module eagerly
 (one step an epoch; a second graph would be a second compile and, with CUDA graphs, a second
-capture), and evaluation runs eagerly too (forward only, at the large ``eval_batch_size``, where
-launch overhead is small; an eval-mode graph would cost another compile per process). Every
+capture), and evaluation runs eagerly too (forward only, at ``eval_batch_size``, large on a GPU,
+where launch overhead is then small; an eval-mode graph would cost another compile per process). Every
 image is still trained on and scored: nothing is dropped or padded. The first compiled steps
 (tracing, compiling, capturing the CUDA graph) are timed apart, recorded as
 ``compile_info["seconds"]`` and kept out of the epoch's seconds and images/s, with whether CUDA
@@ -72,6 +72,7 @@ from cnnvit.training.numerics import (
     autocast,
     channels_last,
     compile_mode,
+    eval_batch,
     lr_factor,
     oom_error,
     peak_mem_mb,
@@ -254,7 +255,7 @@ class Trainer:
         augmentation, no label smoothing."""
         split = self.data.test if split is None else split
         self.model.eval()
-        bs = batch_size or self.cfg.runtime.eval_batch_size
+        bs = batch_size or eval_batch(self.cfg.runtime.eval_batch_size, self.device)
         start = time.perf_counter()
         logits = torch.empty(len(split), NUM_CLASSES, device=self.device)
         try:

@@ -4,6 +4,7 @@ one line for an out-of-memory.
     lr_factor("cosine", step, total, warmup)     # multiplier on the base LR
     with autocast(device, "bf16"): ...            # a no-op for fp32 and tf32
     channels_last(spec, device)                   # the memory layout a model trains in
+    eval_batch("auto", device)                    # runtime.eval_batch_size on this device
     reset_peak_memory(device); peak_mem_mb(device)
 """
 
@@ -79,6 +80,19 @@ def channels_last(spec, device: torch.device) -> bool:
     """Whether ``spec``'s model takes channels_last tensors on ``device``: a convnet everywhere
     (1.4x for ResNet on CUDA and on oneDNN CPUs alike), the hybrid's conv stem on CUDA only."""
     return bool(spec.convnet) or (device.type == "cuda" and hasattr(spec, "stem_channels"))
+
+
+# runtime.eval_batch_size: auto. On a CPU one thread evaluates small batches fastest (they stay in
+# its caches): 128 a batch ran the laptop preset's models 1.4x faster than 1000, within 3% of the
+# best size (benchmarks/eval_batch.py). A GPU wants large batches to fill it.
+EVAL_BATCH = {"cpu": 128}
+EVAL_BATCH_GPU = 1000
+
+
+def eval_batch(setting: int | str, device: torch.device) -> int:
+    """The images a batch when evaluating on ``device``: ``runtime.eval_batch_size``, with auto
+    resolved (it changes no number a run reports beyond the last bits of a logit)."""
+    return EVAL_BATCH.get(device.type, EVAL_BATCH_GPU) if setting == "auto" else int(setting)
 
 
 def autocast(device: torch.device, precision: str):
