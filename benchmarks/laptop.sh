@@ -47,7 +47,8 @@ echo "laptop pipeline ($tool): $((t2 - t1)) s wall from prepared data (target <=
 grep -m1 -E "^  forecast:" pipeline.log || true
 uv run python - "$t1" "$t2" <<'EOF'
 """Accuracy per model, the verdicts, and where the machine's time went."""
-import json, os, sys
+import json, os, re, sys
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -64,9 +65,28 @@ print("\nclaim                verdict        diff    interval             MDE")
 for c in claims.itertuples():
     print(f"{c.claim_id:<20} {c.verdict:<13} {c.diff_pp:+6.2f}  [{c.ci_low_pp:+6.2f}, {c.ci_high_pp:+6.2f}]  "
           f"{c.mde_pp:5.2f}  (threshold {c.threshold_pp:+g}, {100 * c.level:.1f}%)")
-steps = sum(json.loads(p.read_text())["train_seconds"] for p in Path("results/runs").glob("*/summary.json"))
-print(f"\noptimizer steps: {steps:.0f} s of {cores} x {end - start:.0f} core-seconds = "
-      f"{100 * steps / (cores * (end - start)):.0f}%")
+runs = [json.loads(p.read_text()) for p in Path("results/runs").glob("*/summary.json")]
+steps = sum(r["train_seconds"] for r in runs)
+core_s = cores * (end - start)
+print(f"\noptimizer steps: {steps:.0f} s of {cores} x {end - start:.0f} core-seconds = {100 * steps / core_s:.0f}%")
+# Evaluation: each run's time outside its steps (the per-epoch validation and test passes, with its
+# checkpoint writes) and the jobs of the stages that evaluate (Snakemake's log: start and finish).
+per_epoch = sum(r["wall_seconds"] - r["train_seconds"] for r in runs)
+stamp, rule, started, job_s = None, None, {}, {}
+for line in Path("pipeline.log").read_text().splitlines():
+    if line.startswith("[") and line.endswith("]"):
+        stamp = datetime.strptime(line[1:-1], "%a %b %d %H:%M:%S %Y")
+    elif m := re.fullmatch(r"(?:local)?rule (\w+):", line):
+        rule = m.group(1)
+    elif line.strip().startswith("jobid:") and rule in ("evaluate", "corrupt", "cost"):
+        started[line.split()[-1]] = (stamp, rule)
+    elif line.startswith("Finished jobid:") and (jid := line.split()[2]) in started:
+        t0, name = started.pop(jid)
+        job_s[name] = job_s.get(name, 0.0) + (stamp - t0).total_seconds()
+evaluation = per_epoch + sum(job_s.values())
+parts = ", ".join(f"{k} {v:.0f}" for k, v in sorted(job_s.items()))
+print(f"evaluation: {evaluation:.0f} s of {core_s:.0f} core-seconds = {100 * evaluation / core_s:.1f}% "
+      f"(per-epoch passes and checkpoints {per_epoch:.0f}; jobs: {parts})")
 EOF
 echo
 echo "The frontier (accuracy after each epoch; mde_pp against seeds and wall minutes):"
