@@ -1,6 +1,7 @@
 """The whole pipeline's progress, for each epoch's log line: trainings left, and when it ends.
 
     start(plan, "results/runs")                 # before the trainings: where the forecast is kept
+    kept(path)["runs_s"]                        # each run's forecast seconds (Snakemake's priorities)
     pipeline_eta("vit-paper-s0", 0.5, 120.0)    # "pipeline: 7 of 15 trainings left, ends ~14:05"
 
 ``cnnvit plan`` forecasts each training's seconds, the lanes that run at once and what follows the
@@ -35,15 +36,20 @@ def start(plan: dict, runs_dir: str | Path) -> Path:
     return path
 
 
+def kept(path: str | Path) -> dict:
+    """The forecast :func:`start` kept: runs_s (run -> seconds), lanes, after_s, runs_dir."""
+    return json.loads(Path(path).read_text())
+
+
 def pipeline_eta(run: str, done: float, spent: float, now: float | None = None) -> str:
     """The pipeline's part of ``run``'s epoch line, after ``done`` (0-1) of it took ``spent`` s."""
     path = os.environ.get(ENV)
     if not path:
         return ""
     try:
-        kept = json.loads(Path(path).read_text())
-        forecast, lanes, after = kept["runs_s"], max(1, int(kept["lanes"])), float(kept["after_s"])
-        runs_dir = Path(kept["runs_dir"])
+        got = kept(path)
+        forecast, lanes, after = got["runs_s"], max(1, int(got["lanes"])), float(got["after_s"])
+        runs_dir = Path(got["runs_dir"])
     except (OSError, ValueError, KeyError, TypeError):
         return ""
     if run not in forecast or done <= 0 or forecast[run] <= 0:

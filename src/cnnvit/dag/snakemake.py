@@ -173,8 +173,8 @@ def longest_first(workflow, kept: Path) -> None:
     order, short jobs went first and left one long training to a lane alone at the end (the laptop
     preset: a core idle for 12 of 86 minutes). Snakemake computes the priorities with the DAG,
     before ``onstart`` has measured the models; they are computed again from the plan kept."""
-    import json
+    from cnnvit import progress
 
     FORECAST_S.clear()
-    FORECAST_S.update(json.loads(kept.read_text())["runs_s"])
+    FORECAST_S.update(progress.kept(kept)["runs_s"])
     workflow.dag.update_priority()
