@@ -422,3 +422,13 @@ def forward_calls(top=("ResNet", "VisionTransformer")):
         yield seen
     finally:
         handle.remove()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n 2`, the fast tier) each worker is one process of several on the
+    machine's cores: one torch thread each, or their OpenMP threads oversubscribe the cores and
+    slow down several-fold. The jobs the workflow tests start set their own threads."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
