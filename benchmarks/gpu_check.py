@@ -32,9 +32,9 @@ one-line cause and its log is kept in ``logs/``. The exit status is 1 when any r
 out or was skipped (the time budget skips, and names, what would not fit). Driver, CUDA and GPU
 are recorded, and the seconds ``uv sync`` took (``gpu_check.sh``), which are not in the budget.
 
-``--smoke`` runs the same code on a CPU with the quick preset's models and tiny sizes (CI runs
-it); ``--force ROW=fail`` (or ``=hang``) makes that row fail (or hang until its timeout), to check
-that a failing row is reported.
+``--smoke`` runs the same code on a CPU with the quick preset's models and tiny sizes, its
+pipeline row up to the trainings (CI runs it); ``--force ROW=fail`` (or ``=hang``) makes that
+row fail (or hang until its timeout), to check that a failing row is reported.
 """
 
 from __future__ import annotations
