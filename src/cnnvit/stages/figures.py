@@ -52,6 +52,15 @@ DPI = 110
 PAPER_STYLE = {"color": "black", "ls": "--", "lw": 1.4, "marker": "x", "ms": 4}
 
 
+def legend(ax, **kw) -> None:
+    """The axes' legend, where something on them is labelled: a plot with no data (every run
+    without the column it plots) gets none, not matplotlib's "No artists with labels" warning."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+    elif ax.get_legend() is not None:  # seaborn's own, empty
+        ax.get_legend().remove()
+
+
 def _paper_series(model: str, column: str) -> pd.DataFrame:
     p = paper_epochs()
     p = p[(p.model == model) & p[column].notna()]
@@ -92,7 +101,7 @@ def curves(epochs: pd.DataFrame, model: str) -> plt.Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].get_legend().remove()
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+    legend(axes[1], loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -124,7 +133,7 @@ def test_acc_all(epochs: pd.DataFrame) -> plt.Figure:
         )
     ax.set(ylabel="test accuracy (%)", title="Test accuracy of every model (band: +-1 s.d. over seeds; dashed: paper)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+    legend(ax, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
@@ -159,7 +168,7 @@ def accuracy_bars(summary: pd.DataFrame) -> plt.Figure:
         ylabel="test accuracy (%)",
         title="Test accuracy at the epoch chosen on validation (error bars: +-1 s.d. over seeds; dashed: paper)",
     )
-    ax.legend(title="recipe", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    legend(ax, title="recipe", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -176,7 +185,7 @@ def datasize_plot(per_run: pd.DataFrame) -> plt.Figure:
         ax.set_xticks(sizes, [f"{int(n):,}" for n in sizes])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, title=None)
+        legend(ax, fontsize=8, title=None)
     fig.suptitle("How much data does each model need? (band: +-1 s.d. over seeds)")
     fig.tight_layout()
     return fig
@@ -193,7 +202,7 @@ def cost_plot(summary: pd.DataFrame) -> plt.Figure:
         ylabel="test accuracy (%), selected epoch",
         title="Cost against accuracy (mean over seeds)",
     )
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
+    legend(ax, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig
 
@@ -238,7 +247,7 @@ def robustness_plot(detail: pd.DataFrame, labels: dict[str, str]) -> plt.Figure:
         ax.set(xlabel="severity (0 = clean)", ylabel="test accuracy (%)", title=f"recipe {recipe}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title=None)
+        legend(ax, fontsize=8, title=None)
     fig.suptitle("Accuracy under corruption, mean over corruptions (band: +-1 s.d. over seeds)")
     fig.tight_layout()
     return fig
@@ -259,7 +268,7 @@ def attention_plot(attention: pd.DataFrame, label: str) -> plt.Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
     seeds = int(attention.seeds.max())
     fig.suptitle(f"Where the heads attend: per layer, over each run's heads, then over {seeds} seed(s)")
     fig.tight_layout()
@@ -279,7 +288,7 @@ def cost_size_plot(cost: pd.DataFrame) -> plt.Figure:
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, title=None)
+        legend(ax, fontsize=8, title=None)
     fig.suptitle(f"What each model costs to run, by input size ({d.device.iloc[0]}, {d.threads.iloc[0]} thread(s))")
     fig.tight_layout()
     return fig
