@@ -85,14 +85,15 @@ def channels_last(spec, device: torch.device) -> bool:
 # runtime.eval_batch_size: auto. On a CPU one thread evaluates small batches fastest (they stay in
 # its caches): 128 a batch ran the laptop preset's models 1.4x faster than 1000, within 3% of the
 # best size (benchmarks/eval_batch.py). A GPU wants large batches to fill it.
-EVAL_BATCH = {"cpu": 128}
-EVAL_BATCH_GPU = 1000
+EVAL_BATCH_CPU, EVAL_BATCH_GPU = 128, 1000
 
 
 def eval_batch(setting: int | str, device: torch.device) -> int:
     """The images a batch when evaluating on ``device``: ``runtime.eval_batch_size``, with auto
     resolved (it changes no number a run reports beyond the last bits of a logit)."""
-    return EVAL_BATCH.get(device.type, EVAL_BATCH_GPU) if setting == "auto" else int(setting)
+    if setting != "auto":
+        return int(setting)
+    return EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH_GPU
 
 
 def autocast(device: torch.device, precision: str):
